@@ -1,0 +1,5 @@
+import sys
+
+from tenantgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""Counters in process memory: exact inside one process, lost on restart.
+
+Every call runs without awaiting, so on the event loop it is atomic; the lock makes it so for callers
+on other threads too (the CLI, tests).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cachetools
+
+from tenantgate.engines.quota import (
+    CounterOp,
+    CounterResult,
+    Idempotency,
+    bounded_take,
+    bucket_level,
+    bucket_take,
+    calendar_window,
+)
+from tenantgate.errors import Aborted
+from tenantgate.model import QuotaKind
+
+CounterKey = tuple[str, str]  # (tenant id, quota name)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    used: int
+
+
+@dataclass(slots=True)
+class _Leases:
+    held: dict[str, tuple[int, float]] = field(default_factory=dict)  # lease id -> (amount, expires at)
+
+    def in_use(self, now: float) -> int:
+        expired = [lease for lease, (_, expires) in self.held.items() if expires <= now]
+        for lease in expired:
+            del self.held[lease]
+        return sum(amount for amount, _ in self.held.values())
+
+
+class MemoryCounterStore:
+    def __init__(self, *, max_idempotency_keys: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[CounterKey, _Bucket] = {}
+        self._windows: dict[CounterKey, _Window] = {}
+        self._allocations: dict[CounterKey, int] = {}
+        self._leases: dict[CounterKey, _Leases] = {}
+        self._answers: cachetools.LRUCache[tuple[str, str], tuple[str, float, list[CounterResult]]] = (
+            cachetools.LRUCache(maxsize=max_idempotency_keys))
+
+    async def close(self) -> None:
+        return None
+
+    async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
+                      idempotency: Idempotency | None = None) -> list[CounterResult]:
+        with self._lock:
+            if idempotency is not None:
+                remembered = self._answers.get((tenant_id, idempotency.key))
+                if remembered is not None and remembered[1] > now:
+                    if remembered[0] != idempotency.payload_digest:
+                        raise Aborted(f"idempotency key {idempotency.key!r} was used with a different request",
+                                      field="idempotency_key")
+                    return remembered[2]
+            results = [self._evaluate((tenant_id, op.spec.name), op, now) for op in ops]
+            if all(result.allowed or op.spec.shadow for op, result in zip(ops, results, strict=True)):
+                for op, result in zip(ops, results, strict=True):
+                    if result.allowed:
+                        self._commit((tenant_id, op.spec.name), op, result, now)
+            if idempotency is not None:
+                self._answers[(tenant_id, idempotency.key)] = (idempotency.payload_digest,
+                                                               now + idempotency.ttl, results)
+            return results
+
+    def _evaluate(self, key: CounterKey, op: CounterOp, now: float) -> CounterResult:
+        spec = op.spec
+        if spec.kind is QuotaKind.RATE:
+            bucket = self._buckets.get(key)
+            level = float(spec.burst) if bucket is None else bucket_level(bucket.tokens, bucket.updated, spec, now)
+            return bucket_take(level, spec, op.amount)
+        if spec.kind is QuotaKind.WINDOW:
+            assert spec.period is not None
+            start, end = calendar_window(spec.period, now)
+            window = self._windows.get(key)
+            used = window.used if window is not None and window.start == start else 0
+            return bounded_take(used, spec.limit, op.amount, end - now, end - now)
+        if spec.kind is QuotaKind.CONCURRENCY:
+            leases = self._leases.get(key) or _Leases()
+            in_use = leases.in_use(now)
+            if op.release:
+                held = leases.held.get(op.lease_id, (0, 0.0))[0]
+                return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id)
+            result = bounded_take(in_use, spec.limit, op.amount,
+                                  min((expires for _, expires in leases.held.values()), default=now) - now)
+            if result.allowed and op.amount:
+                return CounterResult(True, result.remaining, lease_id=secrets.token_hex(12))
+            return result
+        used = self._allocations.get(key, 0)
+        if op.release:
+            return CounterResult(True, spec.limit - max(0, used - op.amount))
+        return bounded_take(used, spec.limit, op.amount, 0.0)
+
+    def _commit(self, key: CounterKey, op: CounterOp, result: CounterResult, now: float) -> None:
+        spec = op.spec
+        if spec.kind is QuotaKind.RATE:
+            bucket = self._buckets.get(key)
+            level = float(spec.burst) if bucket is None else bucket_level(bucket.tokens, bucket.updated, spec, now)
+            self._buckets[key] = _Bucket(level - op.amount, now)
+        elif spec.kind is QuotaKind.WINDOW:
+            assert spec.period is not None
+            start, _ = calendar_window(spec.period, now)
+            window = self._windows.get(key)
+            if window is None or window.start != start:
+                self._windows[key] = window = _Window(start, 0)
+            window.used += op.amount
+        elif spec.kind is QuotaKind.CONCURRENCY:
+            leases = self._leases.setdefault(key, _Leases())
+            if op.release:
+                leases.held.pop(op.lease_id, None)
+            elif result.lease_id:
+                leases.held[result.lease_id] = (op.amount, now + spec.lease_ttl)
+        else:
+            used = self._allocations.get(key, 0)
+            self._allocations[key] = max(0, used - op.amount) if op.release else used + op.amount

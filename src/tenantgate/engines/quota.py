@@ -1,0 +1,189 @@
+"""Quota decisions: validation, idempotency and all-or-nothing over the items of one call.
+
+The algorithms' arithmetic lives here, once; a counter store only keeps state and applies a call's
+operations atomically (see ``counters``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from tenantgate.clock import Clock, SystemClock
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound
+from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
+from tenantgate.snapshot import Snapshot
+
+MAX_ITEMS = 64
+MAX_AMOUNT = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRequestItem:
+    quota: str
+    amount: int
+    lease_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterOp:
+    spec: QuotaSpec
+    amount: int
+    release: bool = False
+    lease_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterResult:
+    allowed: bool
+    remaining: int
+    reset_after: float = 0.0
+    retry_after: float = 0.0
+    lease_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    quota: str
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+    lease_id: str
+    shadow: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeOutcome:
+    allowed: bool
+    items: tuple[ItemOutcome, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    key: str
+    payload_digest: str
+    ttl: float
+
+
+class CounterStore(Protocol):
+    """Counter state behind one atomic call: evaluate every op, then apply all of them or none.
+
+    A shadow op never blocks the others. With ``idempotency``, a repeated key with the same payload
+    returns the first results and applies nothing; with another payload it raises ``Aborted``.
+    """
+
+    async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
+                      idempotency: Idempotency | None = None) -> list[CounterResult]: ...
+
+    async def close(self) -> None: ...
+
+
+def calendar_window(period: CalendarPeriod, now: float) -> tuple[float, float]:
+    """The UTC calendar window (start, end) containing ``now``; weeks start on Monday."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is CalendarPeriod.DAY:
+        start, end = day, day + timedelta(days=1)
+    elif period is CalendarPeriod.WEEK:
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+    else:
+        start = day.replace(day=1)
+        end = start + timedelta(days=calendar.monthrange(start.year, start.month)[1])
+    return start.timestamp(), end.timestamp()
+
+
+def bucket_level(tokens: float, updated: float, spec: QuotaSpec, now: float) -> float:
+    """Tokens in a rate quota's bucket at ``now``, refilled since ``updated`` and capped at the burst."""
+    refill = spec.limit / spec.per_seconds
+    return min(float(spec.burst), tokens + max(0.0, now - updated) * refill)
+
+
+def bucket_take(level: float, spec: QuotaSpec, amount: int) -> CounterResult:
+    """What taking ``amount`` from a bucket at ``level`` would answer (state is not changed here)."""
+    refill = spec.limit / spec.per_seconds
+    if amount <= level:
+        after = level - amount
+        return CounterResult(True, math.floor(after), (spec.burst - after) / refill, 0.0)
+    wait = (min(amount, spec.burst) - level) / refill
+    return CounterResult(False, math.floor(level), (spec.burst - level) / refill, wait)
+
+
+def bounded_take(used: int, limit: int, amount: int, retry_after: float, reset_after: float = 0.0) -> CounterResult:
+    """Window, allocation and concurrency quotas: admit while ``used + amount`` stays within ``limit``."""
+    if used + amount <= limit:
+        return CounterResult(True, limit - used - amount, reset_after, 0.0)
+    return CounterResult(False, max(0, limit - used), reset_after, retry_after)
+
+
+def payload_digest(tenant_id: str, items: Sequence[QuotaRequestItem], release: bool) -> str:
+    text = "\x1f".join([tenant_id, "release" if release else "consume",
+                        *(f"{i.quota}\x1e{i.amount}\x1e{i.lease_id}" for i in items)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class QuotaEngine:
+    def __init__(self, counters: CounterStore, *, clock: Clock | None = None,
+                 idempotency_ttl: float = 24 * 3600) -> None:
+        self._counters = counters
+        self._clock = clock or SystemClock()
+        self._idempotency_ttl = idempotency_ttl
+
+    async def consume(
+        self,
+        snapshot: Snapshot,
+        tenant_id: str,
+        items: Sequence[QuotaRequestItem],
+        *,
+        release: bool = False,
+        idempotency_key: str = "",
+    ) -> ConsumeOutcome:
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
+        if tenant.state is not TenantState.ACTIVE:
+            raise FailedPrecondition(f"tenant {tenant_id!r} is {tenant.state.value}; only Active tenants "
+                                     "consume quota", field="tenant_id")
+        if not items:
+            raise InvalidArgument("at least one item is required", field="items")
+        if len(items) > MAX_ITEMS:
+            raise InvalidArgument(f"at most {MAX_ITEMS} items per call", field="items")
+        ops: list[CounterOp] = []
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            spec = tenant.spec.quotas.get(item.quota)
+            if spec is None:
+                raise NotFound(f"tenant {tenant_id!r} has no quota {item.quota!r}", field=f"items[{index}].quota")
+            if item.quota in seen:
+                raise InvalidArgument(f"quota {item.quota!r} is named twice; merge the amounts",
+                                      field=f"items[{index}].quota")
+            seen.add(item.quota)
+            if item.amount > MAX_AMOUNT:
+                raise InvalidArgument(f"amount must be at most {MAX_AMOUNT}", field=f"items[{index}].amount")
+            if release and not spec.releasable:
+                raise InvalidArgument(f"quota {item.quota!r} is a {spec.kind.value} quota; only concurrency "
+                                      "and allocation quotas can be released", field="release")
+            if release and spec.kind is QuotaKind.CONCURRENCY and not item.lease_id:
+                raise InvalidArgument("releasing a concurrency quota needs the lease_id it was acquired with",
+                                      field=f"items[{index}].lease_id")
+            ops.append(CounterOp(spec, item.amount, release, item.lease_id))
+        idempotency = None
+        if idempotency_key:
+            idempotency = Idempotency(idempotency_key, payload_digest(tenant_id, items, release),
+                                      self._idempotency_ttl)
+        results = await self._counters.consume(tenant_id, ops, self._clock.now(), idempotency)
+        outcomes = tuple(
+            ItemOutcome(op.spec.name, result.allowed, op.spec.capacity, result.remaining, result.reset_after,
+                        result.retry_after, result.lease_id, op.spec.shadow)
+            for op, result in zip(ops, results, strict=True)
+        )
+        allowed = all(outcome.allowed or outcome.shadow for outcome in outcomes)
+        return ConsumeOutcome(allowed, outcomes, tenant.revision)

@@ -1,0 +1,140 @@
+"""Bearer-token verification against the home tenant's inline JWKS (PyJWT).
+
+Verified tokens are cached by the SHA-256 of the token until they expire. A cached entry remembers the
+issuer configuration it was verified against and is ignored once the tenant's issuers change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import cachetools
+import jwt
+
+from tenantgate.clock import Clock, SystemClock
+from tenantgate.snapshot import CompiledIssuer, Snapshot
+
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class TokenProblem(IntEnum):
+    NONE = 0
+    INVALID = 1
+    EXPIRED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    tenant_id: str
+    subject: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResult:
+    token: VerifiedToken | None
+    problem: TokenProblem = TokenProblem.NONE
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    token: VerifiedToken
+    issuers: tuple[CompiledIssuer, ...]
+
+
+class TokenVerifier:
+    def __init__(self, *, cache_size: int = 100_000, leeway: float = 0.0, clock: Clock | None = None) -> None:
+        self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=cache_size)
+        self._leeway = leeway
+        self._clock = clock or SystemClock()
+
+    def verify(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> TokenResult:
+        """Verify ``token``; ``home_tenant_id``, when given, is the only tenant it may belong to."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return _invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        entry = self._cache.get(digest)
+        if entry is not None:
+            tenant = snapshot.tenants.get(entry.token.tenant_id)
+            if (tenant is not None and tenant.issuers is entry.issuers
+                    and (not home_tenant_id or home_tenant_id == entry.token.tenant_id)):
+                if self._clock.now() < entry.token.expires_at + self._leeway:
+                    return TokenResult(entry.token)
+                self._cache.pop(digest, None)
+                return TokenResult(None, TokenProblem.EXPIRED, "token expired")
+        result, issuers = self._verify_uncached(snapshot, token, home_tenant_id)
+        if result.token is not None and issuers is not None:
+            self._cache[digest] = _CacheEntry(result.token, issuers)
+        return result
+
+    def _verify_uncached(self, snapshot: Snapshot, token: str,
+                         home_tenant_id: str) -> tuple[TokenResult, tuple[CompiledIssuer, ...] | None]:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            return _invalid(f"malformed token: {exc}"), None
+        issuer_url = unverified.get("iss")
+        if not isinstance(issuer_url, str):
+            return _invalid("token has no iss claim"), None
+        candidates = snapshot.issuers.get(issuer_url, ())
+        if home_tenant_id:
+            candidates = tuple(t for t in candidates if t == home_tenant_id)
+        for tenant_id in candidates:
+            tenant = snapshot.tenants[tenant_id]
+            for issuer in tenant.issuers:
+                if issuer.spec.issuer != issuer_url:
+                    continue
+                if str(unverified.get(issuer.spec.tenant_claim, "")) != tenant_id:
+                    continue
+                return self._verify_with(token, header, issuer, tenant_id), tenant.issuers
+        return _invalid(f"no tenant{' ' + home_tenant_id if home_tenant_id else ''} trusts issuer "
+                        f"{issuer_url!r} for this token's tenant claim"), None
+
+    def _verify_with(self, token: str, header: dict[str, Any], issuer: CompiledIssuer,
+                     tenant_id: str) -> TokenResult:
+        key_id = header.get("kid")
+        key = issuer.keys_by_id.get(key_id) if isinstance(key_id, str) else issuer.sole_key
+        if key is None:
+            return _invalid(f"no key {key_id!r} in the JWKS of issuer {issuer.spec.issuer!r}")
+        algorithm = key.algorithm_name
+        if header.get("alg") != algorithm:
+            return _invalid(f"token algorithm {header.get('alg')!r} does not match its key ({algorithm})")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[algorithm],
+                audience=issuer.spec.audience,
+                issuer=issuer.spec.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", issuer.spec.subject_claim]},
+            )
+        except jwt.ExpiredSignatureError:
+            return TokenResult(None, TokenProblem.EXPIRED, "token expired")
+        except jwt.PyJWTError as exc:
+            return _invalid(str(exc))
+        if str(claims.get(issuer.spec.tenant_claim)) != tenant_id:
+            return _invalid(f"claim {issuer.spec.tenant_claim!r} does not name tenant {tenant_id!r}")
+        subject = claims[issuer.spec.subject_claim]
+        if not isinstance(subject, str) or not subject:
+            return _invalid(f"claim {issuer.spec.subject_claim!r} is not a non-empty string")
+        return TokenResult(VerifiedToken(tenant_id, f"user:{subject}", _scopes(claims), float(claims["exp"])))
+
+
+def _invalid(detail: str) -> TokenResult:
+    return TokenResult(None, TokenProblem.INVALID, detail)
+
+
+def _scopes(claims: dict[str, Any]) -> tuple[str, ...]:
+    scope = claims.get("scope", claims.get("scp", ()))
+    if isinstance(scope, str):
+        return tuple(scope.split())
+    if isinstance(scope, list):
+        return tuple(str(item) for item in scope)
+    return ()

@@ -1,0 +1,152 @@
+"""Access rules compiled for the hot path: built once per snapshot, matched without allocation.
+
+A rule is ``action:resource-glob`` where ``*`` matches any run of characters (``/`` included) and ``?``
+one character; a lone ``*`` is every action on every resource. Exact and prefix globs avoid regexes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from tenantgate.model import AccessSpec
+
+ResourceMatcher = Callable[[str], bool]
+NO_ENVIRONMENT = ""
+
+
+def _always(_: str) -> bool:
+    return True
+
+
+def compile_glob(glob: str) -> ResourceMatcher:
+    if glob == "*":
+        return _always
+    if "*" not in glob and "?" not in glob:
+        return glob.__eq__
+    if glob.endswith("*") and "*" not in glob[:-1] and "?" not in glob:
+        prefix = glob[:-1]
+        return lambda resource: resource.startswith(prefix)
+    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    fullmatch = re.compile(pattern, re.DOTALL).fullmatch
+    return lambda resource: fullmatch(resource) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str  # "acme/roles/editor/allow/0": where the deciding rule lives in the manifest
+    action: str
+    matches: ResourceMatcher
+
+
+class RuleSet:
+    """Rules indexed by action; ``first_match`` checks the action's rules, then the wildcard ones."""
+
+    __slots__ = ("_by_action", "_any_action")
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        by_action: dict[str, list[Rule]] = {}
+        any_action: list[Rule] = []
+        for rule in rules:
+            (any_action if rule.action == "*" else by_action.setdefault(rule.action, [])).append(rule)
+        self._by_action = {action: tuple(found) for action, found in by_action.items()}
+        self._any_action = tuple(any_action)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_action or self._any_action)
+
+    def first_match(self, action: str, resource: str) -> Rule | None:
+        for rule in self._by_action.get(action, ()):
+            if rule.matches(resource):
+                return rule
+        for rule in self._any_action:
+            if rule.matches(resource):
+                return rule
+        return None
+
+
+EMPTY_RULES = RuleSet(())
+
+
+def compile_rules(texts: Iterable[str], id_prefix: str) -> list[Rule]:
+    rules = []
+    for index, text in enumerate(texts):
+        if text == "*":
+            action, glob = "*", "*"
+        else:
+            action, _, glob = text.partition(":")
+        rules.append(Rule(f"{id_prefix}/{index}", action, compile_glob(glob)))
+    return rules
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRules:
+    allow: RuleSet
+    deny: RuleSet
+
+
+NO_RULES = SubjectRules(EMPTY_RULES, EMPTY_RULES)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    tenant_deny: RuleSet
+    # subject -> environment ("" for requests that name none) -> the rules of every role bound there
+    subjects: Mapping[str, Mapping[str, SubjectRules]]
+    # (home tenant, subject) -> what this tenant grants that foreign subject
+    grants: Mapping[tuple[str, str], RuleSet]
+    suspended_allow: RuleSet
+    environments: frozenset[str]
+
+    def rules_for(self, subject: str, environment: str) -> SubjectRules:
+        by_environment = self.subjects.get(subject)
+        if by_environment is None:
+            return NO_RULES
+        return by_environment.get(environment, NO_RULES)
+
+
+def compile_policy(tenant_id: str, access: AccessSpec, environments: Iterable[str]) -> CompiledPolicy:
+    envs = frozenset(environments)
+    role_allow = {name: compile_rules(role.allow, f"{tenant_id}/roles/{name}/allow")
+                  for name, role in access.roles.items()}
+    role_deny = {name: compile_rules(role.deny, f"{tenant_id}/roles/{name}/deny")
+                 for name, role in access.roles.items()}
+
+    # Each principal's bindings: its own, plus those of every group it belongs to. A "group:" subject
+    # is expanded to its members and never matched itself, so no caller can act as a whole group.
+    bound: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
+    for binding in access.bindings:
+        principals = (access.groups.get(binding.subject[6:], ()) if binding.subject.startswith("group:")
+                      else (binding.subject,))
+        for principal in principals:
+            bound.setdefault(principal, []).extend((role, binding.environments) for role in binding.roles)
+
+    subjects: dict[str, dict[str, SubjectRules]] = {}
+    cache: dict[frozenset[str], SubjectRules] = {}
+    for principal, role_envs in bound.items():
+        per_env: dict[str, SubjectRules] = {}
+        for environment in (NO_ENVIRONMENT, *sorted(envs)):
+            roles = frozenset(role for role, only in role_envs
+                              if only is None or (environment and environment in only))
+            if roles not in cache:
+                ordered = sorted(roles)
+                cache[roles] = SubjectRules(
+                    RuleSet(rule for role in ordered for rule in role_allow[role]),
+                    RuleSet(rule for role in ordered for rule in role_deny[role]),
+                )
+            per_env[environment] = cache[roles]
+        subjects[principal] = per_env
+
+    grants: dict[tuple[str, str], list[Rule]] = {}
+    for index, grant in enumerate(access.grants):
+        grants.setdefault((grant.tenant, grant.subject), []).extend(
+            compile_rules(grant.allow, f"{tenant_id}/grants/{index}/allow"))
+
+    return CompiledPolicy(
+        tenant_deny=RuleSet(compile_rules(access.deny, f"{tenant_id}/deny")),
+        subjects=subjects,
+        grants={key: RuleSet(rules) for key, rules in grants.items()},
+        suspended_allow=RuleSet(compile_rules(access.suspended_allow, f"{tenant_id}/suspended_allow")),
+        environments=envs,
+    )

@@ -1,0 +1,486 @@
+"""Reading and validating tenant manifests (MANIFEST.md, format v1).
+
+Every problem is reported with the file, the document index and the field path, and all problems of a
+run are reported together; a manifest that has any problem is applied nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import yaml
+
+from tenantgate.errors import InvalidArgument
+from tenantgate.model import (
+    AccessSpec,
+    Binding,
+    CalendarPeriod,
+    CrossTenantGrant,
+    IssuerSpec,
+    KeysSpec,
+    QuotaKind,
+    QuotaSpec,
+    Role,
+    TenantSpec,
+    TenantState,
+)
+from tenantgate.units import parse_duration, parse_rate, parse_size
+
+API_VERSION = "tenantgate/v1"
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SUBJECT = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]{0,254}$")
+ACTION = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})$")
+SIGNING_KEY_TYPES = {"RSA", "EC", "OKP"}
+
+_TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec"}
+_METADATA_FIELDS = {"id", "name", "labels"}
+_SPEC_FIELDS = {
+    "state", "plan", "profile", "isolation", "environments", "features",
+    "quotas", "access", "tokens", "keys", "retention",
+}
+_PROFILES = ("multi-tenant", "single-tenant")
+_ISOLATIONS = ("soft", "hard", "network-only", "custom")
+
+
+class ManifestError(InvalidArgument):
+    """One or more manifest problems; ``problems`` lists each as "where: path: what"."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid manifest:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ManifestDocument:
+    source: str  # "file.yaml: document 2"
+    document: dict[str, Any]  # canonical form, as stored in the registry
+    tenant: TenantSpec
+
+
+class _Problems:
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{self.where}: {path}: {message}" if path else f"{self.where}: {message}")
+
+
+def canonical_json(document: Mapping[str, Any]) -> str:
+    """The one serialisation used for storage and digests, so equal documents compare equal."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
+    """Read every ``*.yaml``/``*.yml`` file under the given files or directories (sorted, recursive)."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or directory")
+    if not files and not problems:
+        problems.append("no manifest files found (*.yaml, *.yml)")
+    documents: list[ManifestDocument] = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+            loaded = list(yaml.safe_load_all(text))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            problems.append(f"{file}: cannot read YAML: {exc}")
+            continue
+        for index, raw_doc in enumerate(loaded, start=1):
+            if raw_doc is None:
+                continue
+            try:
+                documents.append(parse_document(raw_doc, f"{file}: document {index}"))
+            except ManifestError as exc:
+                problems.extend(exc.problems)
+    seen: dict[str, str] = {}
+    for doc in documents:
+        if doc.tenant.id in seen:
+            problems.append(f"{doc.source}: metadata.id: tenant {doc.tenant.id!r} is also defined in "
+                            f"{seen[doc.tenant.id]}")
+        seen.setdefault(doc.tenant.id, doc.source)
+    if problems:
+        raise ManifestError(problems)
+    return documents
+
+
+def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
+    problems = _Problems(where)
+    tenant = _parse_tenant(raw, problems)
+    if problems.items or tenant is None:
+        raise ManifestError(problems.items or [f"{where}: not a tenant document"])
+    document = json.loads(canonical_json(raw))
+    return ManifestDocument(source=where, document=document, tenant=tenant)
+
+
+def tenant_from_document(document: Mapping[str, Any]) -> TenantSpec:
+    """Parse a document the registry stored; it was validated when applied."""
+    return parse_document(dict(document), f"stored tenant {document.get('metadata', {}).get('id')!r}").tenant
+
+
+def _fields(value: Any, path: str, allowed: set[str], problems: _Problems) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {_kind(value)}")
+        return None
+    for key in value:
+        if key not in allowed:
+            problems.add(_join(path, str(key)), f"unknown field (expected one of {', '.join(sorted(allowed))})")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _string(value: Any, path: str, problems: _Problems, pattern: re.Pattern[str] | None = None,
+            what: str = "") -> str:
+    if not isinstance(value, str):
+        problems.add(path, f"expected a string, got {_kind(value)}")
+        return ""
+    if pattern is not None and not pattern.match(value):
+        problems.add(path, f"{value!r} is not a valid {what}")
+    return value
+
+
+def _strings(value: Any, path: str, problems: _Problems, pattern: re.Pattern[str] | None = None,
+             what: str = "") -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.add(path, f"expected a list, got {_kind(value)}")
+        return ()
+    return tuple(_string(item, f"{path}[{i}]", problems, pattern, what) for i, item in enumerate(value))
+
+
+def _choice(value: Any, path: str, problems: _Problems, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    text = _string(value, path, problems)
+    if text and text not in options:
+        problems.add(path, f"{text!r} is not one of {', '.join(options)}")
+    return text
+
+
+def _rules(value: Any, path: str, problems: _Problems) -> tuple[str, ...]:
+    rules = _strings(value, path, problems)
+    for i, rule in enumerate(rules):
+        problem = rule_problem(rule)
+        if problem:
+            problems.add(f"{path}[{i}]", problem)
+    return rules
+
+
+def rule_problem(rule: str) -> str:
+    """Why an ``action:resource`` rule is malformed, or "" when it is fine."""
+    if rule == "*":
+        return ""
+    action, sep, resource = rule.partition(":")
+    if not sep or not resource:
+        return f"{rule!r} is not a rule (expected \"action:resource-glob\" or \"*\")"
+    if not ACTION.match(action):
+        return f"{rule!r} has a bad action {action!r} (a name or *)"
+    return ""
+
+
+def _parse_tenant(raw: Any, problems: _Problems) -> TenantSpec | None:
+    top = _fields(raw, "", _TOP_FIELDS, problems)
+    if top is None:
+        return None
+    if top.get("apiVersion") != API_VERSION:
+        problems.add("apiVersion", f"expected {API_VERSION!r}, got {top.get('apiVersion')!r}")
+    if top.get("kind") != "Tenant":
+        problems.add("kind", f"expected 'Tenant', got {top.get('kind')!r}")
+    metadata = _fields(top.get("metadata"), "metadata", _METADATA_FIELDS, problems) or {}
+    if "id" not in metadata:
+        problems.add("metadata.id", "required")
+    tenant_id = _string(metadata.get("id", ""), "metadata.id", problems, TENANT_ID,
+                        "tenant id ([a-z0-9][a-z0-9-]{1,62})")
+    name = _string(metadata.get("name", tenant_id), "metadata.name", problems)
+    labels_raw = metadata.get("labels") or {}
+    labels: dict[str, str] = {}
+    if not isinstance(labels_raw, dict):
+        problems.add("metadata.labels", f"expected a mapping, got {_kind(labels_raw)}")
+    else:
+        for key, label in labels_raw.items():
+            labels[str(key)] = _string(label, f"metadata.labels.{key}", problems)
+
+    spec = _fields(top.get("spec") or {}, "spec", _SPEC_FIELDS, problems) or {}
+    state_text = _choice(spec.get("state", "Draft"), "spec.state", problems, (s.value for s in TenantState))
+    environments = _strings(spec.get("environments"), "spec.environments", problems, NAME, "environment name")
+    quotas = _parse_quotas(spec.get("quotas") or {}, problems)
+    access = _parse_access(spec.get("access") or {}, frozenset(environments), problems)
+    issuers = _parse_tokens(spec.get("tokens") or {}, problems)
+    keys = _parse_keys(spec.get("keys") or {}, problems)
+    retention = 30 * 86400
+    if "retention" in spec:
+        try:
+            retention = parse_duration(str(spec["retention"]))
+        except ValueError as exc:
+            problems.add("spec.retention", str(exc))
+    if problems.items:
+        return None
+    return TenantSpec(
+        id=tenant_id,
+        name=name,
+        labels=labels,
+        state=TenantState(state_text),
+        plan=_string(spec.get("plan", ""), "spec.plan", problems),
+        profile=_choice(spec.get("profile", "multi-tenant"), "spec.profile", problems, _PROFILES),
+        isolation=_choice(spec.get("isolation", "soft"), "spec.isolation", problems, _ISOLATIONS),
+        environments=environments,
+        features=_strings(spec.get("features"), "spec.features", problems),
+        quotas=quotas,
+        access=access,
+        issuers=issuers,
+        keys=keys,
+        retention=retention,
+    )
+
+
+_QUOTA_SHAPES: dict[str, set[str]] = {
+    "rate": {"rate", "burst", "shadow"},
+    "limit": {"limit", "period", "shadow"},
+    "concurrency": {"concurrency", "lease_ttl", "shadow"},
+    "allocation": {"allocation", "shadow"},
+}
+
+
+def _parse_quotas(raw: Any, problems: _Problems) -> dict[str, QuotaSpec]:
+    if not isinstance(raw, dict):
+        problems.add("spec.quotas", f"expected a mapping, got {_kind(raw)}")
+        return {}
+    quotas: dict[str, QuotaSpec] = {}
+    for name, body in raw.items():
+        path = f"spec.quotas.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            problems.add(path, f"{name!r} is not a valid quota name")
+            continue
+        shape = next((s for s in _QUOTA_SHAPES if isinstance(body, dict) and s in body), None)
+        if shape is None:
+            problems.add(path, "expected one of rate, limit (with period), concurrency or allocation")
+            continue
+        fields = _fields(body, path, _QUOTA_SHAPES[shape], problems)
+        if fields is None:
+            continue
+        shadow = fields.get("shadow", False)
+        if not isinstance(shadow, bool):
+            problems.add(f"{path}.shadow", f"expected true or false, got {_kind(shadow)}")
+            shadow = False
+        try:
+            quotas[name] = _quota(name, shape, fields, shadow, path)
+        except ValueError as exc:
+            problems.add(exc.args[0], exc.args[1])
+    return quotas
+
+
+def _amount(value: Any, path: str) -> tuple[int, bool]:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ValueError(path, str(exc)) from None
+
+
+def _quota(name: str, shape: str, body: dict[str, Any], shadow: bool, path: str) -> QuotaSpec:
+    if shape == "rate":
+        try:
+            limit, per_seconds = parse_rate(str(body["rate"]))
+        except ValueError as exc:
+            raise ValueError(f"{path}.rate", str(exc)) from None
+        burst = _amount(body.get("burst", limit), f"{path}.burst")[0]
+        if limit <= 0 or burst <= 0:
+            raise ValueError(f"{path}.rate", "rate and burst must be positive")
+        return QuotaSpec(name, QuotaKind.RATE, limit, per_seconds=per_seconds, burst=burst, shadow=shadow)
+    if shape == "limit":
+        limit, _ = _amount(body["limit"], f"{path}.limit")
+        if "period" not in body:
+            raise ValueError(f"{path}.period", "required with limit (day, week or month)")
+        periods = [p.value for p in CalendarPeriod]
+        if body["period"] not in periods:
+            raise ValueError(f"{path}.period", f"{body['period']!r} is not one of {', '.join(periods)}")
+        return QuotaSpec(name, QuotaKind.WINDOW, limit, period=CalendarPeriod(body["period"]), shadow=shadow)
+    if shape == "concurrency":
+        limit, _ = _amount(body["concurrency"], f"{path}.concurrency")
+        try:
+            ttl = parse_duration(str(body.get("lease_ttl", "60s")))
+        except ValueError as exc:
+            raise ValueError(f"{path}.lease_ttl", str(exc)) from None
+        if ttl <= 0:
+            raise ValueError(f"{path}.lease_ttl", "must be positive")
+        return QuotaSpec(name, QuotaKind.CONCURRENCY, limit, lease_ttl=float(ttl), shadow=shadow)
+    limit, in_bytes = _amount(body["allocation"], f"{path}.allocation")
+    kind = QuotaKind.VOLUME if in_bytes else QuotaKind.ALLOCATION
+    return QuotaSpec(name, kind, limit, shadow=shadow)
+
+
+_ACCESS_FIELDS = {"roles", "bindings", "groups", "deny", "grants", "suspended_allow"}
+
+
+def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -> AccessSpec:
+    body = _fields(raw, "spec.access", _ACCESS_FIELDS, problems)
+    if body is None:
+        return AccessSpec()
+    roles: dict[str, Role] = {}
+    roles_raw = body.get("roles") or {}
+    if not isinstance(roles_raw, dict):
+        problems.add("spec.access.roles", f"expected a mapping, got {_kind(roles_raw)}")
+        roles_raw = {}
+    for role_name, role_body in roles_raw.items():
+        path = f"spec.access.roles.{role_name}"
+        if not isinstance(role_name, str) or not NAME.match(role_name):
+            problems.add(path, f"{role_name!r} is not a valid role name")
+            continue
+        fields = _fields(role_body if role_body is not None else {}, path, {"allow", "deny"}, problems) or {}
+        roles[role_name] = Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
+                                _rules(fields.get("deny"), f"{path}.deny", problems))
+
+    groups: dict[str, tuple[str, ...]] = {}
+    groups_raw = body.get("groups") or {}
+    if not isinstance(groups_raw, dict):
+        problems.add("spec.access.groups", f"expected a mapping, got {_kind(groups_raw)}")
+        groups_raw = {}
+    for group_name, members in groups_raw.items():
+        path = f"spec.access.groups.{group_name}"
+        if not isinstance(group_name, str) or not NAME.match(group_name):
+            problems.add(path, f"{group_name!r} is not a valid group name")
+            continue
+        groups[group_name] = _strings(members, path, problems, SUBJECT, "subject (kind:name)")
+
+    bindings: list[Binding] = []
+    bindings_raw = body.get("bindings") or []
+    if not isinstance(bindings_raw, list):
+        problems.add("spec.access.bindings", f"expected a list, got {_kind(bindings_raw)}")
+        bindings_raw = []
+    for i, binding_raw in enumerate(bindings_raw):
+        path = f"spec.access.bindings[{i}]"
+        fields = _fields(binding_raw, path, {"subject", "roles", "environments"}, problems)
+        if fields is None:
+            continue
+        subject = _string(fields.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
+        if subject.startswith("group:") and subject[6:] not in groups:
+            problems.add(f"{path}.subject", f"unknown group {subject[6:]!r}")
+        binding_roles = _strings(fields.get("roles"), f"{path}.roles", problems)
+        if not binding_roles:
+            problems.add(f"{path}.roles", "at least one role is required")
+        for j, role_name in enumerate(binding_roles):
+            if role_name and role_name not in roles:
+                problems.add(f"{path}.roles[{j}]", f"unknown role {role_name!r}")
+        envs: frozenset[str] | None = None
+        if fields.get("environments") is not None:
+            envs = frozenset(_strings(fields["environments"], f"{path}.environments", problems))
+            for env in sorted(envs - environments):
+                problems.add(f"{path}.environments", f"unknown environment {env!r} (spec.environments lists "
+                             f"{', '.join(sorted(environments)) or 'none'})")
+        bindings.append(Binding(subject, binding_roles, envs))
+
+    grants: list[CrossTenantGrant] = []
+    grants_raw = body.get("grants") or []
+    if not isinstance(grants_raw, list):
+        problems.add("spec.access.grants", f"expected a list, got {_kind(grants_raw)}")
+        grants_raw = []
+    for i, grant_raw in enumerate(grants_raw):
+        path = f"spec.access.grants[{i}]"
+        fields = _fields(grant_raw, path, {"tenant", "subject", "allow"}, problems)
+        if fields is None:
+            continue
+        grants.append(CrossTenantGrant(
+            _string(fields.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id"),
+            _string(fields.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)"),
+            _rules(fields.get("allow"), f"{path}.allow", problems),
+        ))
+
+    return AccessSpec(
+        roles=roles,
+        bindings=tuple(bindings),
+        groups=groups,
+        deny=_rules(body.get("deny"), "spec.access.deny", problems),
+        grants=tuple(grants),
+        suspended_allow=_rules(body.get("suspended_allow"), "spec.access.suspended_allow", problems),
+    )
+
+
+_ISSUER_FIELDS = {"issuer", "audience", "tenant_claim", "subject_claim", "jwks"}
+
+
+def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
+    body = _fields(raw, "spec.tokens", {"issuers"}, problems)
+    if body is None:
+        return ()
+    issuers_raw = body.get("issuers") or []
+    if not isinstance(issuers_raw, list):
+        problems.add("spec.tokens.issuers", f"expected a list, got {_kind(issuers_raw)}")
+        return ()
+    issuers: list[IssuerSpec] = []
+    for i, issuer_raw in enumerate(issuers_raw):
+        path = f"spec.tokens.issuers[{i}]"
+        fields = _fields(issuer_raw, path, _ISSUER_FIELDS, problems)
+        if fields is None:
+            continue
+        for required in ("issuer", "audience", "jwks"):
+            if required not in fields:
+                problems.add(f"{path}.{required}", "required")
+        jwks = fields.get("jwks")
+        if jwks is not None:
+            _check_jwks(jwks, f"{path}.jwks", problems)
+        issuers.append(IssuerSpec(
+            issuer=_string(fields.get("issuer", ""), f"{path}.issuer", problems),
+            audience=_string(fields.get("audience", ""), f"{path}.audience", problems),
+            jwks=jwks if isinstance(jwks, dict) else {},
+            tenant_claim=_string(fields.get("tenant_claim", "tid"), f"{path}.tenant_claim", problems),
+            subject_claim=_string(fields.get("subject_claim", "sub"), f"{path}.subject_claim", problems),
+        ))
+    return tuple(issuers)
+
+
+def _check_jwks(jwks: Any, path: str, problems: _Problems) -> None:
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        problems.add(path, "expected {keys: [...]} with at least one key")
+        return
+    for i, key in enumerate(jwks["keys"]):
+        if not isinstance(key, dict) or key.get("kty") not in SIGNING_KEY_TYPES:
+            problems.add(f"{path}.keys[{i}]", "expected a public signing key (kty RSA, EC or OKP)")
+            continue
+        if any(private in key for private in ("d", "p", "q")):
+            problems.add(f"{path}.keys[{i}]", "holds private key material; publish only the public key")
+            continue
+        try:
+            jwt.PyJWK.from_dict(key)
+        except jwt.PyJWTError as exc:
+            problems.add(f"{path}.keys[{i}]", f"not a usable key: {exc}")
+
+
+def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
+    body = _fields(raw, "spec.keys", {"purposes", "readers", "rotate_every"}, problems)
+    if body is None:
+        return KeysSpec()
+    rotate_every: int | None = None
+    if body.get("rotate_every") is not None:
+        try:
+            rotate_every = parse_duration(str(body["rotate_every"]))
+        except ValueError as exc:
+            problems.add("spec.keys.rotate_every", str(exc))
+    purposes = _strings(body.get("purposes"), "spec.keys.purposes", problems, NAME, "key purpose")
+    if len(set(purposes)) != len(purposes):
+        problems.add("spec.keys.purposes", "lists a purpose twice")
+    return KeysSpec(
+        purposes=purposes,
+        readers=frozenset(_strings(body.get("readers"), "spec.keys.readers", problems, SUBJECT,
+                                   "caller identity (kind:name)")),
+        rotate_every=rotate_every,
+    )

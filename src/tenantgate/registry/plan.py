@@ -1,0 +1,54 @@
+"""What an apply would change: a pure comparison of stored documents with the manifests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from typing import Any
+
+from tenantgate.registry.store import TenantChange
+
+
+def plan_changes(
+    current: Mapping[str, Mapping[str, Any]],
+    desired: Mapping[str, Mapping[str, Any]],
+    existing_keys: Mapping[str, Set[str]],
+    *,
+    prune: bool,
+) -> list[TenantChange]:
+    """Changes in tenant-id order. Keys are planned for every declared purpose that has none yet."""
+    changes: list[TenantChange] = []
+    for tenant_id in sorted(set(current) | set(desired)):
+        before, after = current.get(tenant_id), desired.get(tenant_id)
+        if after is None:
+            if prune:
+                changes.append(TenantChange(tenant_id, "delete"))
+            continue
+        purposes = after.get("spec", {}).get("keys", {}).get("purposes") or []
+        new_keys = tuple(p for p in purposes if p not in existing_keys.get(tenant_id, ()))
+        if before is None:
+            changes.append(TenantChange(tenant_id, "create", (), new_keys))
+        elif before != after or new_keys:
+            changes.append(TenantChange(tenant_id, "update", tuple(_differences(before, after)), new_keys))
+    return changes
+
+
+def _differences(before: Any, after: Any, path: str = "") -> list[str]:
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        lines: list[str] = []
+        for key in sorted(set(before) | set(after), key=str):
+            child = f"{path}.{key}" if path else str(key)
+            if key not in before:
+                lines.append(f"+ {child}: {_show(after[key])}")
+            elif key not in after:
+                lines.append(f"- {child}: {_show(before[key])}")
+            else:
+                lines.extend(_differences(before[key], after[key], child))
+        return lines
+    if before != after:
+        return [f"~ {path}: {_show(before)} -> {_show(after)}"]
+    return []
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 120 else text[:117] + "..."

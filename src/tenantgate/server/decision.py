@@ -1,0 +1,177 @@
+"""DecisionService: protobuf in, engine call against one snapshot, protobuf out."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tenantgate.engines.access import AccessEngine
+from tenantgate.engines.keys import KeyEngine
+from tenantgate.engines.quota import QuotaEngine
+from tenantgate.engines.tokens import TokenProblem, TokenVerifier
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
+from tenantgate.model import TenantState
+from tenantgate.server import requests
+from tenantgate.server.status import maps_errors, status_code
+from tenantgate.snapshot import Snapshot, SnapshotHolder
+from tenantgate.identity import CALLER_METADATA
+from tenantgate.v1 import decision_pb2 as pb
+from tenantgate.v1 import decision_pb2_grpc
+
+# How long a min_revision waits for the snapshot when the call has no deadline.
+DEFAULT_REVISION_WAIT = 5.0
+_TENANT_STATES = {
+    TenantState.DRAFT: pb.TENANT_STATE_DRAFT,
+    TenantState.ACTIVE: pb.TENANT_STATE_ACTIVE,
+    TenantState.SUSPENDED: pb.TENANT_STATE_SUSPENDED,
+    TenantState.ARCHIVED: pb.TENANT_STATE_ARCHIVED,
+    TenantState.DELETED: pb.TENANT_STATE_DELETED,
+}
+
+
+class DecisionIds:
+    """Unique without coordination: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+def _duration(seconds: float) -> Duration:
+    whole = int(seconds)
+    return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    whole = int(seconds)
+    return Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def caller_identity(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
+    def __init__(self, holder: SnapshotHolder, tokens: TokenVerifier, access: AccessEngine, quota: QuotaEngine,
+                 keys: KeyEngine) -> None:
+        self._holder = holder
+        self._tokens = tokens
+        self._access = access
+        self._quota = quota
+        self._keys = keys
+        self._ids = DecisionIds()
+
+    async def _snapshot(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
+        snapshot = self._holder.current
+        if snapshot is None:
+            raise Unavailable("no snapshot of the registry is loaded yet")
+        if min_revision <= snapshot.revision:
+            return snapshot
+        remaining = context.time_remaining()
+        waited = await self._holder.wait_for_revision(
+            min_revision, DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - 0.01))
+        if waited is None:
+            current = self._holder.current.revision if self._holder.current else 0
+            raise FailedPrecondition(f"the snapshot is at revision {current}, older than min_revision {min_revision}",
+                                     field="min_revision")
+        return waited
+
+    def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, prefix: str = "") -> pb.CheckAccessResponse:
+        decision = self._access.check(snapshot, requests.access_request(request, prefix))
+        return pb.CheckAccessResponse(allowed=decision.allowed, reason=int(decision.reason), rule=decision.rule,
+                                      revision=snapshot.revision, decision_id=self._ids.next())
+
+    @maps_errors
+    async def CheckAccess(self, request: pb.CheckAccessRequest,
+                          context: grpc.aio.ServicerContext) -> pb.CheckAccessResponse:
+        snapshot = await self._snapshot(request.min_revision, context)
+        return self._decide(snapshot, request)
+
+    @maps_errors
+    async def CheckAccessBatch(self, request: pb.CheckAccessBatchRequest,
+                               context: grpc.aio.ServicerContext) -> pb.CheckAccessBatchResponse:
+        if len(request.items) > requests.MAX_BATCH:
+            raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(request.items)}",
+                                  field="items")
+        snapshot = await self._snapshot(request.min_revision, context)
+        results = []
+        for index, item in enumerate(request.items):
+            try:
+                decision = self._decide(snapshot, item.check, f"items[{index}].check.")
+                results.append(pb.CheckAccessBatchResult(correlation_id=item.correlation_id, decision=decision))
+            except TenantgateError as error:
+                results.append(pb.CheckAccessBatchResult(
+                    correlation_id=item.correlation_id,
+                    error=pb.CheckError(code=status_code(error).value[0], message=error.message, field=error.field)))
+        return pb.CheckAccessBatchResponse(results=results, revision=snapshot.revision)
+
+    @maps_errors
+    async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
+        snapshot = await self._snapshot(0, context)
+        outcome = await self._quota.consume(
+            snapshot, requests.tenant_id(request.tenant_id), requests.quota_items(request),
+            release=request.release, idempotency_key=request.idempotency_key)
+        return pb.ConsumeQuotaResponse(
+            allowed=outcome.allowed,
+            revision=outcome.revision,
+            results=[pb.QuotaItemResult(quota=item.quota, allowed=item.allowed, limit=item.limit,
+                                        remaining=item.remaining, reset_after=_duration(item.reset_after),
+                                        retry_after=_duration(item.retry_after), lease_id=item.lease_id,
+                                        shadow=item.shadow)
+                     for item in outcome.items],
+        )
+
+    @maps_errors
+    async def GetTenantKey(self, request: pb.GetTenantKeyRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetTenantKeyResponse:
+        snapshot = await self._snapshot(0, context)
+        key = self._keys.get(snapshot, caller_identity(context), requests.tenant_id(request.tenant_id),
+                             requests.require_text(request.purpose, "purpose", requests.MAX_ID), request.version)
+        return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
+                                       material=key.material, state=int(key.state),
+                                       created_at=_timestamp(key.created_at))
+
+    @maps_errors
+    async def ValidateToken(self, request: pb.ValidateTokenRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
+        snapshot = await self._snapshot(0, context)
+        token = requests.require_text(request.token, "token", requests.MAX_TOKEN_BYTES)
+        result = self._tokens.verify(snapshot, token, requests.tenant_id(request.tenant_id, required=False))
+        if result.token is None:
+            reason = pb.DECISION_REASON_TOKEN_EXPIRED if result.problem is TokenProblem.EXPIRED \
+                else pb.DECISION_REASON_TOKEN_INVALID
+            return pb.ValidateTokenResponse(valid=False, reason=reason, detail=result.detail)
+        verified = result.token
+        tenant = snapshot.tenants[verified.tenant_id]
+        if tenant.state is not TenantState.ACTIVE:
+            return pb.ValidateTokenResponse(valid=False, reason=pb.DECISION_REASON_TENANT_NOT_ACTIVE,
+                                            tenant_id=verified.tenant_id, subject=verified.subject,
+                                            detail=f"tenant {verified.tenant_id!r} is {tenant.state.value}")
+        return pb.ValidateTokenResponse(valid=True, reason=pb.DECISION_REASON_ALLOWED, tenant_id=verified.tenant_id,
+                                        subject=verified.subject, scopes=verified.scopes,
+                                        expires_at=_timestamp(verified.expires_at))
+
+    @maps_errors
+    async def ResolveTenant(self, request: pb.ResolveTenantRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ResolveTenantResponse:
+        snapshot = await self._snapshot(0, context)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
+        spec = tenant.spec
+        return pb.ResolveTenantResponse(
+            tenant_id=spec.id, name=spec.name, state=_TENANT_STATES[spec.state], plan=spec.plan,
+            profile=spec.profile, isolation=spec.isolation, environments=spec.environments,
+            features=spec.features, labels=dict(spec.labels), revision=snapshot.revision, stale=snapshot.stale)

@@ -1,0 +1,76 @@
+"""Turning protobuf requests into engine requests; anything malformed is INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+from tenantgate.engines.access import AccessRequest
+from tenantgate.engines.quota import QuotaRequestItem
+from tenantgate.engines.tokens import MAX_TOKEN_BYTES
+from tenantgate.errors import InvalidArgument
+from tenantgate.registry.manifest import TENANT_ID
+from tenantgate.v1 import decision_pb2 as pb
+
+MAX_ID = 63
+MAX_SUBJECT = 256
+MAX_ACTION = 64
+MAX_RESOURCE = 1024
+MAX_CONTEXT_ENTRIES = 64
+MAX_CONTEXT_VALUE = 1024
+MAX_BATCH = 1000
+MAX_IDEMPOTENCY_KEY = 256
+
+
+def require_text(value: str, field: str, limit: int) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required", field=field)
+    return bounded_text(value, field, limit)
+
+
+def bounded_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is {len(value)} characters long; the maximum is {limit}", field=field)
+    return value
+
+
+def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True) -> str:
+    if not value and not required:
+        return value
+    require_text(value, field, MAX_ID)
+    if not TENANT_ID.match(value):
+        raise InvalidArgument(f"{field} {value!r} is not a tenant id ([a-z0-9][a-z0-9-]{{1,62}})", field=field)
+    return value
+
+
+def access_request(request: pb.CheckAccessRequest, prefix: str = "") -> AccessRequest:
+    if request.subject and request.token:
+        raise InvalidArgument("give a subject or a token, not both", field=f"{prefix}token")
+    if not request.subject and not request.token:
+        raise InvalidArgument("a subject or a token is required", field=f"{prefix}subject")
+    bounded_text(request.token, f"{prefix}token", MAX_TOKEN_BYTES)
+    bounded_text(request.subject, f"{prefix}subject", MAX_SUBJECT)
+    bounded_text(request.environment, f"{prefix}environment", MAX_ID)
+    if len(request.context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidArgument(f"at most {MAX_CONTEXT_ENTRIES} context entries", field=f"{prefix}context")
+    for key, value in request.context.items():
+        bounded_text(key, f"{prefix}context", MAX_ACTION)
+        bounded_text(value, f"{prefix}context[{key}]", MAX_CONTEXT_VALUE)
+    return AccessRequest(
+        tenant_id=tenant_id(request.tenant_id, f"{prefix}tenant_id"),
+        action=require_text(request.action, f"{prefix}action", MAX_ACTION),
+        resource=require_text(request.resource, f"{prefix}resource", MAX_RESOURCE),
+        subject=request.subject,
+        subject_tenant_id=tenant_id(request.subject_tenant_id, f"{prefix}subject_tenant_id", required=False),
+        token=request.token,
+        environment=request.environment,
+    )
+
+
+def quota_items(request: pb.ConsumeQuotaRequest) -> list[QuotaRequestItem]:
+    bounded_text(request.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
+    items = []
+    for index, item in enumerate(request.items):
+        items.append(QuotaRequestItem(
+            quota=require_text(item.quota, f"items[{index}].quota", MAX_ID),
+            amount=item.amount,
+            lease_id=bounded_text(item.lease_id, f"items[{index}].lease_id", MAX_ID),
+        ))
+    return items

@@ -1,0 +1,144 @@
+"""The immutable, indexed view of the registry at one revision that every decision reads.
+
+A snapshot is never changed: the syncer builds the next one beside it (reusing the views of unchanged
+tenants) and swaps one reference in the holder. A request reads ``holder.current`` once and decides
+against that snapshot only, so it never sees half a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import jwt
+
+from tenantgate.model import IssuerSpec, KeyState, TenantSpec, TenantState
+from tenantgate.policy import CompiledPolicy, compile_policy
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    tenant_id: str
+    purpose: str
+    version: int
+    algorithm: str
+    state: KeyState
+    created_at: float
+    material: bytes = field(repr=False)
+    # Why the material is missing (it did not unwrap); empty when it is usable.
+    unavailable: str = ""
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.tenant_id}/{self.purpose}/v{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledIssuer:
+    spec: IssuerSpec
+    keys_by_id: Mapping[str, jwt.PyJWK]
+    # The key to use for tokens without a "kid" header: only when the JWKS holds exactly one.
+    sole_key: jwt.PyJWK | None
+
+
+def compile_issuer(spec: IssuerSpec) -> CompiledIssuer:
+    keys = [jwt.PyJWK.from_dict(dict(key)) for key in spec.jwks.get("keys", ())]
+    by_id = {key.key_id: key for key in keys if key.key_id}
+    return CompiledIssuer(spec, by_id, keys[0] if len(keys) == 1 else None)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    spec: TenantSpec
+    revision: int  # the revision that last changed this tenant
+    policy: CompiledPolicy
+    issuers: tuple[CompiledIssuer, ...]
+    keys: Mapping[str, tuple[KeyVersion, ...]]  # purpose -> versions, oldest first
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def state(self) -> TenantState:
+        return self.spec.state
+
+
+def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
+    by_purpose: dict[str, list[KeyVersion]] = {}
+    for key in sorted(keys, key=lambda k: (k.purpose, k.version)):
+        by_purpose.setdefault(key.purpose, []).append(key)
+    return TenantView(
+        spec=spec,
+        revision=revision,
+        policy=compile_policy(spec.id, spec.access, spec.environments),
+        issuers=tuple(compile_issuer(issuer) for issuer in spec.issuers),
+        keys={purpose: tuple(versions) for purpose, versions in by_purpose.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    tenants: Mapping[str, TenantView]
+    # issuer URL -> ids of the tenants that trust it, for routing a token to its home tenant
+    issuers: Mapping[str, tuple[str, ...]]
+    built_at: float
+    # True while served from the last-known-good file because the registry cannot be read.
+    stale: bool = False
+
+
+def build_snapshot(revision: int, tenants: Iterable[TenantView], built_at: float) -> Snapshot:
+    by_id = {tenant.id: tenant for tenant in tenants}
+    issuers: dict[str, list[str]] = {}
+    for tenant in by_id.values():
+        for issuer in tenant.spec.issuers:
+            issuers.setdefault(issuer.issuer, []).append(tenant.id)
+    return Snapshot(revision, by_id, {url: tuple(sorted(ids)) for url, ids in issuers.items()}, built_at)
+
+
+def with_changes(base: Snapshot, revision: int, changed: Mapping[str, TenantView | None],
+                 built_at: float) -> Snapshot:
+    """The next snapshot: ``base`` with the changed tenants replaced (None removes one)."""
+    tenants = dict(base.tenants)
+    issuers = {url: list(ids) for url, ids in base.issuers.items()}
+    for tenant_id, view in changed.items():
+        old = tenants.pop(tenant_id, None)
+        if old is not None:
+            for issuer in old.spec.issuers:
+                issuers[issuer.issuer].remove(tenant_id)
+        if view is not None:
+            tenants[tenant_id] = view
+            for issuer in view.spec.issuers:
+                issuers.setdefault(issuer.issuer, []).append(tenant_id)
+    return Snapshot(revision, tenants, {url: tuple(sorted(ids)) for url, ids in issuers.items() if ids},
+                    built_at)
+
+
+class SnapshotHolder:
+    """The one mutable reference: readers take ``current``; the syncer calls ``swap``."""
+
+    def __init__(self) -> None:
+        self.current: Snapshot | None = None
+        self._swapped = asyncio.Event()
+
+    def swap(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+        swapped, self._swapped = self._swapped, asyncio.Event()
+        swapped.set()
+
+    async def wait_for_revision(self, revision: int, timeout: float | None) -> Snapshot | None:
+        """The current snapshot once it is at ``revision`` or later; None if that takes over ``timeout``
+        seconds (``None``: wait as long as it takes)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.current is None or self.current.revision < revision:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._swapped.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.current
