@@ -12,7 +12,6 @@ from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
 
-
 class DecisionClient:
     def __init__(self, target: str, *, timeout: float = 5.0, caller: str = "") -> None:
         self._channel = grpc.insecure_channel(target)

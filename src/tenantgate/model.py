@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 
-class TenantState(str, Enum):
+class TenantState(StrEnum):
     DRAFT = "Draft"
     ACTIVE = "Active"
     SUSPENDED = "Suspended"
@@ -19,7 +19,7 @@ class TenantState(str, Enum):
     DELETED = "Deleted"
 
 
-class QuotaKind(str, Enum):
+class QuotaKind(StrEnum):
     RATE = "rate"  # token bucket
     WINDOW = "window"  # calendar window (day, week, month; UTC)
     CONCURRENCY = "concurrency"  # leases acquired and released
@@ -27,7 +27,7 @@ class QuotaKind(str, Enum):
     VOLUME = "volume"  # an allocation measured in bytes
 
 
-class CalendarPeriod(str, Enum):
+class CalendarPeriod(StrEnum):
     DAY = "day"
     WEEK = "week"
     MONTH = "month"

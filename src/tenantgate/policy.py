@@ -43,7 +43,7 @@ class Rule:
 class RuleSet:
     """Rules indexed by action; ``first_match`` checks the action's rules, then the wildcard ones."""
 
-    __slots__ = ("_by_action", "_any_action")
+    __slots__ = ("_any_action", "_by_action")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         by_action: dict[str, list[Rule]] = {}

@@ -369,21 +369,21 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         bindings_raw = []
     for i, binding_raw in enumerate(bindings_raw):
         path = f"spec.access.bindings[{i}]"
-        fields = _fields(binding_raw, path, {"subject", "roles", "environments"}, problems)
-        if fields is None:
+        binding = _fields(binding_raw, path, {"subject", "roles", "environments"}, problems)
+        if binding is None:
             continue
-        subject = _string(fields.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
+        subject = _string(binding.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
         if subject.startswith("group:") and subject[6:] not in groups:
             problems.add(f"{path}.subject", f"unknown group {subject[6:]!r}")
-        binding_roles = _strings(fields.get("roles"), f"{path}.roles", problems)
+        binding_roles = _strings(binding.get("roles"), f"{path}.roles", problems)
         if not binding_roles:
             problems.add(f"{path}.roles", "at least one role is required")
         for j, role_name in enumerate(binding_roles):
             if role_name and role_name not in roles:
                 problems.add(f"{path}.roles[{j}]", f"unknown role {role_name!r}")
         envs: frozenset[str] | None = None
-        if fields.get("environments") is not None:
-            envs = frozenset(_strings(fields["environments"], f"{path}.environments", problems))
+        if binding.get("environments") is not None:
+            envs = frozenset(_strings(binding["environments"], f"{path}.environments", problems))
             for env in sorted(envs - environments):
                 problems.add(f"{path}.environments", f"unknown environment {env!r} (spec.environments lists "
                              f"{', '.join(sorted(environments)) or 'none'})")
@@ -396,13 +396,13 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         grants_raw = []
     for i, grant_raw in enumerate(grants_raw):
         path = f"spec.access.grants[{i}]"
-        fields = _fields(grant_raw, path, {"tenant", "subject", "allow"}, problems)
-        if fields is None:
+        grant = _fields(grant_raw, path, {"tenant", "subject", "allow"}, problems)
+        if grant is None:
             continue
         grants.append(CrossTenantGrant(
-            _string(fields.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id"),
-            _string(fields.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)"),
-            _rules(fields.get("allow"), f"{path}.allow", problems),
+            _string(grant.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id"),
+            _string(grant.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)"),
+            _rules(grant.get("allow"), f"{path}.allow", problems),
         ))
 
     return AccessSpec(

@@ -68,20 +68,30 @@ def _digest(document: Mapping[str, Any]) -> str:
 
 class SQLiteStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        """Connects on first use, and again after a failure, so a server can start (NOT_SERVING) while
+        the file is unreadable and recover when it is back."""
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL: an acknowledged apply survives a power cut, not only a process crash.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the SQLite registry at {self.path}: {exc}") from exc
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                db.execute("PRAGMA journal_mode = WAL")
+                # FULL: an acknowledged apply survives a power cut, not only a process crash.
+                db.execute("PRAGMA synchronous = FULL")
+                db.executescript(_SCHEMA)
+                self._check_schema(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -91,10 +101,10 @@ class SQLiteStore:
             raise ConfigurationError(f"registry URL {url!r} names no file; expected sqlite:///path/registry.db")
         return cls(path)
 
-    def _check_schema(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
-            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise ConfigurationError(f"the registry at {self.path} has schema version {row[0]}, newer than "
@@ -104,19 +114,26 @@ class SQLiteStore:
     def _transaction(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                self._db.execute(f"BEGIN {mode}")
+                db = self._connection()
+                db.execute(f"BEGIN {mode}")
                 try:
-                    yield self._db
+                    yield db
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._disconnect()
                 raise StorageError(f"SQLite registry {self.path}: {exc}") from exc
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._disconnect()
 
     def current_revision(self) -> int:
         with self._transaction() as db:

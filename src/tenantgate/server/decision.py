@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from typing import cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tenantgate.engines.access import AccessEngine
+from tenantgate.engines.access import AccessEngine, Reason
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import QuotaEngine
-from tenantgate.engines.tokens import TokenProblem, TokenVerifier
+from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifier
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
-from tenantgate.model import TenantState
+from tenantgate.identity import CALLER_METADATA
+from tenantgate.model import KeyState, TenantState
 from tenantgate.server import requests
 from tenantgate.server.status import maps_errors, status_code
 from tenantgate.snapshot import Snapshot, SnapshotHolder
-from tenantgate.identity import CALLER_METADATA
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
 # How long a min_revision waits for the snapshot when the call has no deadline.
 DEFAULT_REVISION_WAIT = 5.0
+# Engine enums to protocol enums, by name; a missing name fails at import, not on a request.
+_REASONS = {reason: cast(pb.DecisionReason, pb.DecisionReason.Value(f"DECISION_REASON_{reason.name}"))
+            for reason in Reason}
+_KEY_STATES = {state: cast(pb.KeyState, pb.KeyState.Value(f"KEY_STATE_{state.name}")) for state in KeyState}
 _TENANT_STATES = {
     TenantState.DRAFT: pb.TENANT_STATE_DRAFT,
     TenantState.ACTIVE: pb.TENANT_STATE_ACTIVE,
@@ -88,7 +93,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, prefix: str = "") -> pb.CheckAccessResponse:
         decision = self._access.check(snapshot, requests.access_request(request, prefix))
-        return pb.CheckAccessResponse(allowed=decision.allowed, reason=int(decision.reason), rule=decision.rule,
+        return pb.CheckAccessResponse(allowed=decision.allowed, reason=_REASONS[decision.reason], rule=decision.rule,
                                       revision=snapshot.revision, decision_id=self._ids.next())
 
     @maps_errors
@@ -139,14 +144,14 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         key = self._keys.get(snapshot, caller_identity(context), requests.tenant_id(request.tenant_id),
                              requests.require_text(request.purpose, "purpose", requests.MAX_ID), request.version)
         return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
-                                       material=key.material, state=int(key.state),
+                                       material=key.material, state=_KEY_STATES[key.state],
                                        created_at=_timestamp(key.created_at))
 
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
                             context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
         snapshot = await self._snapshot(0, context)
-        token = requests.require_text(request.token, "token", requests.MAX_TOKEN_BYTES)
+        token = requests.require_text(request.token, "token", MAX_TOKEN_BYTES)
         result = self._tokens.verify(snapshot, token, requests.tenant_id(request.tenant_id, required=False))
         if result.token is None:
             reason = pb.DECISION_REASON_TOKEN_EXPIRED if result.problem is TokenProblem.EXPIRED \

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import TenantgateError

@@ -1,0 +1,43 @@
+# tenantgate: `make run` serves the example registry on 127.0.0.1:50051; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := .tenantgate
+REGISTRY ?= sqlite://$(DATA)/registry.db
+MASTER_KEY ?= $(DATA)/master.key
+LISTEN ?= 127.0.0.1:50051
+INSTALLED := $(VENV)/.installed
+
+.PHONY: venv run test lint protos bench clean
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: venv
+	@test -f $(MASTER_KEY) || { $(BIN)/tenantgate master-key $(MASTER_KEY) && \
+		echo "(a development master key: for real deployments make your own and keep it out of the data directory)"; }
+	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate apply -f examples/manifests --registry $(REGISTRY)
+	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate serve --registry $(REGISTRY) --listen $(LISTEN)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+# Regenerates generated/ from protos/ byte for byte (grpcio-tools is pinned exactly in pyproject.toml).
+protos: venv
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=generated --pyi_out=generated \
+		--grpc_python_out=generated protos/tenantgate/v1/*.proto
+
+bench: venv
+	$(BIN)/python benchmarks/engine_bench.py
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache .hypothesis

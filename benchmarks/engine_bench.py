@@ -1,0 +1,113 @@
+"""Engine micro-benchmarks: decisions per second of the access and quota engines.
+
+Every figure is reported as a ratio to a baseline measured in the same run (a call that only looks the
+tenant up in the same snapshot), because absolute times on shared machines vary from run to run.
+Writes benchmarks/results/engine.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenantgate.counters.memory import MemoryCounterStore
+from tenantgate.engines.access import AccessEngine, AccessRequest
+from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem
+from tenantgate.engines.tokens import TokenVerifier
+from tenantgate.registry.manifest import parse_document
+from tenantgate.snapshot import Snapshot, build_snapshot, build_tenant
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROLES = {"admin": {"allow": ["*"]}, "editor": {"allow": ["read:docs/*", "write:docs/*"]},
+         "viewer": {"allow": ["read:*"], "deny": ["read:secrets/*"]}}
+
+
+def tenant(tenant_id: str) -> dict[str, Any]:
+    return {"apiVersion": "tenantgate/v1", "kind": "Tenant", "metadata": {"id": tenant_id},
+            "spec": {"state": "Active", "environments": ["dev", "prod"],
+                     "quotas": {"api": {"rate": "1000000/second"}},
+                     "access": {"roles": ROLES, "groups": {"support": ["user:carol"]},
+                                "bindings": [{"subject": "user:alice", "roles": ["admin"]},
+                                             {"subject": "user:bob", "roles": ["editor"], "environments": ["dev"]},
+                                             {"subject": "group:support", "roles": ["viewer"]}],
+                                "deny": ["delete:audit/*"]}}}
+
+
+def snapshot_with(count: int) -> Snapshot:
+    views = [build_tenant(parse_document(tenant(f"t{i:06d}")).tenant, 1) for i in range(count)]
+    return build_snapshot(1, views, time.time())
+
+
+def rate(operation: Callable[[], object], seconds: float = 1.0) -> float:
+    """Operations per second, best of three runs."""
+    best = 0.0
+    for _ in range(3):
+        done, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds / 3:
+            for _ in range(1000):
+                operation()
+            done += 1000
+        best = max(best, done / elapsed)
+    return best
+
+
+def main() -> None:
+    engine = AccessEngine(TokenVerifier())
+    requests = [AccessRequest("t000001", "read", "docs/readme", "user:bob", environment="dev"),
+                AccessRequest("t000001", "read", "secrets/key", "user:carol"),
+                AccessRequest("t000001", "delete", "audit/1", "user:alice"),
+                AccessRequest("t000001", "write", "docs/x", "user:nobody")]
+    rows: list[dict[str, Any]] = []
+    for tenants in (10, 100_000):
+        snapshot = snapshot_with(tenants)
+        cursor = itertools.count()
+
+        def baseline(snapshot: Snapshot = snapshot) -> object:
+            return snapshot.tenants.get(requests[next(cursor) & 3].tenant_id)
+
+        def decide(snapshot: Snapshot = snapshot) -> object:
+            return engine.check(snapshot, requests[next(cursor) & 3])
+
+        base = rate(baseline)
+        rows.append({"scenario": f"access check, {tenants} tenants", "ops_per_s": rate(decide),
+                     "baseline_ops_per_s": base})
+
+    snapshot = snapshot_with(10)
+    quota = QuotaEngine(MemoryCounterStore())
+    items = [QuotaRequestItem("api", 1)]
+    loop = asyncio.new_event_loop()
+
+    def consume() -> object:
+        return loop.run_until_complete(quota.consume(snapshot, "t000001", items))
+
+    async def nothing() -> object:
+        return snapshot.tenants.get("t000001")
+
+    def baseline_async() -> object:
+        return loop.run_until_complete(nothing())
+
+    rows.append({"scenario": "quota consume (memory)", "ops_per_s": rate(consume),
+                 "baseline_ops_per_s": rate(baseline_async)})
+    loop.close()
+
+    for row in rows:
+        row["ratio_to_baseline"] = row["ops_per_s"] / row["baseline_ops_per_s"]
+    report = {"cores": os.cpu_count(), "python": platform.python_version(), "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "engine.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"cores: {report['cores']}  python: {report['python']}")
+    print(f"{'scenario':<36} {'ops/s':>12} {'baseline ops/s':>15} {'ratio':>7}")
+    for row in rows:
+        print(f"{row['scenario']:<36} {row['ops_per_s']:>12,.0f} {row['baseline_ops_per_s']:>15,.0f} "
+              f"{row['ratio_to_baseline']:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import pytest
+from tenantgate.v1 import decision_pb2 as pb
+
+from tenantgate.engines.access import AccessEngine, AccessRequest, Reason
+from tenantgate.engines.tokens import TokenVerifier
+from tenantgate.snapshot import Snapshot
+from tests.conftest import Issuer, snapshot_of, tenant_doc
+
+ACME_ACCESS = {
+    "roles": {
+        "admin": {"allow": ["*"]},
+        "editor": {"allow": ["read:docs/*", "write:docs/*"]},
+        "viewer": {"allow": ["read:*"], "deny": ["read:secrets/*"]},
+    },
+    "bindings": [
+        {"subject": "user:alice", "roles": ["admin"]},
+        {"subject": "user:bob", "roles": ["editor"], "environments": ["dev", "staging"]},
+        {"subject": "group:support", "roles": ["viewer"]},
+    ],
+    "groups": {"support": ["user:carol"]},
+    "deny": ["delete:audit/*"],
+    "grants": [{"tenant": "globex", "subject": "service:auditor", "allow": ["read:reports/*"]}],
+    "suspended_allow": ["read:billing/*"],
+}
+
+
+@pytest.fixture
+def engine() -> AccessEngine:
+    return AccessEngine(TokenVerifier())
+
+
+@pytest.fixture
+def snapshot() -> Snapshot:
+    return snapshot_of(
+        tenant_doc("acme", environments=["dev", "staging", "prod"], access=ACME_ACCESS),
+        tenant_doc("globex", access={"roles": {"a": {"allow": ["*"]}},
+                                     "bindings": [{"subject": "service:auditor", "roles": ["a"]}]}),
+        tenant_doc("initech", state="Suspended", environments=["dev", "staging"], access=ACME_ACCESS),
+        tenant_doc("hooli", state="Suspended"),
+        tenant_doc("draftco", state="Draft", environments=["dev", "staging"], access=ACME_ACCESS),
+    )
+
+
+def check(engine: AccessEngine, snapshot: Snapshot, **fields: str) -> tuple[bool, Reason, str]:
+    decision = engine.check(snapshot, AccessRequest(**{"tenant_id": "acme", **fields}))  # type: ignore[arg-type]
+    return decision.allowed, decision.reason, decision.rule
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"subject": "user:alice", "action": "write", "resource": "x"}, (True, Reason.ALLOWED,
+                                                                         "acme/roles/admin/allow/0")),
+        ({"subject": "user:alice", "action": "delete", "resource": "audit/1"},
+         (False, Reason.EXPLICIT_DENY, "acme/deny/0")),
+        ({"subject": "user:bob", "action": "write", "resource": "docs/1", "environment": "dev"},
+         (True, Reason.ALLOWED, "acme/roles/editor/allow/1")),
+        ({"subject": "user:bob", "action": "write", "resource": "docs/1", "environment": "prod"},
+         (False, Reason.NO_MATCHING_GRANT, "")),
+        ({"subject": "user:bob", "action": "write", "resource": "docs/1"}, (False, Reason.NO_MATCHING_GRANT, "")),
+        ({"subject": "user:bob", "action": "write", "resource": "docs/1", "environment": "qa"},
+         (False, Reason.UNKNOWN_ENVIRONMENT, "")),
+        ({"subject": "user:carol", "action": "read", "resource": "wiki/1"},
+         (True, Reason.ALLOWED, "acme/roles/viewer/allow/0")),
+        ({"subject": "user:carol", "action": "read", "resource": "secrets/k"},
+         (False, Reason.EXPLICIT_DENY, "acme/roles/viewer/deny/0")),
+        ({"subject": "group:support", "action": "read", "resource": "wiki/1"},
+         (False, Reason.NO_MATCHING_GRANT, "")),
+        ({"subject": "user:nobody", "action": "read", "resource": "x"}, (False, Reason.NO_MATCHING_GRANT, "")),
+        ({"subject": "user:alice", "action": "read", "resource": "x", "tenant_id": "nope"},
+         (False, Reason.TENANT_NOT_FOUND, "")),
+    ],
+)
+def test_rbac_inside_a_tenant(engine: AccessEngine, snapshot: Snapshot, fields: dict[str, str],
+                              expected: tuple[bool, Reason, str]) -> None:
+    assert check(engine, snapshot, **fields) == expected
+
+
+def test_cross_tenant_only_by_explicit_grant(engine: AccessEngine, snapshot: Snapshot) -> None:
+    auditor = {"subject": "service:auditor", "subject_tenant_id": "globex"}
+    assert check(engine, snapshot, action="read", resource="reports/q3", **auditor) == (
+        True, Reason.ALLOWED, "acme/grants/0/allow/0")
+    assert check(engine, snapshot, action="read", resource="docs/1", **auditor)[:2] == (
+        False, Reason.CROSS_TENANT_DENIED)
+    # The same name from another home tenant is another identity.
+    assert check(engine, snapshot, action="read", resource="reports/q3", subject="service:auditor",
+                 subject_tenant_id="initech")[:2] == (False, Reason.CROSS_TENANT_DENIED)
+    # acme's own admin is nobody on globex.
+    assert check(engine, snapshot, tenant_id="globex", subject_tenant_id="acme", subject="user:alice",
+                 action="read", resource="x")[:2] == (False, Reason.CROSS_TENANT_DENIED)
+
+
+def test_tenant_wide_deny_applies_to_grantees(engine: AccessEngine) -> None:
+    access = {"deny": ["read:reports/secret*"],
+              "grants": [{"tenant": "globex", "subject": "service:auditor", "allow": ["read:reports/*"]}]}
+    snapshot = snapshot_of(tenant_doc("acme", access=access), tenant_doc("globex"))
+    decision = engine.check(snapshot, AccessRequest("acme", "read", "reports/secret-q3", "service:auditor", "globex"))
+    assert (decision.allowed, decision.reason, decision.rule) == (False, Reason.EXPLICIT_DENY, "acme/deny/0")
+
+
+def test_grantee_home_tenant_must_be_active(engine: AccessEngine) -> None:
+    grants = [{"tenant": "globex", "subject": "service:auditor", "allow": ["*"]}]
+    snapshot = snapshot_of(tenant_doc("acme", access={"grants": grants}), tenant_doc("globex", state="Suspended"))
+    decision = engine.check(snapshot, AccessRequest("acme", "read", "x", "service:auditor", "globex"))
+    assert decision.reason is Reason.CROSS_TENANT_DENIED
+
+
+def test_lifecycle_gate(engine: AccessEngine, snapshot: Snapshot) -> None:
+    # Suspended: only what suspended_allow lists, and only for subjects allowed it anyway.
+    assert check(engine, snapshot, tenant_id="initech", subject="user:alice", action="read",
+                 resource="billing/1")[:2] == (True, Reason.ALLOWED)
+    assert check(engine, snapshot, tenant_id="initech", subject="user:alice", action="write",
+                 resource="docs/1")[:2] == (False, Reason.TENANT_NOT_ACTIVE)
+    assert check(engine, snapshot, tenant_id="initech", subject="user:nobody", action="read",
+                 resource="billing/1")[:2] == (False, Reason.NO_MATCHING_GRANT)
+    assert check(engine, snapshot, tenant_id="hooli", subject="user:alice", action="read",
+                 resource="billing/1")[:2] == (False, Reason.TENANT_NOT_ACTIVE)
+    assert check(engine, snapshot, tenant_id="draftco", subject="user:alice", action="read",
+                 resource="x")[:2] == (False, Reason.TENANT_NOT_ACTIVE)
+
+
+def test_token_identity(engine: AccessEngine, issuer: Issuer) -> None:
+    access = {"roles": {"r": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["r"]}]}
+    snapshot = snapshot_of(tenant_doc("acme", access=access, tokens={"issuers": [issuer.issuer_spec()]}))
+    good = engine.check(snapshot, AccessRequest("acme", "read", "x", token=issuer.token("acme", "alice")))
+    assert (good.allowed, good.subject, good.subject_tenant_id) == (True, "user:alice", "acme")
+    expired = engine.check(snapshot, AccessRequest("acme", "read", "x",
+                                                   token=issuer.token("acme", "alice", expires_in=-60)))
+    assert expired.reason is Reason.TOKEN_EXPIRED
+    forged = engine.check(snapshot, AccessRequest("acme", "read", "x", token=Issuer().token("acme", "alice")))
+    assert forged.reason is Reason.TOKEN_INVALID
+    garbage = engine.check(snapshot, AccessRequest("acme", "read", "x", token="not.a.jwt"))
+    assert garbage.reason is Reason.TOKEN_INVALID
+
+
+def test_reason_values_match_the_protocol() -> None:
+    for reason in Reason:
+        assert pb.DecisionReason.Value(f"DECISION_REASON_{reason.name}") == reason.value
+    assert len(pb.DecisionReason.keys()) == len(Reason) + 1
