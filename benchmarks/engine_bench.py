@@ -65,9 +65,9 @@ def main() -> None:
                 AccessRequest("t000001", "delete", "audit/1", "user:alice"),
                 AccessRequest("t000001", "write", "docs/x", "user:nobody")]
     rows: list[dict[str, Any]] = []
+    cursor = itertools.count()
     for tenants in (10, 100_000):
         snapshot = snapshot_with(tenants)
-        cursor = itertools.count()
 
         def baseline(snapshot: Snapshot = snapshot) -> object:
             return snapshot.tenants.get(requests[next(cursor) & 3].tenant_id)
