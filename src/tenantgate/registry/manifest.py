@@ -142,6 +142,26 @@ def _fields(value: Any, path: str, allowed: set[str], problems: _Problems) -> di
     return value
 
 
+def _sequence(value: Any, path: str, problems: _Problems) -> list[Any]:
+    """A list field that may be absent; anything else is a problem and reads as empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.add(path, f"expected a list, got {_kind(value)}")
+        return []
+    return value
+
+
+def _table(value: Any, path: str, problems: _Problems) -> dict[Any, Any]:
+    """A mapping field that may be absent; anything else is a problem and reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {_kind(value)}")
+        return {}
+    return value
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -162,12 +182,8 @@ def _string(value: Any, path: str, problems: _Problems, pattern: re.Pattern[str]
 
 def _strings(value: Any, path: str, problems: _Problems, pattern: re.Pattern[str] | None = None,
              what: str = "") -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        problems.add(path, f"expected a list, got {_kind(value)}")
-        return ()
-    return tuple(_string(item, f"{path}[{i}]", problems, pattern, what) for i, item in enumerate(value))
+    return tuple(_string(item, f"{path}[{i}]", problems, pattern, what)
+                 for i, item in enumerate(_sequence(value, path, problems)))
 
 
 def _choice(value: Any, path: str, problems: _Problems, choices: Iterable[str]) -> str:
@@ -213,18 +229,13 @@ def _parse_tenant(raw: Any, problems: _Problems) -> TenantSpec | None:
     tenant_id = _string(metadata.get("id", ""), "metadata.id", problems, TENANT_ID,
                         "tenant id ([a-z0-9][a-z0-9-]{1,62})")
     name = _string(metadata.get("name", tenant_id), "metadata.name", problems)
-    labels_raw = metadata.get("labels") or {}
-    labels: dict[str, str] = {}
-    if not isinstance(labels_raw, dict):
-        problems.add("metadata.labels", f"expected a mapping, got {_kind(labels_raw)}")
-    else:
-        for key, label in labels_raw.items():
-            labels[str(key)] = _string(label, f"metadata.labels.{key}", problems)
+    labels = {str(key): _string(label, f"metadata.labels.{key}", problems)
+              for key, label in _table(metadata.get("labels"), "metadata.labels", problems).items()}
 
     spec = _fields(top.get("spec") or {}, "spec", _SPEC_FIELDS, problems) or {}
     state_text = _choice(spec.get("state", "Draft"), "spec.state", problems, (s.value for s in TenantState))
     environments = _strings(spec.get("environments"), "spec.environments", problems, NAME, "environment name")
-    quotas = _parse_quotas(spec.get("quotas") or {}, problems)
+    quotas = _parse_quotas(spec.get("quotas"), problems)
     access = _parse_access(spec.get("access") or {}, frozenset(environments), problems)
     issuers = _parse_tokens(spec.get("tokens") or {}, problems)
     keys = _parse_keys(spec.get("keys") or {}, problems)
@@ -263,11 +274,8 @@ _QUOTA_SHAPES: dict[str, set[str]] = {
 
 
 def _parse_quotas(raw: Any, problems: _Problems) -> dict[str, QuotaSpec]:
-    if not isinstance(raw, dict):
-        problems.add("spec.quotas", f"expected a mapping, got {_kind(raw)}")
-        return {}
     quotas: dict[str, QuotaSpec] = {}
-    for name, body in raw.items():
+    for name, body in _table(raw, "spec.quotas", problems).items():
         path = f"spec.quotas.{name}"
         if not isinstance(name, str) or not NAME.match(name):
             problems.add(path, f"{name!r} is not a valid quota name")
@@ -337,11 +345,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
     if body is None:
         return AccessSpec()
     roles: dict[str, Role] = {}
-    roles_raw = body.get("roles") or {}
-    if not isinstance(roles_raw, dict):
-        problems.add("spec.access.roles", f"expected a mapping, got {_kind(roles_raw)}")
-        roles_raw = {}
-    for role_name, role_body in roles_raw.items():
+    for role_name, role_body in _table(body.get("roles"), "spec.access.roles", problems).items():
         path = f"spec.access.roles.{role_name}"
         if not isinstance(role_name, str) or not NAME.match(role_name):
             problems.add(path, f"{role_name!r} is not a valid role name")
@@ -351,11 +355,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
                                 _rules(fields.get("deny"), f"{path}.deny", problems))
 
     groups: dict[str, tuple[str, ...]] = {}
-    groups_raw = body.get("groups") or {}
-    if not isinstance(groups_raw, dict):
-        problems.add("spec.access.groups", f"expected a mapping, got {_kind(groups_raw)}")
-        groups_raw = {}
-    for group_name, members in groups_raw.items():
+    for group_name, members in _table(body.get("groups"), "spec.access.groups", problems).items():
         path = f"spec.access.groups.{group_name}"
         if not isinstance(group_name, str) or not NAME.match(group_name):
             problems.add(path, f"{group_name!r} is not a valid group name")
@@ -363,11 +363,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         groups[group_name] = _strings(members, path, problems, SUBJECT, "subject (kind:name)")
 
     bindings: list[Binding] = []
-    bindings_raw = body.get("bindings") or []
-    if not isinstance(bindings_raw, list):
-        problems.add("spec.access.bindings", f"expected a list, got {_kind(bindings_raw)}")
-        bindings_raw = []
-    for i, binding_raw in enumerate(bindings_raw):
+    for i, binding_raw in enumerate(_sequence(body.get("bindings"), "spec.access.bindings", problems)):
         path = f"spec.access.bindings[{i}]"
         binding = _fields(binding_raw, path, {"subject", "roles", "environments"}, problems)
         if binding is None:
@@ -390,11 +386,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         bindings.append(Binding(subject, binding_roles, envs))
 
     grants: list[CrossTenantGrant] = []
-    grants_raw = body.get("grants") or []
-    if not isinstance(grants_raw, list):
-        problems.add("spec.access.grants", f"expected a list, got {_kind(grants_raw)}")
-        grants_raw = []
-    for i, grant_raw in enumerate(grants_raw):
+    for i, grant_raw in enumerate(_sequence(body.get("grants"), "spec.access.grants", problems)):
         path = f"spec.access.grants[{i}]"
         grant = _fields(grant_raw, path, {"tenant", "subject", "allow"}, problems)
         if grant is None:
@@ -422,12 +414,8 @@ def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
     body = _fields(raw, "spec.tokens", {"issuers"}, problems)
     if body is None:
         return ()
-    issuers_raw = body.get("issuers") or []
-    if not isinstance(issuers_raw, list):
-        problems.add("spec.tokens.issuers", f"expected a list, got {_kind(issuers_raw)}")
-        return ()
     issuers: list[IssuerSpec] = []
-    for i, issuer_raw in enumerate(issuers_raw):
+    for i, issuer_raw in enumerate(_sequence(body.get("issuers"), "spec.tokens.issuers", problems)):
         path = f"spec.tokens.issuers[{i}]"
         fields = _fields(issuer_raw, path, _ISSUER_FIELDS, problems)
         if fields is None:
