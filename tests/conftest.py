@@ -8,9 +8,11 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import jwt
@@ -22,6 +24,7 @@ from tenantgate.config import ServeConfig
 from tenantgate.keywrap import ALGORITHM, MasterKey, new_data_key
 from tenantgate.registry.manifest import parse_document
 from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.registry.store import RegistryStore, open_store
 from tenantgate.server.app import DecisionServer
 from tenantgate.snapshot import Snapshot, build_snapshot, build_tenant
 
@@ -89,13 +92,73 @@ def key_factory_for(master_key: MasterKey) -> Callable[[str, str, int], tuple[by
     return factory
 
 
+REQUIRE_SERVICES = os.environ.get("TENANTGATE_REQUIRE_SERVICES") == "1"
+
+
+def service_url(variable: str, example: str) -> str:
+    """A test service's URL from the environment; skips (or, under TENANTGATE_REQUIRE_SERVICES=1, fails)
+    when it is not set."""
+    url = os.environ.get(variable, "")
+    if not url:
+        message = f"set {variable} (e.g. {example}) to run these tests"
+        if REQUIRE_SERVICES:
+            pytest.fail(message + "; TENANTGATE_REQUIRE_SERVICES=1 forbids skipping")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A database of this run's own on the test PostgreSQL server, dropped at the end."""
+    import psycopg
+
+    base = service_url("TENANTGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"tenantgate_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"PostgreSQL at {base} is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL at {base} is not reachable: {exc}")
+    yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """An empty schema in this run's database for each test."""
+    import psycopg
+
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return postgres_server_url
+
+
 @pytest.fixture
 def registry_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, registry_path: Path) -> str:
+    """Each test that takes it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite://{registry_path}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-def store(registry_path: Path) -> Iterator[SQLiteStore]:
+def store(registry_url: str) -> Iterator[RegistryStore]:
+    opened = open_store(registry_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(registry_path: Path) -> Iterator[SQLiteStore]:
     opened = SQLiteStore(registry_path)
     yield opened
     opened.close()
@@ -134,11 +197,13 @@ class RunningServer:
 
 
 @pytest.fixture
-def start_server(registry_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
+    """Starts servers on the test's ``registry_url`` (so on SQLite and PostgreSQL), unless given one."""
     started: list[RunningServer] = []
 
     def start(master_key: MasterKey | None = None, **settings: Any) -> RunningServer:
-        config = ServeConfig(registry_url=f"sqlite://{registry_path}", listen="127.0.0.1:0",
+        registry_url = settings.pop("registry_url", None) or request.getfixturevalue("registry_url")
+        config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0",
                              sync_interval=settings.pop("sync_interval", 0.05), **settings)
         server = RunningServer(config, master_key)
         started.append(server)

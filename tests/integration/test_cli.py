@@ -44,9 +44,9 @@ def test_keys_need_a_master_key(registry_path: Path) -> None:
     assert result.returncode == 2 and "no master key is configured" in result.stderr
 
 
-def test_check_prints_the_decision_and_exits_by_it(registry_path: Path, master_key_file: Path,
+def test_check_prints_the_decision_and_exits_by_it(registry_url: str, master_key_file: Path,
                                                    start_server: Callable[..., RunningServer]) -> None:
-    assert tenantgate("apply", "-f", str(EXAMPLES), "--registry", f"sqlite://{registry_path}",
+    assert tenantgate("apply", "-f", str(EXAMPLES), "--registry", registry_url,
                       "--master-key-file", str(master_key_file)).returncode == 0
     server = start_server()
     server.wait_synced(1)

@@ -15,14 +15,14 @@ from tenantgate.v1 import decision_pb2 as pb
 
 from tenantgate.keywrap import MasterKey
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.registry.store import RegistryStore
 from tests.conftest import EXAMPLES, Issuer, RunningServer, key_factory_for, tenant_doc
 
 STORAGE = (("x-tenantgate-caller", "service:storage"),)
 
 
 @pytest.fixture
-def server(store: SQLiteStore, master_key: MasterKey, issuer: Issuer,
+def server(store: RegistryStore, master_key: MasterKey, issuer: Issuer,
            start_server: Callable[..., RunningServer]) -> RunningServer:
     documents: dict[str, Any] = {doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}
     documents["acme"]["spec"]["tokens"]["issuers"].append(issuer.issuer_spec())
@@ -153,7 +153,7 @@ def test_resolve_tenant(server: RunningServer) -> None:
 
 
 def test_min_revision_waits_for_the_snapshot_or_fails_precondition(server: RunningServer,
-                                                                   store: SQLiteStore) -> None:
+                                                                   store: RegistryStore) -> None:
     request = pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read", resource="x",
                                     min_revision=2)
     with pytest.raises(grpc.RpcError) as caught:

@@ -7,12 +7,12 @@ import grpc
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
-from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.registry.store import RegistryStore
 from tests.conftest import RunningServer, tenant_doc
 
 
 def test_200_concurrent_consumes_against_a_limit_of_50_admit_exactly_50(
-        store: SQLiteStore, start_server: Callable[..., RunningServer]) -> None:
+        store: RegistryStore, start_server: Callable[..., RunningServer]) -> None:
     store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 50, "period": "day"},
                                                     "seats": {"allocation": 50}})})
     server = start_server()

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenantgate.v1 import decision_pb2 as pb
 
 from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.registry.store import RegistryStore
 from tests.conftest import RunningServer, tenant_doc
 
 
@@ -23,10 +24,10 @@ def _write_manifest(path: Path, plan: str) -> None:
 
 
 def test_an_apply_from_another_process_is_served_within_a_second(
-        tmp_path: Path, registry_path: Path, start_server: Callable[..., RunningServer]) -> None:
+        tmp_path: Path, registry_url: str, start_server: Callable[..., RunningServer]) -> None:
     manifest = tmp_path / "acme.yaml"
     _write_manifest(manifest, "free")
-    apply = [sys.executable, "-m", "tenantgate", "apply", "-f", str(manifest), "--registry", f"sqlite://{registry_path}"]
+    apply = [sys.executable, "-m", "tenantgate", "apply", "-f", str(manifest), "--registry", registry_url]
     subprocess.run(apply, check=True, capture_output=True)
     server = start_server(sync_interval=0.2)  # the default poll interval
     server.wait_synced(1)
@@ -41,7 +42,8 @@ def test_an_apply_from_another_process_is_served_within_a_second(
         time.sleep(0.01)
 
 
-def test_a_decision_never_sees_half_a_change(store: SQLiteStore, start_server: Callable[..., RunningServer]) -> None:
+def test_a_decision_never_sees_half_a_change(store: RegistryStore,
+                                             start_server: Callable[..., RunningServer]) -> None:
     """One apply moves a permission from tenant a1 to tenant b1; every batch, read from one snapshot,
     must see it in exactly one of them."""
 
@@ -81,13 +83,13 @@ def test_a_decision_never_sees_half_a_change(store: SQLiteStore, start_server: C
     assert len(revisions) > 3  # the readers really raced the writer
 
 
-def test_not_serving_until_the_registry_can_be_read(registry_path: Path, store: SQLiteStore,
+def test_not_serving_until_the_registry_can_be_read(registry_path: Path, sqlite_store: SQLiteStore,
                                                     start_server: Callable[..., RunningServer]) -> None:
-    store.apply({"acme": tenant_doc("acme")})
-    store.close()
+    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.close()
     good = registry_path.read_bytes()
     registry_path.write_bytes(b"not a database" * 100)
-    server = start_server()
+    server = start_server(registry_url=f"sqlite://{registry_path}")
     health = health_pb2_grpc.HealthStub(server.channel)
     time.sleep(0.2)
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from typing import Any
 
+from tenantgate.model import TenantState
 from tenantgate.registry.store import TenantChange
+
+
+def document_state(document: Mapping[str, Any]) -> str:
+    return str(document.get("spec", {}).get("state", TenantState.DRAFT.value))
 
 
 def plan_changes(
@@ -15,20 +20,25 @@ def plan_changes(
     *,
     prune: bool,
 ) -> list[TenantChange]:
-    """Changes in tenant-id order. Keys are planned for every declared purpose that has none yet."""
+    """Changes in tenant-id order. Keys are planned for every declared purpose that has none yet; with
+    ``prune``, tenants the manifests no longer define are planned for deletion."""
     changes: list[TenantChange] = []
     for tenant_id in sorted(set(current) | set(desired)):
         before, after = current.get(tenant_id), desired.get(tenant_id)
         if after is None:
-            if prune:
-                changes.append(TenantChange(tenant_id, "delete"))
+            assert before is not None
+            if prune and document_state(before) != TenantState.DELETED.value:
+                changes.append(TenantChange(tenant_id, "delete", document_state(before), TenantState.DELETED.value))
             continue
         purposes = after.get("spec", {}).get("keys", {}).get("purposes") or []
         new_keys = tuple(p for p in purposes if p not in existing_keys.get(tenant_id, ()))
+        if document_state(after) == TenantState.DELETED.value:
+            new_keys = ()
         if before is None:
-            changes.append(TenantChange(tenant_id, "create", (), new_keys))
+            changes.append(TenantChange(tenant_id, "create", "", document_state(after), (), new_keys))
         elif before != after or new_keys:
-            changes.append(TenantChange(tenant_id, "update", tuple(_differences(before, after)), new_keys))
+            changes.append(TenantChange(tenant_id, "update", document_state(before), document_state(after),
+                                        tuple(_differences(before, after)), new_keys))
     return changes
 
 

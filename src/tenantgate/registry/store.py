@@ -1,12 +1,17 @@
-"""The registry store interface and the records it holds, one table of backends by URL scheme."""
+"""The registry's interfaces and records, and one table of backends by URL scheme.
+
+``RegistryReader`` is what a syncer follows; ``RegistryAdmin`` is what the CLI and the Admin API change
+the registry through. SQL stores are both; a ``grpc://`` registry is an admin client only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tenantgate.errors import ConfigurationError
+from tenantgate.registry.audit import AuditEntry, AuditVerification
 
 # (tenant_id, purpose, version) -> (wrapped key, algorithm); the store never sees plaintext keys.
 KeyFactory = Callable[[str, str, int], tuple[bytes, str]]
@@ -18,6 +23,8 @@ class TenantRecord:
     document: Mapping[str, Any]
     digest: str
     revision: int
+    state: str = "Draft"
+    state_since: float = 0.0  # when the tenant entered its state (retention counts from Archived)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,26 @@ class KeyRecord:
     algorithm: str
     state: int
     created_at: float
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """Key metadata: everything but the material."""
+
+    tenant_id: str
+    purpose: str
+    version: int
+    algorithm: str
+    state: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    record: TenantRecord
+    keys: tuple[KeyInfo, ...]
+    created_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -51,9 +78,23 @@ class ChangeSet:
 
 
 @dataclass(frozen=True)
+class ChangeEntry:
+    """One line of the change feed."""
+
+    revision: int
+    tenant_id: str
+    action: str
+    digest: str
+    actor: str
+    committed_at: float
+
+
+@dataclass(frozen=True)
 class TenantChange:
     tenant_id: str
     action: str  # create | update | delete
+    before_state: str = ""
+    after_state: str = ""
     differences: tuple[str, ...] = ()
     new_keys: tuple[str, ...] = ()
 
@@ -76,36 +117,99 @@ class ApplyResult:
         return bool(self.changes)
 
 
-class RegistryStore(Protocol):
-    """A registry backend. Every write commits atomically and bumps the revision by one; a write that
-    changes nothing commits nothing."""
+@dataclass(frozen=True)
+class TransitionResult:
+    revision: int
+    tenant_id: str
+    before: str
+    after: str
 
+
+@dataclass(frozen=True)
+class RotationResult:
+    revision: int
+    key: KeyInfo
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_tenants: int | None = None  # tenants not Deleted; None: no limit
+
+
+class RegistryReader(Protocol):
     def current_revision(self) -> int: ...
 
     def load(self) -> RegistryState: ...
 
     def changes_since(self, revision: int) -> ChangeSet: ...
 
-    def apply(
-        self,
-        documents: Mapping[str, Mapping[str, Any]],
-        *,
-        prune: bool = False,
-        dry_run: bool = False,
-        actor: str = "cli",
-        key_factory: KeyFactory | None = None,
-    ) -> ApplyResult: ...
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until the registry may have changed, or ``timeout`` seconds pass."""
+        ...
 
     def close(self) -> None: ...
 
 
+class RegistryAdmin(Protocol):
+    """Every write commits atomically with its audit entries and bumps the revision by one; a write
+    that changes nothing commits nothing."""
+
+    def apply(self, documents: Mapping[str, Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False,
+              actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult: ...
+
+    def transition(self, tenant_id: str, state: str, *, actor: str = "cli", force: bool = False,
+                   reason: str = "") -> TransitionResult: ...
+
+    def rotate_key(self, tenant_id: str, purpose: str, *, actor: str = "cli",
+                   key_factory: KeyFactory | None = None) -> RotationResult: ...
+
+    def get_tenant(self, tenant_id: str) -> TenantInfo: ...
+
+    def list_tenants(self, *, state: str = "", labels: Mapping[str, str] | None = None, after: str = "",
+                     limit: int = 100) -> list[TenantInfo]: ...
+
+    def audit_entries(self, *, tenant_id: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditEntry]: ...
+
+    def verify_audit(self) -> AuditVerification: ...
+
+    def changes(self, after_revision: int, limit: int = 1000) -> Sequence[ChangeEntry]: ...
+
+    def settings(self) -> RegistrySettings: ...
+
+    def update_settings(self, settings: RegistrySettings, *, actor: str = "cli") -> RegistrySettings: ...
+
+    def close(self) -> None: ...
+
+
+class RegistryStore(RegistryReader, RegistryAdmin, Protocol):
+    """A registry backend proper: followed by syncers and changed by admins."""
+
+
 def open_store(url: str) -> RegistryStore:
-    """The one place a registry URL becomes a backend."""
+    """The one place a registry URL becomes a store."""
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ConfigurationError(f"registry URL {url!r} has no scheme; expected sqlite:///path/registry.db")
+        raise ConfigurationError(f"registry URL {url!r} has no scheme; expected sqlite:///path/registry.db or "
+                                 "postgresql://user@host/db")
     if scheme == "sqlite":
-        from tenantgate.registry.sqlite import SQLiteStore
+        from tenantgate.registry.sqlite import open_sqlite
 
-        return SQLiteStore.from_url(url)
-    raise ConfigurationError(f"unsupported registry URL scheme {scheme!r} in {url!r}; supported: sqlite://")
+        return open_sqlite(url)
+    if scheme in ("postgresql", "postgres"):
+        from tenantgate.registry.postgres import open_postgres
+
+        return open_postgres(url)
+    if scheme == "grpc":
+        raise ConfigurationError(f"{url!r} is an Admin API address; a server follows a registry store "
+                                 "(sqlite:// or postgresql://)")
+    raise ConfigurationError(f"unsupported registry URL scheme {scheme!r} in {url!r}; "
+                             "supported: sqlite://, postgresql://, grpc:// (CLI only)")
+
+
+def open_admin(url: str) -> RegistryAdmin:
+    """A registry to change: a store, or the Admin API of a running server (``grpc://host:port``)."""
+    if url.startswith("grpc://"):
+        from tenantgate.registry.remote import RemoteRegistry
+
+        return RemoteRegistry(url.removeprefix("grpc://"))
+    return open_store(url)

@@ -1,0 +1,75 @@
+"""Versioned schema migrations, one list per SQL dialect; applied in order, each once, on start."""
+
+from __future__ import annotations
+
+from tenantgate.errors import ConfigurationError
+
+_COMMON = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('revision', '0');
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    document TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_since {float} NOT NULL,
+    revision {int} NOT NULL,
+    created_at {float} NOT NULL,
+    updated_at {float} NOT NULL
+);
+CREATE INDEX tenants_by_state ON tenants (state, id);
+CREATE TABLE tenant_keys (
+    tenant_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    version {int} NOT NULL,
+    wrapped {bytes} NOT NULL,
+    algorithm TEXT NOT NULL,
+    state {int} NOT NULL,
+    created_at {float} NOT NULL,
+    PRIMARY KEY (tenant_id, purpose, version)
+);
+CREATE TABLE changes (
+    revision {int} NOT NULL,
+    tenant_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    committed_at {float} NOT NULL,
+    PRIMARY KEY (revision, tenant_id)
+);
+CREATE TABLE audit (
+    seq {int} PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    before_digest TEXT NOT NULL,
+    after_digest TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_by_tenant ON audit (tenant_id, seq);
+"""
+
+MIGRATIONS: dict[str, list[str]] = {
+    "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB")],
+    "postgresql": [_COMMON.format(float="DOUBLE PRECISION", int="BIGINT", bytes="BYTEA")],
+}
+
+CREATE_LEDGER = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+
+
+def pending(dialect: str, applied: set[int], where: str) -> list[tuple[int, list[str]]]:
+    """The migrations still to run, as (version, statements); refuses a schema newer than this code."""
+    known = MIGRATIONS[dialect]
+    newest = max(applied, default=0)
+    if newest > len(known):
+        raise ConfigurationError(f"the registry at {where} has schema version {newest}, newer than this "
+                                 f"tenantgate understands ({len(known)}); upgrade tenantgate")
+    return [(version, statements(known[version - 1])) for version in range(1, len(known) + 1)
+            if version not in applied]
+
+
+def statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
