@@ -34,7 +34,7 @@ lint: venv
 # Regenerates generated/ from protos/ byte for byte (grpcio-tools is pinned exactly in pyproject.toml).
 protos: venv
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=generated --pyi_out=generated \
-		--grpc_python_out=generated protos/tenantgate/v1/*.proto
+		--grpc_python_out=generated $(sort $(wildcard protos/tenantgate/v1/*.proto))
 
 bench: venv
 	$(BIN)/python benchmarks/engine_bench.py

@@ -18,14 +18,14 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tenantgate.v1 import decision_pb2_grpc
+from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 
 from tenantgate.config import ServeConfig
-from tenantgate.keywrap import ALGORITHM, MasterKey, new_data_key
+from tenantgate.keywrap import MasterKey
 from tenantgate.registry.manifest import parse_document
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore, open_store
-from tenantgate.server.app import DecisionServer
+from tenantgate.server.app import TenantgateServer
 from tenantgate.snapshot import Snapshot, build_snapshot, build_tenant
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,13 +83,6 @@ def master_key_file(tmp_path: Path) -> Path:
     path = tmp_path / "master.key"
     path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     return path
-
-
-def key_factory_for(master_key: MasterKey) -> Callable[[str, str, int], tuple[bytes, str]]:
-    def factory(tenant_id: str, purpose: str, version: int) -> tuple[bytes, str]:
-        return master_key.wrap(new_data_key(), tenant_id=tenant_id, purpose=purpose, version=version), ALGORITHM
-
-    return factory
 
 
 REQUIRE_SERVICES = os.environ.get("TENANTGATE_REQUIRE_SERVICES") == "1"
@@ -165,19 +158,22 @@ def sqlite_store(registry_path: Path) -> Iterator[SQLiteStore]:
 
 
 class RunningServer:
-    """A DecisionServer on an ephemeral loopback port, on its own event loop thread."""
+    """A TenantgateServer on an ephemeral loopback port, on its own event loop thread."""
 
     def __init__(self, config: ServeConfig, master_key: MasterKey | None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: DecisionServer = self.call(self._start(config, master_key))
+        self.server: TenantgateServer = self.call(self._start(config, master_key))
         self.target = f"127.0.0.1:{self.server.port}"
+        self.admin_target = f"127.0.0.1:{self.server.admin_port}"
         self.channel = grpc.insecure_channel(self.target)
         self.stub = decision_pb2_grpc.DecisionServiceStub(self.channel)
+        self.admin_channel = grpc.insecure_channel(self.admin_target)
+        self.admin = registry_pb2_grpc.RegistryServiceStub(self.admin_channel)
 
-    async def _start(self, config: ServeConfig, master_key: MasterKey | None) -> DecisionServer:
-        server = DecisionServer(config, master_key)
+    async def _start(self, config: ServeConfig, master_key: MasterKey | None) -> TenantgateServer:
+        server = TenantgateServer(config, master_key)
         await server.start()
         return server
 
@@ -190,6 +186,7 @@ class RunningServer:
 
     def stop(self) -> None:
         self.channel.close()
+        self.admin_channel.close()
         self.call(self.server.stop(grace=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -203,7 +200,8 @@ def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., Runni
 
     def start(master_key: MasterKey | None = None, **settings: Any) -> RunningServer:
         registry_url = settings.pop("registry_url", None) or request.getfixturevalue("registry_url")
-        config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0",
+        config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
+                             snapshot_file=settings.pop("snapshot_file", ""),
                              sync_interval=settings.pop("sync_interval", 0.05), **settings)
         server = RunningServer(config, master_key)
         started.append(server)

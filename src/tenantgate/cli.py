@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import json_format
 
-from tenantgate.config import DEFAULT_LISTEN, DEFAULT_REGISTRY, ServeConfig, master_key_from
+from tenantgate.config import (
+    DEFAULT_ADMIN_LISTEN,
+    DEFAULT_LISTEN,
+    DEFAULT_REGISTRY,
+    DEFAULT_SNAPSHOT_FILE,
+    ServeConfig,
+    master_key_from,
+)
 from tenantgate.errors import TenantgateError
-from tenantgate.keywrap import ALGORITHM, generate_master_key_file, new_data_key
+from tenantgate.keywrap import generate_master_key_file, tenant_key_factory
+from tenantgate.model import KeyState
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.store import KeyFactory, open_store
+from tenantgate.registry.store import KeyFactory, RegistrySettings, TenantInfo, open_admin
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
 
@@ -26,11 +36,23 @@ def _registry_default() -> str:
     return os.environ.get("TENANTGATE_REGISTRY", DEFAULT_REGISTRY)
 
 
-def _add_registry(parser: argparse.ArgumentParser) -> None:
+def _add_registry(parser: argparse.ArgumentParser, *, admin: bool = False) -> None:
+    where = ("sqlite:///path.db, postgresql://… or a server's Admin API grpc://host:port" if admin
+             else "sqlite:///path.db or postgresql://…")
     parser.add_argument("--registry", default=None,
-                        help=f"registry URL (env TENANTGATE_REGISTRY; default {DEFAULT_REGISTRY})")
+                        help=f"registry URL: {where} (env TENANTGATE_REGISTRY; default {DEFAULT_REGISTRY})")
     parser.add_argument("--master-key-file", default="",
                         help="file holding the base64 master key (env TENANTGATE_MASTER_KEY_FILE)")
+    if admin:
+        parser.add_argument("--actor", default=os.environ.get("TENANTGATE_ACTOR", _default_actor()),
+                            help="who the audit ledger records as making the change (env TENANTGATE_ACTOR)")
+
+
+def _default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -48,17 +70,66 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve DecisionService from a registry")
     _add_registry(serve)
     serve.add_argument("--listen", default=os.environ.get("TENANTGATE_LISTEN", DEFAULT_LISTEN))
+    serve.add_argument("--admin-listen", default=os.environ.get("TENANTGATE_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN),
+                       help=f"the Admin API's address (default {DEFAULT_ADMIN_LISTEN}; empty: not served)")
+    serve.add_argument("--metrics-listen", default=os.environ.get("TENANTGATE_METRICS_LISTEN", ""),
+                       help="Prometheus metrics HTTP address, e.g. 127.0.0.1:9464 (default: not served)")
+    serve.add_argument("--snapshot-file", default=DEFAULT_SNAPSHOT_FILE,
+                       help=f"last-known-good registry copy for cold starts (default {DEFAULT_SNAPSHOT_FILE}; "
+                            "empty: none)")
+    serve.add_argument("--max-staleness", type=float, default=0.0,
+                       help="fail closed once the registry has not been read for this many seconds (default 0: never)")
     serve.add_argument("--quota-backend", default="memory://", help="quota counters (default memory://)")
     serve.add_argument("--sync-interval", type=float, default=0.2, help="registry poll interval in seconds")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=1000)
     serve.add_argument("--grace-period", type=float, default=5.0, help="seconds to drain on SIGTERM")
 
     apply = commands.add_parser("apply", help="make the registry match manifests")
-    _add_registry(apply)
+    _add_registry(apply, admin=True)
     apply.add_argument("-f", "--file", dest="files", action="append", required=True,
                        help="manifest file or directory (repeatable)")
     apply.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
-    apply.add_argument("--prune", action="store_true", help="delete tenants the manifests do not define")
+    apply.add_argument("--prune", action="store_true",
+                       help="delete tenants the manifests do not define (Archived ones past their retention)")
+
+    tenant = commands.add_parser("tenant", help="read tenants and move them through their lifecycle")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
+    get = tenant_commands.add_parser("get", help="one tenant, its state and key versions")
+    get.add_argument("tenant_id")
+    listing = tenant_commands.add_parser("list", help="tenants in id order")
+    listing.add_argument("--state", default="", help="only tenants in this state")
+    listing.add_argument("--label", action="append", default=[], help="KEY=VALUE (repeatable)")
+    listing.add_argument("--limit", type=int, default=100)
+    transition = tenant_commands.add_parser("transition", help="Draft -> Active <-> Suspended -> Archived -> Deleted")
+    transition.add_argument("tenant_id")
+    transition.add_argument("state")
+    transition.add_argument("--force", action="store_true", help="delete before the retention period ends")
+    transition.add_argument("--reason", default="", help="recorded in the audit ledger with --force")
+    for sub in (get, listing, transition):
+        _add_registry(sub, admin=True)
+
+    keys = commands.add_parser("keys", help="tenant key versions")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_commands.add_parser("rotate", help="add a new primary version of a tenant key")
+    rotate.add_argument("tenant_id")
+    rotate.add_argument("--purpose", required=True)
+    _add_registry(rotate, admin=True)
+
+    audit = commands.add_parser("audit", help="the registry's audit ledger")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="recompute the hash chain; name the first broken entry")
+    log_command = audit_commands.add_parser("log", help="read audit entries")
+    log_command.add_argument("--tenant", default="")
+    log_command.add_argument("--after", type=int, default=0, help="entries after this sequence number")
+    log_command.add_argument("--limit", type=int, default=100)
+    for sub in (verify, log_command):
+        _add_registry(sub, admin=True)
+
+    settings = commands.add_parser("settings", help="show or change registry settings")
+    limit = settings.add_mutually_exclusive_group()
+    limit.add_argument("--max-tenants", type=int, help="most tenants that are not Deleted")
+    limit.add_argument("--no-max-tenants", action="store_true", help="remove the limit")
+    _add_registry(settings, admin=True)
 
     check = commands.add_parser("check", help="ask a running server one access decision")
     _add_target(check)
@@ -102,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = {"serve": _serve, "apply": _apply, "check": _check, "consume": _consume, "key": _key,
-               "resolve": _resolve, "master-key": _master_key}[args.command]
+               "resolve": _resolve, "master-key": _master_key, "tenant": _tenant, "keys": _keys, "audit": _audit,
+               "settings": _settings}[args.command]
     try:
         return handler(args)
     except TenantgateError as error:
@@ -117,6 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
     from tenantgate.server.app import serve
 
     config = ServeConfig(registry_url=args.registry or _registry_default(), listen=args.listen,
+                         admin_listen=args.admin_listen, metrics_listen=args.metrics_listen,
+                         snapshot_file=args.snapshot_file, max_staleness=args.max_staleness,
                          quota_backend=args.quota_backend, master_key_file=args.master_key_file,
                          sync_interval=args.sync_interval, max_concurrent_rpcs=args.max_concurrent_rpcs,
                          grace_period=args.grace_period)
@@ -134,19 +208,19 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _key_factory(args: argparse.Namespace) -> KeyFactory | None:
+    master_key = master_key_from(args.master_key_file)
+    return tenant_key_factory(master_key) if master_key is not None else None
+
+
 def _apply(args: argparse.Namespace) -> int:
     documents = {doc.tenant.id: doc.document for doc in load_manifests(args.files)}
-    master_key = master_key_from(args.master_key_file)
-    key_factory: KeyFactory | None = None
-    if master_key is not None:
-        def key_factory(tenant_id: str, purpose: str, version: int) -> tuple[bytes, str]:
-            return master_key.wrap(new_data_key(), tenant_id=tenant_id, purpose=purpose, version=version), ALGORITHM
-
-    store = open_store(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default())
     try:
-        result = store.apply(documents, prune=args.prune, dry_run=args.dry_run, key_factory=key_factory)
+        result = registry.apply(documents, prune=args.prune, dry_run=args.dry_run, actor=args.actor,
+                                key_factory=_key_factory(args))
     finally:
-        store.close()
+        registry.close()
     for change in result.changes:
         print(change.describe())
     if not result.changed:
@@ -155,6 +229,87 @@ def _apply(args: argparse.Namespace) -> int:
         print(f"dry run: {len(result.changes)} tenant(s) would change; nothing was applied")
     else:
         print(f"applied {len(result.changes)} change(s); the registry is at revision {result.revision}")
+    return EXIT_OK
+
+
+def _describe_tenant(info: TenantInfo) -> str:
+    record = info.record
+    lines = [f"{record.id}  {record.state} since {_when(record.state_since)}  revision {record.revision}"]
+    lines.extend(f"  key {k.tenant_id}/{k.purpose}/v{k.version} {k.algorithm} {KeyState(k.state).name.lower()} "
+                 f"created {_when(k.created_at)}" for k in info.keys)
+    return "\n".join(lines)
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    registry = open_admin(args.registry or _registry_default())
+    try:
+        if args.tenant_command == "get":
+            info = registry.get_tenant(args.tenant_id)
+            print(_describe_tenant(info))
+            print(json.dumps(info.record.document, indent=2, sort_keys=True))
+        elif args.tenant_command == "list":
+            labels = dict(label.partition("=")[::2] for label in args.label)
+            for info in registry.list_tenants(state=args.state, labels=labels, limit=args.limit):
+                print(_describe_tenant(info).splitlines()[0])
+        else:
+            result = registry.transition(args.tenant_id, args.state, actor=args.actor, force=args.force,
+                                         reason=args.reason)
+            if result.before == result.after:
+                print(f"{result.tenant_id} is already {result.after}; nothing changed")
+            else:
+                print(f"{result.tenant_id}: {result.before} -> {result.after}; the registry is at revision "
+                      f"{result.revision}")
+    finally:
+        registry.close()
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    registry = open_admin(args.registry or _registry_default())
+    try:
+        result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor, key_factory=_key_factory(args))
+    finally:
+        registry.close()
+    key = result.key
+    print(f"{key.tenant_id}/{key.purpose}/v{key.version} is the new primary key; the registry is at revision "
+          f"{result.revision}")
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    registry = open_admin(args.registry or _registry_default())
+    try:
+        if args.audit_command == "verify":
+            verification = registry.verify_audit()
+            if verification.ok:
+                print(f"audit ledger intact: {verification.checked} entries verified")
+                return EXIT_OK
+            print(f"audit ledger BROKEN at entry {verification.first_broken}: {verification.problem} "
+                  f"({verification.checked} entries before it verified)")
+            return EXIT_DENIED
+        for entry in registry.audit_entries(tenant_id=args.tenant, after_seq=args.after, limit=args.limit):
+            print(f"{entry.seq:>6} {entry.at} {entry.actor:<16} {entry.action:<18} {entry.tenant_id or '-':<12} "
+                  f"{entry.detail}")
+    finally:
+        registry.close()
+    return EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> int:
+    registry = open_admin(args.registry or _registry_default())
+    try:
+        if args.max_tenants is not None or args.no_max_tenants:
+            current = registry.update_settings(RegistrySettings(None if args.no_max_tenants else args.max_tenants),
+                                               actor=args.actor)
+        else:
+            current = registry.settings()
+    finally:
+        registry.close()
+    print(f"max_tenants: {current.max_tenants if current.max_tenants is not None else 'unlimited'}")
     return EXIT_OK
 
 

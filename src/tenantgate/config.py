@@ -10,6 +10,8 @@ from tenantgate.errors import ConfigurationError
 from tenantgate.keywrap import MasterKey
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:50052"
+DEFAULT_SNAPSHOT_FILE = ".tenantgate/last-known-good.json"
 DEFAULT_REGISTRY = "sqlite://.tenantgate/registry.db"
 
 
@@ -17,6 +19,14 @@ DEFAULT_REGISTRY = "sqlite://.tenantgate/registry.db"
 class ServeConfig:
     registry_url: str = DEFAULT_REGISTRY
     listen: str = DEFAULT_LISTEN
+    # The Admin API's own listener; empty: not served by this process.
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    # Prometheus metrics over HTTP; empty: not served.
+    metrics_listen: str = ""
+    # The last-known-good copy of the registry for a cold start while it is down; empty: none.
+    snapshot_file: str = DEFAULT_SNAPSHOT_FILE
+    # Fail closed (UNAVAILABLE) once the registry has not been read for this many seconds; 0: never.
+    max_staleness: float = 0.0
     quota_backend: str = "memory://"
     master_key_file: str = ""
     # How often the syncer asks the registry for its revision, in seconds.
@@ -29,16 +39,23 @@ class ServeConfig:
     grace_period: float = 5.0
 
     def __post_init__(self) -> None:
-        problems = []
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            problems.append(f"listen address {self.listen!r} is not HOST:PORT")
+        problems = [f"{name} address {address!r} is not HOST:PORT"
+                    for name, address in (("listen", self.listen), ("admin listen", self.admin_listen),
+                                          ("metrics listen", self.metrics_listen))
+                    if (address or name == "listen") and not _host_port(address)]
+        if self.max_staleness < 0:
+            problems.append(f"max staleness must not be negative, got {self.max_staleness}")
         if self.sync_interval <= 0:
             problems.append(f"sync interval must be positive, got {self.sync_interval}")
         if self.max_concurrent_rpcs <= 0:
             problems.append(f"max concurrent RPCs must be positive, got {self.max_concurrent_rpcs}")
         if problems:
             raise ConfigurationError("; ".join(problems))
+
+
+def _host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
 
 
 def master_key_from(path: str = "", environ: Mapping[str, str] | None = None) -> MasterKey | None:

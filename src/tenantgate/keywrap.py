@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -69,6 +70,15 @@ class MasterKey:
 
 def new_data_key() -> bytes:
     return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+
+
+def tenant_key_factory(master_key: MasterKey) -> Callable[[str, str, int], tuple[bytes, str]]:
+    """Makes new tenant keys: random AES-256, wrapped under the master key before they reach a store."""
+
+    def factory(tenant_id: str, purpose: str, version: int) -> tuple[bytes, str]:
+        return master_key.wrap(new_data_key(), tenant_id=tenant_id, purpose=purpose, version=version), ALGORITHM
+
+    return factory
 
 
 def generate_master_key_file(path: str | Path) -> None:

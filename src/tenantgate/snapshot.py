@@ -121,6 +121,8 @@ class SnapshotHolder:
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
+        # Wall-clock time the registry was last read successfully (or the last-known-good file was saved).
+        self.confirmed_at = 0.0
         self._swapped = asyncio.Event()
 
     def swap(self, snapshot: Snapshot) -> None:

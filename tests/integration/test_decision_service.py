@@ -13,10 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from tenantgate.v1 import decision_pb2 as pb
 
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.store import RegistryStore
-from tests.conftest import EXAMPLES, Issuer, RunningServer, key_factory_for, tenant_doc
+from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
 
 STORAGE = (("x-tenantgate-caller", "service:storage"),)
 
@@ -27,7 +27,7 @@ def server(store: RegistryStore, master_key: MasterKey, issuer: Issuer,
     documents: dict[str, Any] = {doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}
     documents["acme"]["spec"]["tokens"]["issuers"].append(issuer.issuer_spec())
     documents["tiny"] = tenant_doc("tiny", quotas={"calls": {"limit": 2, "period": "day"}})
-    store.apply(documents, key_factory=key_factory_for(master_key))
+    store.apply(documents, key_factory=tenant_key_factory(master_key))
     running = start_server(master_key)
     running.wait_synced(1)
     return running

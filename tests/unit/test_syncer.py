@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import RegistryStore
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
-from tests.conftest import key_factory_for, tenant_doc
+from tests.conftest import tenant_doc
 
 
 async def test_incremental_sync_reuses_unchanged_tenants(store: RegistryStore, master_key: MasterKey) -> None:
@@ -32,7 +32,7 @@ async def test_incremental_sync_reuses_unchanged_tenants(store: RegistryStore, m
 
 async def test_keys_are_unwrapped_into_the_snapshot(store: RegistryStore, master_key: MasterKey) -> None:
     keys = {"purposes": ["data"], "readers": ["service:storage"]}
-    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=key_factory_for(master_key))
+    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
     snapshot = await Syncer(store, SnapshotHolder(), master_key).sync_once()
     (key,) = snapshot.tenants["acme"].keys["data"]
     assert len(key.material) == 32 and not key.unavailable

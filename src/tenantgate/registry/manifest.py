@@ -92,19 +92,30 @@ def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
             problems.append(f"{path}: no such file or directory")
     if not files and not problems:
         problems.append("no manifest files found (*.yaml, *.yml)")
-    documents: list[ManifestDocument] = []
+    texts: list[tuple[str, str]] = []
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            texts.append((str(file), file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{file}: cannot read: {exc}")
+    return parse_manifest_texts(texts, problems)
+
+
+def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] | None = None) -> list[ManifestDocument]:
+    """Parse (name, YAML text) pairs into tenant documents; all problems are raised together."""
+    problems = list(problems or [])
+    documents: list[ManifestDocument] = []
+    for name, text in texts:
+        try:
             loaded = list(yaml.safe_load_all(text))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            problems.append(f"{file}: cannot read YAML: {exc}")
+        except yaml.YAMLError as exc:
+            problems.append(f"{name}: cannot read YAML: {exc}")
             continue
         for index, raw_doc in enumerate(loaded, start=1):
             if raw_doc is None:
                 continue
             try:
-                documents.append(parse_document(raw_doc, f"{file}: document {index}"))
+                documents.append(parse_document(raw_doc, f"{name}: document {index}"))
             except ManifestError as exc:
                 problems.extend(exc.problems)
     seen: dict[str, str] = {}

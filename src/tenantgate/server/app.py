@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,62 +19,90 @@ from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import QuotaEngine
 from tenantgate.engines.tokens import TokenVerifier
 from tenantgate.errors import ConfigurationError
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import RegistryStore, open_store
+from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
-from tenantgate.v1 import decision_pb2, decision_pb2_grpc
+from tenantgate.v1 import decision_pb2, decision_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("tenantgate.server")
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-class DecisionServer:
-    """One process serving DecisionService, health and reflection on one port."""
+def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
+    return grpc.aio.server(
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=[
+            # Refuse to share a port silently with another instance; workers opt in explicitly.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+
+
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    try:
+        port: int = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise ConfigurationError(f"cannot listen on {address} (address in use or not local)")
+    return port
+
+
+class TenantgateServer:
+    """One process serving DecisionService (with health and reflection) and, on its own port, the Admin API."""
 
     def __init__(self, config: ServeConfig, master_key: MasterKey | None, store: RegistryStore | None = None) -> None:
         self.config = config
         self.holder = SnapshotHolder()
         self._store = store or open_store(config.registry_url)
-        self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval)
+        self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval,
+                             snapshot_file=Path(config.snapshot_file) if config.snapshot_file else None)
         self._counters = open_counter_store(config.quota_backend)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
-        self._servicer = DecisionServicer(self.holder, tokens, AccessEngine(tokens), QuotaEngine(self._counters),
-                                          KeyEngine())
+        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), QuotaEngine(self._counters),
+                                           KeyEngine(), max_staleness=config.max_staleness)
+        self._admin = RegistryServicer(self._store, self.holder,
+                                       tenant_key_factory(master_key) if master_key is not None else None)
         self.health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
+        self.admin_port = 0
 
     async def start(self) -> int:
-        """Bind, start serving (NOT_SERVING until the first snapshot) and return the bound port."""
-        server = grpc.aio.server(
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
-            options=[
-                # Refuse to share a port silently with another instance; workers opt in explicitly.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", self.config.max_message_bytes),
-                ("grpc.max_send_message_length", self.config.max_message_bytes),
-            ],
-        )
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (DECISION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server)
+        """Bind, start serving (NOT_SERVING until the first snapshot) and return the decision port."""
+        decision = _grpc_server(self.config)
+        decision_pb2_grpc.add_DecisionServiceServicer_to_server(self._decisions, decision)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, decision)
+        reflection.enable_server_reflection((DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), decision)
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        try:
-            self.port = server.add_insecure_port(self.config.listen)
-        except RuntimeError as exc:
-            raise ConfigurationError(f"cannot listen on {self.config.listen}: {exc}") from None
-        if self.port == 0:
-            raise ConfigurationError(f"cannot listen on {self.config.listen} (address in use or not local)")
-        await server.start()
-        self._server = server
+        self.port = _bind(decision, self.config.listen)
+        servers = [decision]
+        if self.config.admin_listen:
+            admin = _grpc_server(self.config)
+            registry_pb2_grpc.add_RegistryServiceServicer_to_server(self._admin, admin)
+            reflection.enable_server_reflection((REGISTRY_SERVICE, reflection.SERVICE_NAME), admin)
+            self.admin_port = _bind(admin, self.config.admin_listen)
+            servers.append(admin)
+        if self.config.metrics_listen:
+            from prometheus_client import start_http_server
+
+            host, _, port = self.config.metrics_listen.rpartition(":")
+            start_http_server(int(port), addr=host)
+        for server in servers:
+            await server.start()
+        self._servers = servers
         self._tasks = [asyncio.create_task(self.syncer.run()), asyncio.create_task(self._serve_when_synced())]
-        log.info("serving DecisionService on %s (port %d)", self.config.listen, self.port)
+        log.info("serving DecisionService on %s (port %d)%s", self.config.listen, self.port,
+                 f", the Admin API on {self.config.admin_listen} (port {self.admin_port})" if self.admin_port else "")
         return self.port
 
     async def _serve_when_synced(self) -> None:
@@ -84,8 +113,8 @@ class DecisionServer:
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""
         await self.health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(self.config.grace_period if grace is None else grace)
+        period = self.config.grace_period if grace is None else grace
+        await asyncio.gather(*(server.stop(period) for server in self._servers))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -97,7 +126,7 @@ class DecisionServer:
 
 async def serve(config: ServeConfig, master_key: MasterKey | None) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
-    server = DecisionServer(config, master_key)
+    server = TenantgateServer(config, master_key)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,8 +8,8 @@ from typing import cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from tenantgate.clock import Clock, SystemClock
 from tenantgate.engines.access import AccessEngine, Reason
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import QuotaEngine
@@ -17,6 +17,7 @@ from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifi
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.model import KeyState, TenantState
+from tenantgate.registry.wire import state_to_wire, timestamp
 from tenantgate.server import requests
 from tenantgate.server.status import maps_errors, status_code
 from tenantgate.snapshot import Snapshot, SnapshotHolder
@@ -29,13 +30,6 @@ DEFAULT_REVISION_WAIT = 5.0
 _REASONS = {reason: cast(pb.DecisionReason, pb.DecisionReason.Value(f"DECISION_REASON_{reason.name}"))
             for reason in Reason}
 _KEY_STATES = {state: cast(pb.KeyState, pb.KeyState.Value(f"KEY_STATE_{state.name}")) for state in KeyState}
-_TENANT_STATES = {
-    TenantState.DRAFT: pb.TENANT_STATE_DRAFT,
-    TenantState.ACTIVE: pb.TENANT_STATE_ACTIVE,
-    TenantState.SUSPENDED: pb.TENANT_STATE_SUSPENDED,
-    TenantState.ARCHIVED: pb.TENANT_STATE_ARCHIVED,
-    TenantState.DELETED: pb.TENANT_STATE_DELETED,
-}
 
 
 class DecisionIds:
@@ -54,11 +48,6 @@ def _duration(seconds: float) -> Duration:
     return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    whole = int(seconds)
-    return Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
 def caller_identity(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == CALLER_METADATA:
@@ -68,8 +57,10 @@ def caller_identity(context: grpc.aio.ServicerContext) -> str:
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
     def __init__(self, holder: SnapshotHolder, tokens: TokenVerifier, access: AccessEngine, quota: QuotaEngine,
-                 keys: KeyEngine) -> None:
+                 keys: KeyEngine, *, max_staleness: float = 0.0, clock: Clock | None = None) -> None:
         self._holder = holder
+        self._max_staleness = max_staleness
+        self._clock = clock or SystemClock()
         self._tokens = tokens
         self._access = access
         self._quota = quota
@@ -80,6 +71,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         snapshot = self._holder.current
         if snapshot is None:
             raise Unavailable("no snapshot of the registry is loaded yet")
+        if self._max_staleness and self._clock.now() - self._holder.confirmed_at > self._max_staleness:
+            raise Unavailable(f"the registry was last read {self._clock.now() - self._holder.confirmed_at:.0f} s ago, "
+                              f"longer than the configured max staleness ({self._max_staleness:g} s); failing closed")
         if min_revision <= snapshot.revision:
             return snapshot
         remaining = context.time_remaining()
@@ -145,7 +139,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                              requests.require_text(request.purpose, "purpose", requests.MAX_ID), request.version)
         return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
                                        material=key.material, state=_KEY_STATES[key.state],
-                                       created_at=_timestamp(key.created_at))
+                                       created_at=timestamp(key.created_at))
 
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
@@ -165,7 +159,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                                             detail=f"tenant {verified.tenant_id!r} is {tenant.state.value}")
         return pb.ValidateTokenResponse(valid=True, reason=pb.DECISION_REASON_ALLOWED, tenant_id=verified.tenant_id,
                                         subject=verified.subject, scopes=verified.scopes,
-                                        expires_at=_timestamp(verified.expires_at))
+                                        expires_at=timestamp(verified.expires_at))
 
     @maps_errors
     async def ResolveTenant(self, request: pb.ResolveTenantRequest,
@@ -177,6 +171,6 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
         spec = tenant.spec
         return pb.ResolveTenantResponse(
-            tenant_id=spec.id, name=spec.name, state=_TENANT_STATES[spec.state], plan=spec.plan,
+            tenant_id=spec.id, name=spec.name, state=state_to_wire(spec.state), plan=spec.plan,
             profile=spec.profile, isolation=spec.isolation, environments=spec.environments,
             features=spec.features, labels=dict(spec.labels), revision=snapshot.revision, stale=snapshot.stale)

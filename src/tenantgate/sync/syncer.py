@@ -1,21 +1,26 @@
 """Follows the registry's change feed and keeps the snapshot holder current.
 
-Polls the revision (cheap: one indexed read), and on a change reads every changed tenant in one
-transaction, builds their views beside the current snapshot and swaps one reference.
+Waits for a change (NOTIFY where the store has it, else the poll interval), reads every changed tenant
+in one transaction, builds their views beside the current snapshot and swaps one reference. When the
+registry cannot be read it keeps serving what it has and says so (``stale``); started cold while the
+registry is down, it serves the last-known-good file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 
+from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import TenantgateError
 from tenantgate.keywrap import MasterKey
 from tenantgate.model import KeyState
 from tenantgate.registry.manifest import tenant_from_document
-from tenantgate.registry.store import KeyRecord, RegistryStore, TenantRecord
+from tenantgate.registry.store import KeyRecord, RegistryReader, RegistryState, TenantRecord
 from tenantgate.snapshot import (
     KeyVersion,
     Snapshot,
@@ -25,6 +30,7 @@ from tenantgate.snapshot import (
     build_tenant,
     with_changes,
 )
+from tenantgate.sync import lastgood
 
 log = logging.getLogger("tenantgate.sync")
 
@@ -32,24 +38,41 @@ log = logging.getLogger("tenantgate.sync")
 class Syncer:
     def __init__(
         self,
-        store: RegistryStore,
+        store: RegistryReader,
         holder: SnapshotHolder,
         master_key: MasterKey | None,
         *,
         interval: float = 0.2,
         clock: Clock | None = None,
+        snapshot_file: Path | None = None,
+        snapshot_file_interval: float = 5.0,
     ) -> None:
         self._store = store
         self._holder = holder
         self._master_key = master_key
         self._interval = interval
         self._clock = clock or SystemClock()
+        self._snapshot_file = snapshot_file
+        self._snapshot_file_interval = snapshot_file_interval
+        # What the registry holds, mirrored for the last-known-good file (only kept when there is one).
+        self._mirror: RegistryState | None = None
+        self._from_file = False
+        self._saved_revision = -1
+        self._saved_at = 0.0
+        metrics.SNAPSHOT_STALENESS.set_function(lambda: max(0.0, self._clock.now() - holder.confirmed_at)
+                                                if holder.confirmed_at else 0.0)
 
     def build_full(self) -> Snapshot:
         """Read the whole registry and build a snapshot of it (blocking)."""
         state = self._store.load()
+        if self._snapshot_file is not None:
+            self._mirror = state
+        return self._build(state, stale=False)
+
+    def _build(self, state: RegistryState, *, stale: bool) -> Snapshot:
         views = (self._view(record, state.keys.get(tenant_id, ())) for tenant_id, record in state.tenants.items())
-        return build_snapshot(state.revision, [view for view in views if view is not None], self._clock.now())
+        snapshot = build_snapshot(state.revision, [view for view in views if view is not None], self._clock.now())
+        return dataclasses.replace(snapshot, stale=True) if stale else snapshot
 
     def build_next(self, base: Snapshot) -> Snapshot:
         """``base`` brought up to the registry's revision (blocking); ``base`` itself when nothing changed."""
@@ -62,40 +85,100 @@ class Syncer:
             return self.build_full()
         changed: dict[str, TenantView | None] = {}
         for tenant_id, record in changes.tenants.items():
-            if record is None:
-                changed[tenant_id] = None
-                continue
-            view = self._view(record, changes.keys.get(tenant_id, ()))
-            if view is not None:
+            view = None if record is None else self._view(record, changes.keys.get(tenant_id, ()))
+            if record is None or view is not None:
                 changed[tenant_id] = view
+        if self._mirror is not None:
+            tenants = dict(self._mirror.tenants)
+            keys = dict(self._mirror.keys)
+            for tenant_id, record in changes.tenants.items():
+                if record is None:
+                    tenants.pop(tenant_id, None)
+                else:
+                    tenants[tenant_id] = record
+                keys.pop(tenant_id, None)
+                if changes.keys.get(tenant_id):
+                    keys[tenant_id] = changes.keys[tenant_id]
+            self._mirror = RegistryState(changes.revision, tenants, keys)
         return with_changes(base, changes.revision, changed, self._clock.now())
 
     async def sync_once(self) -> Snapshot:
+        """One read of the registry; raises when it cannot be read."""
         current = self._holder.current
-        if current is None:
+        if current is None or self._from_file:
             snapshot = await asyncio.to_thread(self.build_full)
+            self._from_file = False
         else:
             snapshot = await asyncio.to_thread(self.build_next, current)
+            if snapshot is current and current.stale:
+                snapshot = dataclasses.replace(current, stale=False)
+        self._holder.confirmed_at = self._clock.now()
         if snapshot is not current:
-            self._holder.swap(snapshot)
+            self._swap(snapshot)
             log.info("snapshot at revision %d (%d tenants)", snapshot.revision, len(snapshot.tenants))
+        await self._save_last_good()
         return snapshot
+
+    def _swap(self, snapshot: Snapshot) -> None:
+        self._holder.swap(snapshot)
+        metrics.SNAPSHOT_REVISION.set(snapshot.revision)
+        metrics.SNAPSHOT_STALE.set(1 if snapshot.stale else 0)
+
+    async def _save_last_good(self, *, force: bool = False) -> None:
+        if self._snapshot_file is None or self._mirror is None or self._mirror.revision == self._saved_revision:
+            return
+        now = self._clock.now()
+        if not force and now - self._saved_at < self._snapshot_file_interval and self._saved_revision >= 0:
+            return
+        state = self._mirror
+        try:
+            await asyncio.to_thread(lastgood.save, self._snapshot_file, state, now)
+            self._saved_revision, self._saved_at = state.revision, now
+        except OSError as exc:
+            log.error("cannot write the last-known-good snapshot %s: %s", self._snapshot_file, exc)
+
+    def _fall_back(self) -> None:
+        """The registry cannot be read: keep serving, and say so."""
+        current = self._holder.current
+        if current is not None:
+            if not current.stale:
+                self._swap(dataclasses.replace(current, stale=True))
+            return
+        if self._snapshot_file is None or not self._snapshot_file.exists():
+            return
+        try:
+            state, saved_at = lastgood.load(self._snapshot_file)
+        except TenantgateError as exc:
+            log.error("%s", exc.message)
+            return
+        self._mirror = state
+        self._saved_revision = state.revision
+        self._from_file = True
+        self._holder.confirmed_at = saved_at
+        self._swap(self._build(state, stale=True))
+        log.warning("registry unreachable: serving the last-known-good snapshot at revision %d from %s",
+                    state.revision, self._snapshot_file)
 
     async def run(self) -> None:
         """Sync until cancelled; registry errors are logged and retried, the last snapshot stays served."""
         failing = False
-        while True:
-            try:
-                await self.sync_once()
-                if failing:
-                    log.warning("registry readable again at revision %d", self._holder.current.revision
-                                if self._holder.current else 0)
-                failing = False
-            except TenantgateError as exc:
-                if not failing:
-                    log.error("cannot read the registry: %s", exc.message)
-                failing = True
-            await asyncio.sleep(self._interval)
+        try:
+            while True:
+                try:
+                    await self.sync_once()
+                    if failing:
+                        log.warning("registry readable again at revision %d", self._holder.current.revision
+                                    if self._holder.current else 0)
+                    failing = False
+                except TenantgateError as exc:
+                    metrics.REGISTRY_ERRORS.inc()
+                    if not failing:
+                        log.error("cannot read the registry: %s", exc.message)
+                    failing = True
+                    self._fall_back()
+                await asyncio.to_thread(self._store.wait_for_change, self._interval)
+        finally:
+            await self._save_last_good(force=True)
 
     def _view(self, record: TenantRecord, keys: Iterable[KeyRecord]) -> TenantView | None:
         try:

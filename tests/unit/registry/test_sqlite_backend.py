@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tenantgate.errors import ConfigurationError, StorageError
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.sqlite import SQLiteStore
-from tests.conftest import key_factory_for, tenant_doc
+from tests.conftest import tenant_doc
 
 
 def test_an_unreadable_file_fails_each_call_and_recovers_when_it_is_back(registry_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_deleting_a_tenant_leaves_none_of_its_wrapped_key_bytes_in_the_files(reg
     store = SQLiteStore(registry_path)
     keys = {"purposes": ["data", "backups"], "readers": ["service:storage"]}
     store.apply({"acme": tenant_doc("acme", state="Archived", retention="0s", keys=keys),
-                 "globex": tenant_doc("globex", keys=keys)}, key_factory=key_factory_for(master_key))
+                 "globex": tenant_doc("globex", keys=keys)}, key_factory=tenant_key_factory(master_key))
     doomed = [key.wrapped for key in store.load().keys["acme"]]
     kept = [key.wrapped for key in store.load().keys["globex"]]
 

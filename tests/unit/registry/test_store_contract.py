@@ -9,9 +9,9 @@ import pytest
 
 from tenantgate.clock import FakeClock
 from tenantgate.errors import FailedPrecondition, NotFound, ResourceExhausted
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import RegistrySettings, RegistryStore, open_store
-from tests.conftest import key_factory_for, tenant_doc
+from tests.conftest import tenant_doc
 
 KEYS = {"purposes": ["data"], "readers": ["service:storage"]}
 
@@ -75,22 +75,22 @@ def test_keys_are_generated_once_and_stored_only_wrapped(store: RegistryStore, m
     with pytest.raises(FailedPrecondition, match="no master key"):
         store.apply({"acme": doc})
     assert store.current_revision() == 0
-    store.apply({"acme": doc}, key_factory=key_factory_for(master_key))
+    store.apply({"acme": doc}, key_factory=tenant_key_factory(master_key))
     (key,) = store.load().keys["acme"]
     material = master_key.unwrap(key.wrapped, tenant_id="acme", purpose="data", version=1)
     assert len(material) == 32 and material not in key.wrapped
-    assert store.apply({"acme": doc}, key_factory=key_factory_for(master_key)).changes == ()
+    assert store.apply({"acme": doc}, key_factory=tenant_key_factory(master_key)).changes == ()
     assert store.load().keys["acme"] == (key,)
 
 
 def test_key_rotation_adds_a_version_and_keeps_the_old(store: RegistryStore, master_key: MasterKey) -> None:
-    store.apply({"acme": tenant_doc("acme", keys=KEYS)}, key_factory=key_factory_for(master_key))
-    rotated = store.rotate_key("acme", "data", key_factory=key_factory_for(master_key))
+    store.apply({"acme": tenant_doc("acme", keys=KEYS)}, key_factory=tenant_key_factory(master_key))
+    rotated = store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
     assert (rotated.revision, rotated.key.version) == (2, 2)
     assert [k.version for k in store.load().keys["acme"]] == [1, 2]
     assert [k.version for k in store.get_tenant("acme").keys] == [1, 2]
     with pytest.raises(NotFound, match="no key purpose 'logs'"):
-        store.rotate_key("acme", "logs", key_factory=key_factory_for(master_key))
+        store.rotate_key("acme", "logs", key_factory=tenant_key_factory(master_key))
     with pytest.raises(FailedPrecondition, match="master key"):
         store.rotate_key("acme", "data")
     assert store.audit_entries(tenant_id="acme")[-1].action == "key.rotate"
@@ -111,7 +111,7 @@ def test_the_whole_lifecycle_with_retention(timed_store: RegistryStore, clock: F
                                             master_key: MasterKey) -> None:
     store = timed_store
     store.apply({"acme": tenant_doc("acme", state="Draft", retention="7d", keys=KEYS)},
-                key_factory=key_factory_for(master_key))
+                key_factory=tenant_key_factory(master_key))
     for target in ("Active", "Suspended", "Active", "Suspended", "Archived"):
         assert store.transition("acme", target, actor="ops").after == target
     clock.advance(6 * 86400)
@@ -165,7 +165,7 @@ def test_max_tenants(store: RegistryStore) -> None:
 
 
 def test_every_change_is_audited_in_a_verifiable_chain(store: RegistryStore, master_key: MasterKey) -> None:
-    factory = key_factory_for(master_key)
+    factory = tenant_key_factory(master_key)
     store.apply({"acme": tenant_doc("acme", keys=KEYS), "globex": tenant_doc("globex")}, key_factory=factory,
                 actor="alice")
     store.apply({"acme": tenant_doc("acme", keys=KEYS, plan="gold"), "globex": tenant_doc("globex")},

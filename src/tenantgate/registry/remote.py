@@ -1,0 +1,112 @@
+"""The registry through a running server's Admin API (``grpc://host:port``), for the CLI.
+
+Manifests travel as text and are validated again by the server; keys are made with the server's
+master key, so the CLI needs none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from tenantgate.identity import CALLER_METADATA
+from tenantgate.registry import wire
+from tenantgate.registry.audit import AuditEntry, AuditVerification
+from tenantgate.registry.store import (
+    ApplyResult,
+    ChangeEntry,
+    KeyFactory,
+    RegistrySettings,
+    RotationResult,
+    TenantInfo,
+    TransitionResult,
+)
+from tenantgate.v1 import registry_pb2 as pb
+from tenantgate.v1 import registry_pb2_grpc
+
+
+class RemoteRegistry:
+    def __init__(self, target: str, *, timeout: float = 30.0, actor: str = "") -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._timeout = timeout
+        self._actor = actor
+
+    def _call(self, method: str, request: Any, actor: str = "") -> Any:
+        who = actor or self._actor
+        metadata = ((CALLER_METADATA, who),) if who else ()
+        return getattr(self._stub, method)(request, timeout=self._timeout, metadata=metadata)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def apply(self, documents: Mapping[str, Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False,
+              actor: str = "", key_factory: KeyFactory | None = None) -> ApplyResult:
+        files = [pb.ManifestFile(name=f"tenant {tenant_id}", content=json.dumps(document))
+                 for tenant_id, document in documents.items()]
+        response = self._call("ApplyManifests", pb.ApplyManifestsRequest(files=files, dry_run=dry_run, prune=prune),
+                              actor)
+        return wire.apply_from_wire(response)
+
+    def transition(self, tenant_id: str, state: str, *, actor: str = "", force: bool = False,
+                   reason: str = "") -> TransitionResult:
+        request = pb.TransitionTenantRequest(tenant_id=tenant_id, state=wire.state_to_wire(state), force=force,
+                                             reason=reason)
+        return wire.transition_from_wire(tenant_id, self._call("TransitionTenant", request, actor))
+
+    def rotate_key(self, tenant_id: str, purpose: str, *, actor: str = "",
+                   key_factory: KeyFactory | None = None) -> RotationResult:
+        request = pb.RotateTenantKeyRequest(tenant_id=tenant_id, purpose=purpose)
+        return wire.rotation_from_wire(tenant_id, self._call("RotateTenantKey", request, actor))
+
+    def get_tenant(self, tenant_id: str) -> TenantInfo:
+        return wire.tenant_from_wire(self._call("GetTenant", pb.GetTenantRequest(tenant_id=tenant_id)))
+
+    def list_tenants(self, *, state: str = "", labels: Mapping[str, str] | None = None, after: str = "",
+                     limit: int = 100) -> list[TenantInfo]:
+        found: list[TenantInfo] = []
+        token = ""
+        request = pb.ListTenantsRequest(labels=dict(labels or {}))
+        if state:
+            request.state = wire.state_to_wire(state)
+        while len(found) < limit:
+            request.page_size = min(1000, limit - len(found))
+            request.page_token = token
+            response = self._call("ListTenants", request)
+            found.extend(wire.tenant_from_wire(t) for t in response.tenants if t.tenant_id > after)
+            token = response.next_page_token
+            if not token:
+                break
+        return found[:limit]
+
+    def audit_entries(self, *, tenant_id: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
+        request = pb.ListAuditEntriesRequest(tenant_id=tenant_id, after_seq=after_seq, page_size=min(limit, 1000))
+        return [wire.audit_from_wire(e) for e in self._call("ListAuditEntries", request).entries]
+
+    def verify_audit(self) -> AuditVerification:
+        return wire.verification_from_wire(self._call("VerifyAudit", pb.VerifyAuditRequest()))
+
+    def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
+        """The changes committed so far after ``after_revision`` (reads the watch stream until it is idle)."""
+        found: list[ChangeEntry] = []
+        stream = self._stub.WatchChanges(pb.WatchChangesRequest(from_revision=after_revision), timeout=2.0)
+        try:
+            for change in stream:
+                found.append(wire.change_from_wire(change))
+                if len(found) >= limit:
+                    break
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        finally:
+            stream.cancel()
+        return found
+
+    def settings(self) -> RegistrySettings:
+        return wire.settings_from_wire(self._call("GetSettings", pb.GetSettingsRequest()))
+
+    def update_settings(self, settings: RegistrySettings, *, actor: str = "") -> RegistrySettings:
+        return wire.settings_from_wire(self._call("UpdateSettings", wire.settings_to_wire(settings), actor))

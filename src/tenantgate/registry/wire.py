@@ -1,0 +1,142 @@
+"""Registry records to and from their Admin API messages (used by the servicer and the remote client)."""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tenantgate.model import TenantState
+from tenantgate.registry.audit import AuditEntry, AuditVerification
+from tenantgate.registry.manifest import canonical_json
+from tenantgate.registry.store import (
+    ApplyResult,
+    ChangeEntry,
+    KeyInfo,
+    RegistrySettings,
+    RotationResult,
+    TenantChange,
+    TenantInfo,
+    TenantRecord,
+    TransitionResult,
+)
+from tenantgate.v1 import decision_pb2 as dpb
+from tenantgate.v1 import registry_pb2 as pb
+
+
+def timestamp(seconds: float) -> Timestamp:
+    whole = int(seconds)
+    return Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def seconds(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def state_to_wire(state: str) -> dpb.TenantState:
+    return cast(dpb.TenantState, dpb.TenantState.Value(f"TENANT_STATE_{TenantState(state).name}"))
+
+
+def state_from_wire(value: int) -> str:
+    if value == dpb.TENANT_STATE_UNSPECIFIED:
+        return ""
+    return TenantState[dpb.TenantState.Name(cast(dpb.TenantState, value)).removeprefix("TENANT_STATE_")].value
+
+
+def key_to_wire(key: KeyInfo) -> pb.KeyMetadata:
+    return pb.KeyMetadata(key_id=f"{key.tenant_id}/{key.purpose}/v{key.version}", purpose=key.purpose,
+                          version=key.version, algorithm=key.algorithm, state=cast(dpb.KeyState, key.state),
+                          created_at=timestamp(key.created_at))
+
+
+def key_from_wire(tenant_id: str, key: pb.KeyMetadata) -> KeyInfo:
+    return KeyInfo(tenant_id, key.purpose, key.version, key.algorithm, int(key.state), seconds(key.created_at))
+
+
+def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
+    record = info.record
+    labels = record.document.get("metadata", {}).get("labels") or {}
+    return pb.Tenant(tenant_id=record.id, state=state_to_wire(record.state), revision=record.revision,
+                     document_json=canonical_json(record.document), keys=[key_to_wire(k) for k in info.keys],
+                     labels={str(k): str(v) for k, v in labels.items()}, created_at=timestamp(info.created_at),
+                     updated_at=timestamp(info.updated_at), state_since=timestamp(record.state_since))
+
+
+def tenant_from_wire(tenant: pb.Tenant) -> TenantInfo:
+    document = json.loads(tenant.document_json)
+    record = TenantRecord(tenant.tenant_id, document, "", tenant.revision, state_from_wire(tenant.state),
+                          seconds(tenant.state_since))
+    return TenantInfo(record, tuple(key_from_wire(tenant.tenant_id, k) for k in tenant.keys),
+                      seconds(tenant.created_at), seconds(tenant.updated_at))
+
+
+def apply_to_wire(result: ApplyResult) -> pb.ApplyManifestsResponse:
+    return pb.ApplyManifestsResponse(revision=result.revision, dry_run=result.dry_run, changes=[
+        pb.TenantChange(tenant_id=c.tenant_id, action=c.action, before_state=c.before_state,
+                        after_state=c.after_state, differences=c.differences, new_keys=c.new_keys)
+        for c in result.changes])
+
+
+def apply_from_wire(response: pb.ApplyManifestsResponse) -> ApplyResult:
+    return ApplyResult(response.revision, tuple(
+        TenantChange(c.tenant_id, c.action, c.before_state, c.after_state, tuple(c.differences), tuple(c.new_keys))
+        for c in response.changes), response.dry_run)
+
+
+def transition_to_wire(result: TransitionResult) -> pb.TransitionTenantResponse:
+    return pb.TransitionTenantResponse(revision=result.revision, previous_state=state_to_wire(result.before),
+                                       state=state_to_wire(result.after))
+
+
+def transition_from_wire(tenant_id: str, response: pb.TransitionTenantResponse) -> TransitionResult:
+    return TransitionResult(response.revision, tenant_id, state_from_wire(response.previous_state),
+                            state_from_wire(response.state))
+
+
+def rotation_to_wire(result: RotationResult) -> pb.RotateTenantKeyResponse:
+    return pb.RotateTenantKeyResponse(revision=result.revision, key=key_to_wire(result.key))
+
+
+def rotation_from_wire(tenant_id: str, response: pb.RotateTenantKeyResponse) -> RotationResult:
+    return RotationResult(response.revision, key_from_wire(tenant_id, response.key))
+
+
+def audit_to_wire(entry: AuditEntry) -> pb.AuditEntry:
+    return pb.AuditEntry(seq=entry.seq, at=entry.at, actor=entry.actor, action=entry.action,
+                         tenant_id=entry.tenant_id, before_digest=entry.before_digest,
+                         after_digest=entry.after_digest, detail=entry.detail, prev_hash=entry.prev_hash,
+                         hash=entry.hash)
+
+
+def audit_from_wire(entry: pb.AuditEntry) -> AuditEntry:
+    return AuditEntry(entry.seq, entry.at, entry.actor, entry.action, entry.tenant_id, entry.before_digest,
+                      entry.after_digest, entry.detail, entry.prev_hash, entry.hash)
+
+
+def verification_to_wire(result: AuditVerification) -> pb.VerifyAuditResponse:
+    return pb.VerifyAuditResponse(ok=result.ok, checked=result.checked, first_broken=result.first_broken or 0,
+                                  problem=result.problem)
+
+
+def verification_from_wire(response: pb.VerifyAuditResponse) -> AuditVerification:
+    return AuditVerification(response.checked, response.first_broken or None, response.problem)
+
+
+def change_to_wire(change: ChangeEntry) -> pb.Change:
+    return pb.Change(revision=change.revision, tenant_id=change.tenant_id, action=change.action,
+                     digest=change.digest, actor=change.actor, committed_at=timestamp(change.committed_at))
+
+
+def change_from_wire(change: pb.Change) -> ChangeEntry:
+    return ChangeEntry(change.revision, change.tenant_id, change.action, change.digest, change.actor,
+                       seconds(change.committed_at))
+
+
+def settings_to_wire(settings: RegistrySettings) -> pb.RegistrySettings:
+    return pb.RegistrySettings(max_tenants=settings.max_tenants) if settings.max_tenants is not None \
+        else pb.RegistrySettings()
+
+
+def settings_from_wire(settings: pb.RegistrySettings) -> RegistrySettings:
+    return RegistrySettings(settings.max_tenants if settings.HasField("max_tenants") else None)

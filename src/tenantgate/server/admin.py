@@ -1,0 +1,134 @@
+"""RegistryService, the Admin API: registry changes and reads over gRPC, run against the store in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_status import rpc_status
+
+from tenantgate.errors import InvalidArgument, TenantgateError
+from tenantgate.identity import CALLER_METADATA
+from tenantgate.registry import wire
+from tenantgate.registry.manifest import parse_manifest_texts
+from tenantgate.registry.store import KeyFactory, RegistryStore
+from tenantgate.server.status import maps_errors, rich_status
+from tenantgate.snapshot import SnapshotHolder
+from tenantgate.v1 import registry_pb2 as pb
+from tenantgate.v1 import registry_pb2_grpc
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+WATCH_BATCH = 500
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_METADATA and value:
+            return str(value)
+    return "admin-api"
+
+
+def _page_size(requested: int) -> int:
+    if requested > MAX_PAGE:
+        raise InvalidArgument(f"page_size must be at most {MAX_PAGE}", field="page_size")
+    return requested or DEFAULT_PAGE
+
+
+def _decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("page_token is not one this server issued", field="page_token") from None
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
+    def __init__(self, store: RegistryStore, holder: SnapshotHolder, key_factory: KeyFactory | None) -> None:
+        self._store = store
+        self._holder = holder
+        self._key_factory = key_factory
+
+    @maps_errors
+    async def ApplyManifests(self, request: pb.ApplyManifestsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ApplyManifestsResponse:
+        if not request.files:
+            raise InvalidArgument("at least one manifest file is required", field="files")
+        documents = parse_manifest_texts((f.name or f"files[{i}]", f.content) for i, f in enumerate(request.files))
+        result = await asyncio.to_thread(
+            self._store.apply, {d.tenant.id: d.document for d in documents}, prune=request.prune,
+            dry_run=request.dry_run, actor=_actor(context), key_factory=self._key_factory)
+        return wire.apply_to_wire(result)
+
+    @maps_errors
+    async def GetTenant(self, request: pb.GetTenantRequest, context: grpc.aio.ServicerContext) -> pb.Tenant:
+        return wire.tenant_to_wire(await asyncio.to_thread(self._store.get_tenant, request.tenant_id))
+
+    @maps_errors
+    async def ListTenants(self, request: pb.ListTenantsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListTenantsResponse:
+        size = _page_size(request.page_size)
+        found = await asyncio.to_thread(
+            self._store.list_tenants, state=wire.state_from_wire(request.state), labels=dict(request.labels),
+            after=_decode_token(request.page_token), limit=size + 1)
+        token = base64.urlsafe_b64encode(found[size - 1].record.id.encode()).decode() if len(found) > size else ""
+        return pb.ListTenantsResponse(tenants=[wire.tenant_to_wire(t) for t in found[:size]], next_page_token=token)
+
+    @maps_errors
+    async def TransitionTenant(self, request: pb.TransitionTenantRequest,
+                               context: grpc.aio.ServicerContext) -> pb.TransitionTenantResponse:
+        target = wire.state_from_wire(request.state)
+        if not target:
+            raise InvalidArgument("state is required", field="state")
+        result = await asyncio.to_thread(self._store.transition, request.tenant_id, target, actor=_actor(context),
+                                         force=request.force, reason=request.reason)
+        return wire.transition_to_wire(result)
+
+    @maps_errors
+    async def RotateTenantKey(self, request: pb.RotateTenantKeyRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RotateTenantKeyResponse:
+        result = await asyncio.to_thread(self._store.rotate_key, request.tenant_id, request.purpose,
+                                         actor=_actor(context), key_factory=self._key_factory)
+        return wire.rotation_to_wire(result)
+
+    @maps_errors
+    async def ListAuditEntries(self, request: pb.ListAuditEntriesRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
+        entries = await asyncio.to_thread(self._store.audit_entries, tenant_id=request.tenant_id,
+                                          after_seq=request.after_seq, limit=_page_size(request.page_size))
+        return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
+
+    @maps_errors
+    async def VerifyAudit(self, request: pb.VerifyAuditRequest,
+                          context: grpc.aio.ServicerContext) -> pb.VerifyAuditResponse:
+        return wire.verification_to_wire(await asyncio.to_thread(self._store.verify_audit))
+
+    @maps_errors
+    async def GetSettings(self, request: pb.GetSettingsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.RegistrySettings:
+        return wire.settings_to_wire(await asyncio.to_thread(self._store.settings))
+
+    @maps_errors
+    async def UpdateSettings(self, request: pb.RegistrySettings,
+                             context: grpc.aio.ServicerContext) -> pb.RegistrySettings:
+        updated = await asyncio.to_thread(self._store.update_settings, wire.settings_from_wire(request),
+                                          actor=_actor(context))
+        return wire.settings_to_wire(updated)
+
+    async def WatchChanges(self, request: pb.WatchChangesRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Change]:
+        revision = request.from_revision
+        try:
+            while True:
+                batch = await asyncio.to_thread(self._store.changes, revision, WATCH_BATCH)
+                for change in batch:
+                    yield wire.change_to_wire(change)
+                    revision = change.revision
+                if len(batch) < WATCH_BATCH:
+                    # Woken by the next snapshot, or after a short poll when this server's syncer lags.
+                    current = self._holder.current.revision if self._holder.current else 0
+                    await self._holder.wait_for_revision(current + 1, 0.5)
+        except TenantgateError as error:
+            await context.abort_with_status(rpc_status.to_status(rich_status(error)))
