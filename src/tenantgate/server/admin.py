@@ -40,7 +40,7 @@ def _page_size(requested: int) -> int:
 
 def _decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode() if token else ""
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token is not one this server issued", field="page_token") from None
 
