@@ -18,7 +18,6 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey
@@ -27,6 +26,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore, open_store
 from tenantgate.server.app import TenantgateServer
 from tenantgate.snapshot import Snapshot, build_snapshot, build_tenant
+from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "manifests"

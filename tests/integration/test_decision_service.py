@@ -11,11 +11,11 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from tenantgate.v1 import decision_pb2 as pb
 
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.store import RegistryStore
+from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
 
 STORAGE = (("x-tenantgate-caller", "service:storage"),)

@@ -4,10 +4,10 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
-from tenantgate.v1 import decision_pb2 as pb
-from tenantgate.v1 import decision_pb2_grpc
 
 from tenantgate.registry.store import RegistryStore
+from tenantgate.v1 import decision_pb2 as pb
+from tenantgate.v1 import decision_pb2_grpc
 from tests.conftest import RunningServer, tenant_doc
 
 

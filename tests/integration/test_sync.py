@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tenantgate.v1 import decision_pb2 as pb
 
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore
+from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import RunningServer, tenant_doc
 
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from tenantgate.v1 import decision_pb2 as pb
 
 from tenantgate.engines.access import AccessEngine, AccessRequest, Reason
 from tenantgate.engines.tokens import TokenVerifier
 from tenantgate.snapshot import Snapshot
+from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import Issuer, snapshot_of, tenant_doc
 
 ACME_ACCESS = {
