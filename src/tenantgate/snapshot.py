@@ -8,7 +8,9 @@ against that snapshot only, so it never sees half a change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import jwt
@@ -42,40 +44,87 @@ class CompiledIssuer:
     sole_key: jwt.PyJWK | None
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled_jwks(jwks_json: str) -> tuple[Mapping[str, jwt.PyJWK], jwt.PyJWK | None]:
+    """Parsed once per distinct JWKS: tenants that trust one identity provider share its keys."""
+    keys = [jwt.PyJWK.from_dict(key) for key in json.loads(jwks_json).get("keys", ())]
+    return {key.key_id: key for key in keys if key.key_id}, keys[0] if len(keys) == 1 else None
+
+
 def compile_issuer(spec: IssuerSpec) -> CompiledIssuer:
-    keys = [jwt.PyJWK.from_dict(dict(key)) for key in spec.jwks.get("keys", ())]
-    by_id = {key.key_id: key for key in keys if key.key_id}
-    return CompiledIssuer(spec, by_id, keys[0] if len(keys) == 1 else None)
+    by_id, sole = _compiled_jwks(json.dumps(spec.jwks, sort_keys=True))
+    return CompiledIssuer(spec, by_id, sole)
 
 
 @dataclass(frozen=True, slots=True)
-class TenantView:
+class CompiledTenant:
+    """Everything a decision reads about one tenant, built from its document on first use."""
+
     spec: TenantSpec
-    revision: int  # the revision that last changed this tenant
     policy: CompiledPolicy
     issuers: tuple[CompiledIssuer, ...]
     keys: Mapping[str, tuple[KeyVersion, ...]]  # purpose -> versions, oldest first
 
-    @property
-    def id(self) -> str:
-        return self.spec.id
 
-    @property
-    def state(self) -> TenantState:
-        return self.spec.state
-
-
-def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
+def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> CompiledTenant:
     by_purpose: dict[str, list[KeyVersion]] = {}
     for key in sorted(keys, key=lambda k: (k.purpose, k.version)):
         by_purpose.setdefault(key.purpose, []).append(key)
-    return TenantView(
+    return CompiledTenant(
         spec=spec,
-        revision=revision,
         policy=compile_policy(spec.id, spec.access, spec.environments),
         issuers=tuple(compile_issuer(issuer) for issuer in spec.issuers),
         keys={purpose: tuple(versions) for purpose, versions in by_purpose.items()},
     )
+
+
+class TenantView:
+    """One tenant in a snapshot. Its id, revision, state and issuers are read eagerly; the rest is built
+    from the stored document when a request first needs it, then kept, so a snapshot of many tenants
+    loads fast and holds little for tenants nobody asks about. The result depends only on the document,
+    so the view is as immutable as if it were built up front."""
+
+    __slots__ = ("_compiled", "_load", "id", "issuer_urls", "revision", "state")
+
+    def __init__(self, tenant_id: str, revision: int, state: TenantState, issuer_urls: tuple[str, ...],
+                 load: Callable[[], CompiledTenant]) -> None:
+        self.id = tenant_id
+        self.revision = revision  # the revision that last changed this tenant
+        self.state = state
+        self.issuer_urls = issuer_urls
+        self._load: Callable[[], CompiledTenant] | None = load
+        self._compiled: CompiledTenant | None = None
+
+    @property
+    def compiled(self) -> CompiledTenant:
+        compiled = self._compiled
+        if compiled is None:
+            assert self._load is not None
+            compiled = self._compiled = self._load()
+            self._load = None  # drop the document text it closed over
+        return compiled
+
+    @property
+    def spec(self) -> TenantSpec:
+        return self.compiled.spec
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.compiled.policy
+
+    @property
+    def issuers(self) -> tuple[CompiledIssuer, ...]:
+        return self.compiled.issuers
+
+    @property
+    def keys(self) -> Mapping[str, tuple[KeyVersion, ...]]:
+        return self.compiled.keys
+
+
+def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
+    """A view of a tenant already parsed (tests, tools); compiled on first use like any other."""
+    return TenantView(spec.id, revision, spec.state, tuple(i.issuer for i in spec.issuers),
+                      lambda: compile_tenant(spec, keys))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +142,8 @@ def build_snapshot(revision: int, tenants: Iterable[TenantView], built_at: float
     by_id = {tenant.id: tenant for tenant in tenants}
     issuers: dict[str, list[str]] = {}
     for tenant in by_id.values():
-        for issuer in tenant.spec.issuers:
-            issuers.setdefault(issuer.issuer, []).append(tenant.id)
+        for url in tenant.issuer_urls:
+            issuers.setdefault(url, []).append(tenant.id)
     return Snapshot(revision, by_id, {url: tuple(sorted(ids)) for url, ids in issuers.items()}, built_at)
 
 
@@ -106,12 +155,12 @@ def with_changes(base: Snapshot, revision: int, changed: Mapping[str, TenantView
     for tenant_id, view in changed.items():
         old = tenants.pop(tenant_id, None)
         if old is not None:
-            for issuer in old.spec.issuers:
-                issuers[issuer.issuer].remove(tenant_id)
+            for url in old.issuer_urls:
+                issuers[url].remove(tenant_id)
         if view is not None:
             tenants[tenant_id] = view
-            for issuer in view.spec.issuers:
-                issuers.setdefault(issuer.issuer, []).append(tenant_id)
+            for url in view.issuer_urls:
+                issuers.setdefault(url, []).append(tenant_id)
     return Snapshot(revision, tenants, {url: tuple(sorted(ids)) for url, ids in issuers.items() if ids},
                     built_at)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tenantgate.keywrap import MasterKey
 from tenantgate.registry.sqlite import SQLiteStore
 from tests.conftest import EXAMPLES, RunningServer
 
@@ -64,3 +66,48 @@ def test_check_prints_the_decision_and_exits_by_it(registry_url: str, master_key
     assert consumed.returncode == 0 and "users: ok limit=25 remaining=22" in consumed.stdout
     resolved = tenantgate("resolve", *target, "--tenant", "acme")
     assert resolved.returncode == 0 and '"plan": "professional"' in resolved.stdout
+
+
+def test_the_registry_commands_through_the_admin_api(registry_url: str, master_key: MasterKey,
+                                                     start_server: Callable[..., RunningServer]) -> None:
+    server = start_server(master_key)
+    server.wait_synced(0)
+    remote = ["--registry", f"grpc://{server.admin_target}", "--actor", "user:ops"]
+    applied = tenantgate("apply", "-f", str(EXAMPLES), *remote)  # keys come from the server's master key
+    assert applied.returncode == 0, applied.stderr
+    assert "+ key data v1" in applied.stdout and "revision 1" in applied.stdout
+    moved = tenantgate("tenant", "transition", "acme", "Suspended", *remote)
+    assert moved.returncode == 0 and "acme: Active -> Suspended" in moved.stdout
+    illegal = tenantgate("tenant", "transition", "acme", "Draft", *remote)
+    assert illegal.returncode == 2
+    assert "FAILED_PRECONDITION" in illegal.stderr and "Suspended to Draft" in illegal.stderr
+    listed = tenantgate("tenant", "list", "--state", "Suspended", *remote)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["acme", "initech"]
+    rotated = tenantgate("keys", "rotate", "acme", "--purpose", "data", *remote)
+    assert rotated.returncode == 0 and "acme/data/v2 is the new primary key" in rotated.stdout
+    got = tenantgate("tenant", "get", "acme", *remote)
+    assert "acme  Suspended" in got.stdout and "key acme/data/v2 AES-256-GCM enabled" in got.stdout
+    log = tenantgate("audit", "log", "--tenant", "acme", *remote)
+    actions = [line.split()[3] for line in log.stdout.splitlines()]
+    assert actions == ["tenant.create", "key.create", "key.create", "tenant.transition", "key.rotate"]
+    assert all(line.split()[2] == "user:ops" for line in log.stdout.splitlines())
+    verified = tenantgate("audit", "verify", *remote)
+    assert verified.returncode == 0 and "intact" in verified.stdout
+    limited = tenantgate("settings", "--max-tenants", "3", *remote)
+    assert limited.stdout.strip() == "max_tenants: 3"
+
+
+def test_audit_verify_names_the_entry_edited_behind_the_registrys_back(registry_path: Path) -> None:
+    registry = ["--registry", f"sqlite://{registry_path}"]
+    for plan in ("free", "pro"):
+        (registry_path.parent / "m.yaml").write_text(
+            f"apiVersion: tenantgate/v1\nkind: Tenant\nmetadata: {{id: acme}}\nspec: {{state: Active, plan: {plan}}}\n")
+        assert tenantgate("apply", "-f", str(registry_path.parent / "m.yaml"), *registry).returncode == 0
+    assert tenantgate("audit", "verify", *registry).returncode == 0
+    db = sqlite3.connect(registry_path)
+    db.execute("UPDATE audit SET detail = 'create nothing' WHERE seq = 2")
+    db.commit()
+    db.close()
+    broken = tenantgate("audit", "verify", *registry)
+    assert broken.returncode == 1
+    assert "BROKEN at entry 2: its content does not match its hash (1 entries before it verified)" in broken.stdout

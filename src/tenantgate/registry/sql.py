@@ -268,7 +268,7 @@ class SqlRegistry:
 
     @staticmethod
     def _tenant(row: tuple[Any, ...]) -> TenantRecord:
-        return TenantRecord(id=row[0], document=json.loads(row[1]), digest=row[2], revision=int(row[3]),
+        return TenantRecord(id=row[0], document_json=row[1], digest=row[2], revision=int(row[3]),
                             state=row[4], state_since=float(row[5]))
 
     @staticmethod

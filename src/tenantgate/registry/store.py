@@ -6,8 +6,10 @@ the registry through. SQL stores are both; a ``grpc://`` registry is an admin cl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from tenantgate.errors import ConfigurationError
@@ -20,11 +22,18 @@ KeyFactory = Callable[[str, str, int], tuple[bytes, str]]
 @dataclass(frozen=True)
 class TenantRecord:
     id: str
-    document: Mapping[str, Any]
+    # The manifest document as canonical JSON: kept as text, parsed when asked (a snapshot of many
+    # tenants parses each one only when a request first needs it).
+    document_json: str
     digest: str
     revision: int
     state: str = "Draft"
     state_since: float = 0.0  # when the tenant entered its state (retention counts from Archived)
+
+    @cached_property
+    def document(self) -> Mapping[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.document_json)
+        return parsed
 
 
 @dataclass(frozen=True)

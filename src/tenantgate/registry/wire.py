@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry, AuditVerification
-from tenantgate.registry.manifest import canonical_json
 from tenantgate.registry.store import (
     ApplyResult,
     ChangeEntry,
@@ -58,14 +56,13 @@ def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
     record = info.record
     labels = record.document.get("metadata", {}).get("labels") or {}
     return pb.Tenant(tenant_id=record.id, state=state_to_wire(record.state), revision=record.revision,
-                     document_json=canonical_json(record.document), keys=[key_to_wire(k) for k in info.keys],
+                     document_json=record.document_json, keys=[key_to_wire(k) for k in info.keys],
                      labels={str(k): str(v) for k, v in labels.items()}, created_at=timestamp(info.created_at),
                      updated_at=timestamp(info.updated_at), state_since=timestamp(record.state_since))
 
 
 def tenant_from_wire(tenant: pb.Tenant) -> TenantInfo:
-    document = json.loads(tenant.document_json)
-    record = TenantRecord(tenant.tenant_id, document, "", tenant.revision, state_from_wire(tenant.state),
+    record = TenantRecord(tenant.tenant_id, tenant.document_json, "", tenant.revision, state_from_wire(tenant.state),
                           seconds(tenant.state_since))
     return TenantInfo(record, tuple(key_from_wire(tenant.tenant_id, k) for k in tenant.keys),
                       seconds(tenant.created_at), seconds(tenant.updated_at))

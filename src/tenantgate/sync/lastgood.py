@@ -15,7 +15,7 @@ from typing import Any
 from tenantgate.errors import StorageError
 from tenantgate.registry.store import KeyRecord, RegistryState, TenantRecord
 
-FORMAT = 1
+FORMAT = 2
 
 
 def save(path: Path, state: RegistryState, saved_at: float) -> None:
@@ -23,7 +23,7 @@ def save(path: Path, state: RegistryState, saved_at: float) -> None:
         "format": FORMAT,
         "revision": state.revision,
         "saved_at": saved_at,
-        "tenants": [{"id": r.id, "document": r.document, "digest": r.digest, "revision": r.revision,
+        "tenants": [{"id": r.id, "document": r.document_json, "digest": r.digest, "revision": r.revision,
                      "state": r.state, "state_since": r.state_since} for r in state.tenants.values()],
         "keys": [{"tenant_id": k.tenant_id, "purpose": k.purpose, "version": k.version,
                   "wrapped": base64.b64encode(k.wrapped).decode(), "algorithm": k.algorithm, "state": k.state,

@@ -10,29 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
-from tenantgate.errors import TenantgateError
+from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.keywrap import MasterKey
-from tenantgate.model import KeyState
+from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.manifest import tenant_from_document
 from tenantgate.registry.store import KeyRecord, RegistryReader, RegistryState, TenantRecord
 from tenantgate.snapshot import (
+    CompiledTenant,
     KeyVersion,
     Snapshot,
     SnapshotHolder,
     TenantView,
     build_snapshot,
-    build_tenant,
+    compile_tenant,
     with_changes,
 )
 from tenantgate.sync import lastgood
 
 log = logging.getLogger("tenantgate.sync")
+
+
+def issuer_urls(document_json: str) -> tuple[str, ...]:
+    """The token issuers a stored document trusts, without building the rest of the tenant."""
+    if '"tokens"' not in document_json:
+        return ()
+    issuers = json.loads(document_json).get("spec", {}).get("tokens", {}).get("issuers") or []
+    return tuple(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
 
 
 class Syncer:
@@ -70,8 +80,8 @@ class Syncer:
         return self._build(state, stale=False)
 
     def _build(self, state: RegistryState, *, stale: bool) -> Snapshot:
-        views = (self._view(record, state.keys.get(tenant_id, ())) for tenant_id, record in state.tenants.items())
-        snapshot = build_snapshot(state.revision, [view for view in views if view is not None], self._clock.now())
+        views = [self._view(record, state.keys.get(tenant_id, ())) for tenant_id, record in state.tenants.items()]
+        snapshot = build_snapshot(state.revision, views, self._clock.now())
         return dataclasses.replace(snapshot, stale=True) if stale else snapshot
 
     def build_next(self, base: Snapshot) -> Snapshot:
@@ -83,11 +93,8 @@ class Syncer:
             log.warning("registry revision went back from %d to %d; rebuilding the snapshot",
                         base.revision, changes.revision)
             return self.build_full()
-        changed: dict[str, TenantView | None] = {}
-        for tenant_id, record in changes.tenants.items():
-            view = None if record is None else self._view(record, changes.keys.get(tenant_id, ()))
-            if record is None or view is not None:
-                changed[tenant_id] = view
+        changed = {tenant_id: None if record is None else self._view(record, changes.keys.get(tenant_id, ()))
+                   for tenant_id, record in changes.tenants.items()}
         if self._mirror is not None:
             tenants = dict(self._mirror.tenants)
             keys = dict(self._mirror.keys)
@@ -180,14 +187,22 @@ class Syncer:
         finally:
             await self._save_last_good(force=True)
 
-    def _view(self, record: TenantRecord, keys: Iterable[KeyRecord]) -> TenantView | None:
-        try:
-            spec = tenant_from_document(record.document)
-        except TenantgateError as exc:
-            # A stored document this version cannot read: leave the tenant out rather than guess.
-            log.error("tenant %s at revision %d is not loadable: %s", record.id, record.revision, exc.message)
-            return None
-        return build_tenant(spec, record.revision, [self._unwrap(key) for key in keys])
+    def _view(self, record: TenantRecord, keys: Iterable[KeyRecord]) -> TenantView:
+        """A view that parses and compiles the tenant when a request first needs it."""
+        tenant_id, revision, text, wrapped = record.id, record.revision, record.document_json, tuple(keys)
+
+        def load() -> CompiledTenant:
+            try:
+                spec = tenant_from_document(json.loads(text))
+            except (TenantgateError, ValueError) as exc:
+                # A stored document this version cannot read: refuse to decide rather than guess.
+                detail = exc.message if isinstance(exc, TenantgateError) else str(exc)
+                log.error("tenant %s at revision %d is not loadable: %s", tenant_id, revision, detail)
+                raise FailedPrecondition(f"tenant {tenant_id!r} at revision {revision} cannot be loaded by this "
+                                         "server; see its log") from None
+            return compile_tenant(spec, [self._unwrap(key) for key in wrapped])
+
+        return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load)
 
     def _unwrap(self, key: KeyRecord) -> KeyVersion:
         material, unavailable = b"", ""
