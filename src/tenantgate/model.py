@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any
 
 
 class TenantState(StrEnum):
@@ -99,7 +98,7 @@ class AccessSpec:
 class IssuerSpec:
     issuer: str
     audience: str
-    jwks: Mapping[str, Any]
+    jwks_json: str  # the inline JWKS as canonical JSON
     tenant_claim: str = "tid"
     subject_claim: str = "sub"
 

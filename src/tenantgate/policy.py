@@ -6,11 +6,12 @@ one character; a lone ``*`` is every action on every resource. Exact and prefix 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from tenantgate.model import AccessSpec
+from tenantgate.model import AccessSpec, Role
 
 ResourceMatcher = Callable[[str], bool]
 NO_ENVIRONMENT = ""
@@ -69,7 +70,10 @@ class RuleSet:
 EMPTY_RULES = RuleSet(())
 
 
-def compile_rules(texts: Iterable[str], id_prefix: str) -> list[Rule]:
+@functools.lru_cache(maxsize=65536)
+def compile_rules(texts: tuple[str, ...], id_prefix: str) -> tuple[Rule, ...]:
+    """Rules with ids relative to their tenant ("roles/editor/allow/0"), so tenants that define a role
+    the same way share one compiled copy."""
     rules = []
     for index, text in enumerate(texts):
         if text == "*":
@@ -77,7 +81,12 @@ def compile_rules(texts: Iterable[str], id_prefix: str) -> list[Rule]:
         else:
             action, _, glob = text.partition(":")
         rules.append(Rule(f"{id_prefix}/{index}", action, compile_glob(glob)))
-    return rules
+    return tuple(rules)
+
+
+@functools.lru_cache(maxsize=65536)
+def _rule_set(texts: tuple[str, ...], id_prefix: str) -> RuleSet:
+    return RuleSet(compile_rules(texts, id_prefix)) if texts else EMPTY_RULES
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,47 +115,49 @@ class CompiledPolicy:
         return by_environment.get(environment, NO_RULES)
 
 
-def compile_policy(tenant_id: str, access: AccessSpec, environments: Iterable[str]) -> CompiledPolicy:
-    envs = frozenset(environments)
-    role_allow = {name: compile_rules(role.allow, f"{tenant_id}/roles/{name}/allow")
-                  for name, role in access.roles.items()}
-    role_deny = {name: compile_rules(role.deny, f"{tenant_id}/roles/{name}/deny")
-                 for name, role in access.roles.items()}
+@functools.lru_cache(maxsize=65536)
+def _subject_rules(roles: tuple[Role, ...]) -> SubjectRules:
+    """The rules of a set of roles (in name order), shared by every subject and tenant holding that set."""
+    return SubjectRules(
+        RuleSet(rule for role in roles for rule in compile_rules(role.allow, f"roles/{role.name}/allow")),
+        RuleSet(rule for role in roles for rule in compile_rules(role.deny, f"roles/{role.name}/deny")),
+    )
 
+
+@functools.lru_cache(maxsize=65536)
+def _per_environment(held: tuple[tuple[Role, frozenset[str] | None], ...],
+                     environments: tuple[str, ...]) -> Mapping[str, SubjectRules]:
+    per_env: dict[str, SubjectRules] = {}
+    for environment in (NO_ENVIRONMENT, *environments):
+        roles = {role for role, only in held if only is None or (environment and environment in only)}
+        per_env[environment] = _subject_rules(tuple(sorted(roles, key=lambda role: role.name)))
+    return per_env
+
+
+def compile_policy(access: AccessSpec, environments: Iterable[str]) -> CompiledPolicy:
+    """A tenant's rules indexed for decisions. Rule ids are relative to the tenant; compiled pieces are
+    shared between tenants whose manifests define them alike."""
+    envs = tuple(sorted(set(environments)))
     # Each principal's bindings: its own, plus those of every group it belongs to. A "group:" subject
     # is expanded to its members and never matched itself, so no caller can act as a whole group.
-    bound: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
+    bound: dict[str, list[tuple[Role, frozenset[str] | None]]] = {}
     for binding in access.bindings:
         principals = (access.groups.get(binding.subject[6:], ()) if binding.subject.startswith("group:")
                       else (binding.subject,))
         for principal in principals:
-            bound.setdefault(principal, []).extend((role, binding.environments) for role in binding.roles)
-
-    subjects: dict[str, dict[str, SubjectRules]] = {}
-    cache: dict[frozenset[str], SubjectRules] = {}
-    for principal, role_envs in bound.items():
-        per_env: dict[str, SubjectRules] = {}
-        for environment in (NO_ENVIRONMENT, *sorted(envs)):
-            roles = frozenset(role for role, only in role_envs
-                              if only is None or (environment and environment in only))
-            if roles not in cache:
-                ordered = sorted(roles)
-                cache[roles] = SubjectRules(
-                    RuleSet(rule for role in ordered for rule in role_allow[role]),
-                    RuleSet(rule for role in ordered for rule in role_deny[role]),
-                )
-            per_env[environment] = cache[roles]
-        subjects[principal] = per_env
+            bound.setdefault(principal, []).extend((access.roles[role], binding.environments)
+                                                   for role in binding.roles)
+    subjects = {principal: _per_environment(tuple(held), envs) for principal, held in bound.items()}
 
     grants: dict[tuple[str, str], list[Rule]] = {}
     for index, grant in enumerate(access.grants):
         grants.setdefault((grant.tenant, grant.subject), []).extend(
-            compile_rules(grant.allow, f"{tenant_id}/grants/{index}/allow"))
+            compile_rules(grant.allow, f"grants/{index}/allow"))
 
     return CompiledPolicy(
-        tenant_deny=RuleSet(compile_rules(access.deny, f"{tenant_id}/deny")),
+        tenant_deny=_rule_set(access.deny, "deny"),
         subjects=subjects,
         grants={key: RuleSet(rules) for key, rules in grants.items()},
-        suspended_allow=RuleSet(compile_rules(access.suspended_allow, f"{tenant_id}/suspended_allow")),
-        environments=envs,
+        suspended_allow=_rule_set(access.suspended_allow, "suspended_allow"),
+        environments=frozenset(envs),
     )

@@ -52,7 +52,7 @@ def _compiled_jwks(jwks_json: str) -> tuple[Mapping[str, jwt.PyJWK], jwt.PyJWK |
 
 
 def compile_issuer(spec: IssuerSpec) -> CompiledIssuer:
-    by_id, sole = _compiled_jwks(json.dumps(spec.jwks, sort_keys=True))
+    by_id, sole = _compiled_jwks(spec.jwks_json)
     return CompiledIssuer(spec, by_id, sole)
 
 
@@ -72,7 +72,7 @@ def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> Compile
         by_purpose.setdefault(key.purpose, []).append(key)
     return CompiledTenant(
         spec=spec,
-        policy=compile_policy(spec.id, spec.access, spec.environments),
+        policy=compile_policy(spec.access, spec.environments),
         issuers=tuple(compile_issuer(issuer) for issuer in spec.issuers),
         keys={purpose: tuple(versions) for purpose, versions in by_purpose.items()},
     )

@@ -27,9 +27,9 @@ def test_globs(glob: str, resource: str, matches: bool) -> None:
 
 
 def test_rule_set_prefers_the_actions_own_rules_then_wildcards() -> None:
-    rules = RuleSet(compile_rules(["*", "read:docs/*"], "t/r"))
+    rules = RuleSet(compile_rules(("*", "read:docs/*"), "t/r"))
     match = rules.first_match("read", "docs/1")
     assert match is not None and match.id == "t/r/1"
     wildcard = rules.first_match("write", "x")
     assert wildcard is not None and wildcard.id == "t/r/0"
-    assert RuleSet(compile_rules(["read:docs/*"], "t")).first_match("write", "docs/1") is None
+    assert RuleSet(compile_rules(("read:docs/*",), "t")).first_match("write", "docs/1") is None

@@ -56,8 +56,8 @@ class Decision:
 _LIVE_STATES = (TenantState.ACTIVE, TenantState.SUSPENDED)
 
 
-def _deny(reason: Reason, rule: Rule | None = None, subject: str = "", home: str = "") -> Decision:
-    return Decision(False, reason, rule.id if rule else "", subject, home)
+def _deny(reason: Reason, rule: Rule | None = None, subject: str = "", home: str = "", tenant_id: str = "") -> Decision:
+    return Decision(False, reason, f"{tenant_id}/{rule.id}" if rule else "", subject, home)
 
 
 class AccessEngine:
@@ -87,7 +87,7 @@ class AccessEngine:
             return _deny(Reason.TENANT_NOT_ACTIVE, None, subject, home)
         denied = policy.tenant_deny.first_match(action, resource)
         if denied is not None:
-            return _deny(Reason.EXPLICIT_DENY, denied, subject, home)
+            return _deny(Reason.EXPLICIT_DENY, denied, subject, home, tenant.id)
 
         if home != request.tenant_id:
             home_tenant = snapshot.tenants.get(home)
@@ -97,13 +97,13 @@ class AccessEngine:
             allowed = grant.first_match(action, resource) if grant is not None else None
             if allowed is None:
                 return _deny(Reason.CROSS_TENANT_DENIED, None, subject, home)
-            return Decision(True, Reason.ALLOWED, allowed.id, subject, home)
+            return Decision(True, Reason.ALLOWED, f"{tenant.id}/{allowed.id}", subject, home)
 
         rules = policy.rules_for(subject, environment)
         denied = rules.deny.first_match(action, resource)
         if denied is not None:
-            return _deny(Reason.EXPLICIT_DENY, denied, subject, home)
+            return _deny(Reason.EXPLICIT_DENY, denied, subject, home, tenant.id)
         allowed = rules.allow.first_match(action, resource)
         if allowed is None:
             return _deny(Reason.NO_MATCHING_GRANT, None, subject, home)
-        return Decision(True, Reason.ALLOWED, allowed.id, subject, home)
+        return Decision(True, Reason.ALLOWED, f"{tenant.id}/{allowed.id}", subject, home)

@@ -6,12 +6,13 @@ run are reported together; a manifest that has any problem is applied nowhere.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 import yaml
@@ -32,6 +33,7 @@ from tenantgate.model import (
 )
 from tenantgate.units import parse_duration, parse_rate, parse_size
 
+T = TypeVar("T")
 API_VERSION = "tenantgate/v1"
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -47,6 +49,12 @@ _SPEC_FIELDS = {
 }
 _PROFILES = ("multi-tenant", "single-tenant")
 _ISOLATIONS = ("soft", "hard", "network-only", "custom")
+
+
+@functools.lru_cache(maxsize=65536)
+def interned(value: T) -> T:
+    """One shared instance per distinct value: tenants made from one template share their parts."""
+    return value
 
 
 class ManifestError(InvalidArgument):
@@ -303,7 +311,7 @@ def _parse_quotas(raw: Any, problems: _Problems) -> dict[str, QuotaSpec]:
             problems.add(f"{path}.shadow", f"expected true or false, got {_kind(shadow)}")
             shadow = False
         try:
-            quotas[name] = _quota(name, shape, fields, shadow, path)
+            quotas[name] = interned(_quota(name, shape, fields, shadow, path))
         except ValueError as exc:
             problems.add(exc.args[0], exc.args[1])
     return quotas
@@ -362,8 +370,8 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
             problems.add(path, f"{role_name!r} is not a valid role name")
             continue
         fields = _fields(role_body if role_body is not None else {}, path, {"allow", "deny"}, problems) or {}
-        roles[role_name] = Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
-                                _rules(fields.get("deny"), f"{path}.deny", problems))
+        roles[role_name] = interned(Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
+                                _rules(fields.get("deny"), f"{path}.deny", problems)))
 
     groups: dict[str, tuple[str, ...]] = {}
     for group_name, members in _table(body.get("groups"), "spec.access.groups", problems).items():
@@ -437,31 +445,42 @@ def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
         jwks = fields.get("jwks")
         if jwks is not None:
             _check_jwks(jwks, f"{path}.jwks", problems)
-        issuers.append(IssuerSpec(
+        issuers.append(interned(IssuerSpec(
             issuer=_string(fields.get("issuer", ""), f"{path}.issuer", problems),
             audience=_string(fields.get("audience", ""), f"{path}.audience", problems),
-            jwks=jwks if isinstance(jwks, dict) else {},
+            jwks_json=canonical_json(jwks) if isinstance(jwks, dict) else "{}",
             tenant_claim=_string(fields.get("tenant_claim", "tid"), f"{path}.tenant_claim", problems),
             subject_claim=_string(fields.get("subject_claim", "sub"), f"{path}.subject_claim", problems),
-        ))
+        )))
     return tuple(issuers)
 
 
 def _check_jwks(jwks: Any, path: str, problems: _Problems) -> None:
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+    if not isinstance(jwks, dict):
         problems.add(path, "expected {keys: [...]} with at least one key")
         return
+    for subpath, message in _jwks_problems(canonical_json(jwks)):
+        problems.add(f"{path}{subpath}", message)
+
+
+@functools.lru_cache(maxsize=4096)
+def _jwks_problems(jwks_json: str) -> tuple[tuple[str, str], ...]:
+    """What is wrong with a JWKS, checked once per distinct key set."""
+    jwks = json.loads(jwks_json)
+    if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        return (("", "expected {keys: [...]} with at least one key"),)
+    found = []
     for i, key in enumerate(jwks["keys"]):
         if not isinstance(key, dict) or key.get("kty") not in SIGNING_KEY_TYPES:
-            problems.add(f"{path}.keys[{i}]", "expected a public signing key (kty RSA, EC or OKP)")
-            continue
-        if any(private in key for private in ("d", "p", "q")):
-            problems.add(f"{path}.keys[{i}]", "holds private key material; publish only the public key")
-            continue
-        try:
-            jwt.PyJWK.from_dict(key)
-        except jwt.PyJWTError as exc:
-            problems.add(f"{path}.keys[{i}]", f"not a usable key: {exc}")
+            found.append((f".keys[{i}]", "expected a public signing key (kty RSA, EC or OKP)"))
+        elif any(private in key for private in ("d", "p", "q")):
+            found.append((f".keys[{i}]", "holds private key material; publish only the public key"))
+        else:
+            try:
+                jwt.PyJWK.from_dict(key)
+            except jwt.PyJWTError as exc:
+                found.append((f".keys[{i}]", f"not a usable key: {exc}"))
+    return tuple(found)
 
 
 def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -289,9 +289,10 @@ class SqlRegistry:
               actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult:
         with self._backend.transaction(write=True) as tx:
             write = _Write(tx, actor, self._clock.now())
-            current = {row[0]: self._tenant(row) for row in tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants")}
+            current = self._current_for(tx, documents, prune=prune)
             existing_keys: dict[str, set[str]] = {}
-            for tenant_id, purpose in tx.rows("SELECT DISTINCT tenant_id, purpose FROM tenant_keys"):
+            for tenant_id, purpose in self._select_for(tx, "SELECT DISTINCT tenant_id, purpose FROM tenant_keys",
+                                                       "tenant_id", current):
                 existing_keys.setdefault(tenant_id, set()).add(purpose)
             changes = plan_changes({t: r.document for t, r in current.items()}, documents, existing_keys,
                                    prune=prune)
@@ -318,6 +319,26 @@ class SqlRegistry:
         if write.destroyed_keys:
             self._backend.after_destroy()
         return ApplyResult(revision, tuple(changes), dry_run)
+
+    def _current_for(self, tx: Tx, documents: Mapping[str, Mapping[str, Any]], *,
+                      prune: bool) -> dict[str, TenantRecord]:
+        """The stored tenants an apply compares against: those the manifests name, and with ``prune`` the
+        live ones they do not name (an apply of one tenant does not read a registry of thousands)."""
+        query = f"SELECT {_TENANT_COLUMNS} FROM tenants"
+        current = {row[0]: self._tenant(row) for row in self._select_for(tx, query, "id", documents)}
+        if prune:
+            for row in tx.rows(f"{query} WHERE state <> ?", (TenantState.DELETED.value,)):
+                current.setdefault(row[0], self._tenant(row))
+        return current
+
+    @staticmethod
+    def _select_for(tx: Tx, query: str, column: str, ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        wanted = sorted(ids)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows.extend(tx.rows(f"{query} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
+        return rows
 
     def _check_plan(self, tx: Tx, changes: list[TenantChange], current: Mapping[str, TenantRecord],
                     now: float) -> None:
