@@ -36,8 +36,10 @@ protos: venv
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=generated --pyi_out=generated \
 		--grpc_python_out=generated $(sort $(wildcard protos/tenantgate/v1/*.proto))
 
+# Benchmarks are never part of `make test`; results go to benchmarks/results/.
 bench: venv
 	$(BIN)/python benchmarks/engine_bench.py
+	$(BIN)/python benchmarks/registry_scale.py
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache .hypothesis
