@@ -129,7 +129,7 @@ def main() -> None:
         store = open_store(registry_url)
         documents = {f"t{i:06d}": tenant(i) for i in range(args.tenants)}
         _, apply_seconds = timed(lambda: store.apply(documents, key_factory=tenant_key_factory(master_key)))
-        del documents
+        documents.clear()
 
         state, load_seconds = timed(store.load)
         del state
@@ -143,7 +143,8 @@ def main() -> None:
         _, compile_seconds = timed(lambda: [view.compiled for view in views])
         gc.collect()
         compiled_rss = rss_bytes() - before
-        del views, snapshot
+        views.clear()
+        del snapshot
         gc.collect()
 
         tracemalloc.start()

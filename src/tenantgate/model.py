@@ -51,6 +51,9 @@ class QuotaSpec:
     period: CalendarPeriod | None = None
     lease_ttl: float = 0.0
     shadow: bool = False
+    # What to answer when the counter backend cannot be reached: "deny", "allow", or "" for the
+    # server's default (deny unless configured otherwise).
+    on_backend_error: str = ""
 
     @property
     def capacity(self) -> int:

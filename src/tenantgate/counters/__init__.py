@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tenantgate.engines.quota import CounterStore
 from tenantgate.errors import ConfigurationError
 
 
-def open_counter_store(url: str) -> CounterStore:
+def open_counter_store(url: str, *, prefix: str = "tg:",
+                       on_availability: Callable[[bool], None] | None = None) -> CounterStore:
     """The one place a quota backend URL becomes a counter store."""
     scheme, _, _ = url.partition("://")
     if scheme == "memory":
         from tenantgate.counters.memory import MemoryCounterStore
 
         return MemoryCounterStore()
-    raise ConfigurationError(f"unsupported quota backend {url!r}; supported: memory://")
+    if scheme in ("redis", "rediss", "unix"):
+        from tenantgate.counters.redis import RedisCounterStore
+
+        return RedisCounterStore(url, prefix=prefix, on_availability=on_availability)
+    raise ConfigurationError(f"unsupported quota backend {url!r}; supported: memory://, redis://host:6379/0")

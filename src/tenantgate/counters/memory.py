@@ -58,11 +58,20 @@ class MemoryCounterStore:
         self._windows: dict[CounterKey, _Window] = {}
         self._allocations: dict[CounterKey, int] = {}
         self._leases: dict[CounterKey, _Leases] = {}
+        self._usage: dict[CounterKey, list[int]] = {}  # (tenant, quota) -> [consumed, denied] units
         self._answers: cachetools.LRUCache[tuple[str, str], tuple[str, float, list[CounterResult]]] = (
             cachetools.LRUCache(maxsize=max_idempotency_keys))
 
     async def close(self) -> None:
         return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return {quota: (counts[0], counts[1]) for (tenant, quota), counts in self._usage.items()
+                    if tenant == tenant_id}
 
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
                       idempotency: Idempotency | None = None) -> list[CounterResult]:
@@ -75,10 +84,15 @@ class MemoryCounterStore:
                                       field="idempotency_key")
                     return remembered[2]
             results = [self._evaluate((tenant_id, op.spec.name), op, now) for op in ops]
-            if all(result.allowed or op.spec.shadow for op, result in zip(ops, results, strict=True)):
-                for op, result in zip(ops, results, strict=True):
-                    if result.allowed:
-                        self._commit((tenant_id, op.spec.name), op, result, now)
+            admitted = all(result.allowed or op.spec.shadow for op, result in zip(ops, results, strict=True))
+            for op, result in zip(ops, results, strict=True):
+                key = (tenant_id, op.spec.name)
+                if admitted and result.allowed:
+                    self._commit(key, op, result, now)
+                    if not op.release:
+                        self._usage.setdefault(key, [0, 0])[0] += op.amount
+                elif not result.allowed:
+                    self._usage.setdefault(key, [0, 0])[1] += op.amount
             if idempotency is not None:
                 self._answers[(tenant_id, idempotency.key)] = (idempotency.payload_digest,
                                                                now + idempotency.ttl, results)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from tenantgate.clock import Clock, SystemClock
-from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
 from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
 from tenantgate.snapshot import Snapshot
 
@@ -64,6 +64,8 @@ class ConsumeOutcome:
     allowed: bool
     items: tuple[ItemOutcome, ...]
     revision: int
+    # The counter backend could not be reached; the items were answered by their failure policy.
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,15 @@ class CounterStore(Protocol):
     """
 
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
-                      idempotency: Idempotency | None = None) -> list[CounterResult]: ...
+                      idempotency: Idempotency | None = None) -> list[CounterResult]:
+        """Raises StorageError when the backend cannot be reached."""
+        ...
+
+    async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
+        """Metering: quota -> (units consumed, units denied), since the counters began."""
+        ...
+
+    async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -132,10 +142,11 @@ def payload_digest(tenant_id: str, items: Sequence[QuotaRequestItem], release: b
 
 class QuotaEngine:
     def __init__(self, counters: CounterStore, *, clock: Clock | None = None,
-                 idempotency_ttl: float = 24 * 3600) -> None:
+                 idempotency_ttl: float = 24 * 3600, on_backend_error: str = "deny") -> None:
         self._counters = counters
         self._clock = clock or SystemClock()
         self._idempotency_ttl = idempotency_ttl
+        self._on_backend_error = on_backend_error
 
     async def consume(
         self,
@@ -179,11 +190,30 @@ class QuotaEngine:
         if idempotency_key:
             idempotency = Idempotency(idempotency_key, payload_digest(tenant_id, items, release),
                                       self._idempotency_ttl)
-        results = await self._counters.consume(tenant_id, ops, self._clock.now(), idempotency)
+        degraded = False
+        try:
+            results = await self._counters.consume(tenant_id, ops, self._clock.now(), idempotency)
+        except StorageError:
+            # Never a silent allow: each item gets its quota's stated policy (the server default: deny).
+            degraded = True
+            results = [self._by_policy(op.spec) for op in ops]
         outcomes = tuple(
             ItemOutcome(op.spec.name, result.allowed, op.spec.capacity, result.remaining, result.reset_after,
                         result.retry_after, result.lease_id, op.spec.shadow)
             for op, result in zip(ops, results, strict=True)
         )
         allowed = all(outcome.allowed or outcome.shadow for outcome in outcomes)
-        return ConsumeOutcome(allowed, outcomes, tenant.revision)
+        return ConsumeOutcome(allowed, outcomes, tenant.revision, degraded)
+
+    def _by_policy(self, spec: QuotaSpec) -> CounterResult:
+        if (spec.on_backend_error or self._on_backend_error) == "allow":
+            return CounterResult(True, 0)
+        return CounterResult(False, 0, retry_after=1.0)
+
+    async def usage(self, snapshot: Snapshot, tenant_id: str) -> dict[str, tuple[int, int]]:
+        """Metering for billing: every quota the tenant declares, with units consumed and denied."""
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
+        counted = await self._counters.usage(tenant_id)
+        return {name: counted.get(name, (0, 0)) for name in sorted({*tenant.spec.quotas, *counted})}

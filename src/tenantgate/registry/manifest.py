@@ -6,6 +6,7 @@ run are reported together; a manifest that has any problem is applied nowhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -284,12 +285,14 @@ def _parse_tenant(raw: Any, problems: _Problems) -> TenantSpec | None:
     )
 
 
+_QUOTA_COMMON = {"shadow", "on_backend_error"}
 _QUOTA_SHAPES: dict[str, set[str]] = {
-    "rate": {"rate", "burst", "shadow"},
-    "limit": {"limit", "period", "shadow"},
-    "concurrency": {"concurrency", "lease_ttl", "shadow"},
-    "allocation": {"allocation", "shadow"},
+    "rate": {"rate", "burst"} | _QUOTA_COMMON,
+    "limit": {"limit", "period"} | _QUOTA_COMMON,
+    "concurrency": {"concurrency", "lease_ttl"} | _QUOTA_COMMON,
+    "allocation": {"allocation"} | _QUOTA_COMMON,
 }
+BACKEND_ERROR_POLICIES = ("deny", "allow")
 
 
 def _parse_quotas(raw: Any, problems: _Problems) -> dict[str, QuotaSpec]:
@@ -310,8 +313,12 @@ def _parse_quotas(raw: Any, problems: _Problems) -> dict[str, QuotaSpec]:
         if not isinstance(shadow, bool):
             problems.add(f"{path}.shadow", f"expected true or false, got {_kind(shadow)}")
             shadow = False
+        policy = fields.get("on_backend_error", "")
+        if policy and policy not in BACKEND_ERROR_POLICIES:
+            problems.add(f"{path}.on_backend_error", f"{policy!r} is not one of {', '.join(BACKEND_ERROR_POLICIES)}")
         try:
-            quotas[name] = interned(_quota(name, shape, fields, shadow, path))
+            quota = _quota(name, shape, fields, shadow, path)
+            quotas[name] = interned(dataclasses.replace(quota, on_backend_error=policy) if policy else quota)
         except ValueError as exc:
             problems.add(exc.args[0], exc.args[1])
     return quotas
