@@ -79,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "empty: none)")
     serve.add_argument("--max-staleness", type=float, default=0.0,
                        help="fail closed once the registry has not been read for this many seconds (default 0: never)")
-    serve.add_argument("--quota-backend", default="memory://", help="quota counters (default memory://)")
+    serve.add_argument("--quota-backend", default=os.environ.get("TENANTGATE_QUOTA_BACKEND", "memory://"),
+                       help="quota counters: memory:// (one process) or redis://HOST:6379/0 (shared); "
+                            "env TENANTGATE_QUOTA_BACKEND")
+    serve.add_argument("--quota-prefix", default="tg:", help="prefix of the Redis keys (default tg:)")
+    serve.add_argument("--quota-on-backend-error", choices=("deny", "allow"), default="deny",
+                       help="answer for quotas without their own policy while the backend is down (default deny)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the ports (SO_REUSEPORT); more than one needs --quota-backend redis://")
     serve.add_argument("--sync-interval", type=float, default=0.2, help="registry poll interval in seconds")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=1000)
     serve.add_argument("--grace-period", type=float, default=5.0, help="seconds to drain on SIGTERM")
@@ -159,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--caller", default=os.environ.get("TENANTGATE_CALLER", ""),
                      help="caller identity sent as x-tenantgate-caller, e.g. service:storage")
 
+    usage = commands.add_parser("usage", help="quota units consumed and denied by a tenant (metering)")
+    usage.add_argument("--tenant", required=True)
+    usage.add_argument("--admin", default=os.environ.get("TENANTGATE_ADMIN_TARGET", DEFAULT_ADMIN_LISTEN),
+                       help=f"a server's Admin API (env TENANTGATE_ADMIN_TARGET; default {DEFAULT_ADMIN_LISTEN})")
+    usage.add_argument("--json", action="store_true", help="print the response as JSON")
+
     resolve = commands.add_parser("resolve", help="describe a tenant as a running server sees it")
     _add_target(resolve)
     resolve.add_argument("--tenant", required=True)
@@ -173,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = {"serve": _serve, "apply": _apply, "check": _check, "consume": _consume, "key": _key,
-               "resolve": _resolve, "master-key": _master_key, "tenant": _tenant, "keys": _keys, "audit": _audit,
-               "settings": _settings}[args.command]
+               "resolve": _resolve, "master-key": _master_key, "tenant": _tenant, "usage": _usage, "keys": _keys,
+               "audit": _audit, "settings": _settings}[args.command]
     try:
         return handler(args)
     except TenantgateError as error:
@@ -191,13 +204,19 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServeConfig(registry_url=args.registry or _registry_default(), listen=args.listen,
                          admin_listen=args.admin_listen, metrics_listen=args.metrics_listen,
                          snapshot_file=args.snapshot_file, max_staleness=args.max_staleness,
-                         quota_backend=args.quota_backend, master_key_file=args.master_key_file,
+                         quota_backend=args.quota_backend, quota_prefix=args.quota_prefix,
+                         quota_on_backend_error=args.quota_on_backend_error, workers=args.workers,
+                         master_key_file=args.master_key_file,
                          sync_interval=args.sync_interval, max_concurrent_rpcs=args.max_concurrent_rpcs,
                          grace_period=args.grace_period)
     master_key = master_key_from(config.master_key_file)
     if master_key is None:
         logging.getLogger("tenantgate").warning(
             "no master key configured: GetTenantKey will answer FAILED_PRECONDITION for every key")
+    if config.workers > 1:
+        from tenantgate.server.workers import run_workers
+
+        return run_workers(config, master_key)
     try:
         import uvloop
 
@@ -362,6 +381,18 @@ def _key(args: argparse.Namespace) -> int:
         response = client.get_tenant_key(args.tenant, args.purpose, args.version)
     _print(args, response, f"{response.key_id} version={response.version} algorithm={response.algorithm} "
                            f"material={response.material.hex()}")
+    return EXIT_OK
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from tenantgate.v1 import registry_pb2, registry_pb2_grpc
+
+    with grpc.insecure_channel(args.admin) as channel:
+        response = registry_pb2_grpc.RegistryServiceStub(channel).GetQuotaUsage(
+            registry_pb2.GetQuotaUsageRequest(tenant_id=args.tenant), timeout=10)
+    lines = [f"{'quota':<24} {'consumed':>14} {'denied':>14}"]
+    lines += [f"{q.quota:<24} {q.consumed:>14} {q.denied:>14}" for q in response.quotas]
+    _print(args, response, "\n".join(lines))
     return EXIT_OK
 
 

@@ -28,6 +28,12 @@ class ServeConfig:
     # Fail closed (UNAVAILABLE) once the registry has not been read for this many seconds; 0: never.
     max_staleness: float = 0.0
     quota_backend: str = "memory://"
+    # Prefix of every Redis key this server writes (several deployments can share one Redis).
+    quota_prefix: str = "tg:"
+    # What ConsumeQuota answers for quotas without their own on_backend_error when the backend fails.
+    quota_on_backend_error: str = "deny"
+    # Worker processes sharing the listen ports (SO_REUSEPORT); more than one needs a shared quota backend.
+    workers: int = 1
     master_key_file: str = ""
     # How often the syncer asks the registry for its revision, in seconds.
     sync_interval: float = 0.2
@@ -43,6 +49,14 @@ class ServeConfig:
                     for name, address in (("listen", self.listen), ("admin listen", self.admin_listen),
                                           ("metrics listen", self.metrics_listen))
                     if (address or name == "listen") and not _host_port(address)]
+        if self.quota_on_backend_error not in ("deny", "allow"):
+            problems.append(f"quota on-backend-error policy must be deny or allow, got {self.quota_on_backend_error!r}")
+        if self.workers < 1:
+            problems.append(f"workers must be at least 1, got {self.workers}")
+        elif self.workers > 1 and self.quota_backend.startswith("memory:"):
+            problems.append(f"{self.workers} workers with the memory quota backend would each count on their own and "
+                            f"admit up to {self.workers} times every limit; share the counters with "
+                            "--quota-backend redis://HOST:6379/0, or run one worker")
         if self.max_staleness < 0:
             problems.append(f"max staleness must not be negative, got {self.max_staleness}")
         if self.sync_interval <= 0:

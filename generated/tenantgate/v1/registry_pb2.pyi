@@ -257,3 +257,25 @@ class RegistrySettings(_message.Message):
     MAX_TENANTS_FIELD_NUMBER: _ClassVar[int]
     max_tenants: int
     def __init__(self, max_tenants: _Optional[int] = ...) -> None: ...
+
+class GetQuotaUsageRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class QuotaUsage(_message.Message):
+    __slots__ = ("quota", "consumed", "denied")
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    quota: str
+    consumed: int
+    denied: int
+    def __init__(self, quota: _Optional[str] = ..., consumed: _Optional[int] = ..., denied: _Optional[int] = ...) -> None: ...
+
+class GetQuotaUsageResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaUsage]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[QuotaUsage, _Mapping]]] = ...) -> None: ...

@@ -79,6 +79,11 @@ class RegistryServiceStub:
                 request_serializer=tenantgate_dot_v1_dot_registry__pb2.GetSettingsRequest.SerializeToString,
                 response_deserializer=tenantgate_dot_v1_dot_registry__pb2.RegistrySettings.FromString,
                 _registered_method=True)
+        self.GetQuotaUsage = channel.unary_unary(
+                '/tenantgate.v1.RegistryService/GetQuotaUsage',
+                request_serializer=tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageResponse.FromString,
+                _registered_method=True)
         self.UpdateSettings = channel.unary_unary(
                 '/tenantgate.v1.RegistryService/UpdateSettings',
                 request_serializer=tenantgate_dot_v1_dot_registry__pb2.RegistrySettings.SerializeToString,
@@ -149,6 +154,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQuotaUsage(self, request, context):
+        """Metering for billing: units consumed and denied per quota of a tenant, from the quota backend
+        this server counts in (shared by every server on Redis).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateSettings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -202,6 +215,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetSettings,
                     request_deserializer=tenantgate_dot_v1_dot_registry__pb2.GetSettingsRequest.FromString,
                     response_serializer=tenantgate_dot_v1_dot_registry__pb2.RegistrySettings.SerializeToString,
+            ),
+            'GetQuotaUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuotaUsage,
+                    request_deserializer=tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageResponse.SerializeToString,
             ),
             'UpdateSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSettings,
@@ -452,6 +470,33 @@ class RegistryService:
             '/tenantgate.v1.RegistryService/GetSettings',
             tenantgate_dot_v1_dot_registry__pb2.GetSettingsRequest.SerializeToString,
             tenantgate_dot_v1_dot_registry__pb2.RegistrySettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuotaUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.RegistryService/GetQuotaUsage',
+            tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageRequest.SerializeToString,
+            tenantgate_dot_v1_dot_registry__pb2.GetQuotaUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,7 @@ class CounterResult:
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
     quota: str
+    amount: int
     allowed: bool
     limit: int
     remaining: int
@@ -198,7 +199,7 @@ class QuotaEngine:
             degraded = True
             results = [self._by_policy(op.spec) for op in ops]
         outcomes = tuple(
-            ItemOutcome(op.spec.name, result.allowed, op.spec.capacity, result.remaining, result.reset_after,
+            ItemOutcome(op.spec.name, op.amount, result.allowed, op.spec.capacity, result.remaining, result.reset_after,
                         result.retry_after, result.lease_id, op.spec.shadow)
             for op, result in zip(ops, results, strict=True)
         )

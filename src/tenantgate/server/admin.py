@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from tenantgate.errors import InvalidArgument, TenantgateError
+from tenantgate.engines.quota import QuotaEngine
+from tenantgate.errors import InvalidArgument, TenantgateError, Unavailable
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.registry import wire
 from tenantgate.registry.manifest import parse_manifest_texts
@@ -46,10 +47,12 @@ def _decode_token(token: str) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
-    def __init__(self, store: RegistryStore, holder: SnapshotHolder, key_factory: KeyFactory | None) -> None:
+    def __init__(self, store: RegistryStore, holder: SnapshotHolder, key_factory: KeyFactory | None,
+                 quota: QuotaEngine) -> None:
         self._store = store
         self._holder = holder
         self._key_factory = key_factory
+        self._quota = quota
 
     @maps_errors
     async def ApplyManifests(self, request: pb.ApplyManifestsRequest,
@@ -116,6 +119,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         updated = await asyncio.to_thread(self._store.update_settings, wire.settings_from_wire(request),
                                           actor=_actor(context))
         return wire.settings_to_wire(updated)
+
+    @maps_errors
+    async def GetQuotaUsage(self, request: pb.GetQuotaUsageRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetQuotaUsageResponse:
+        snapshot = self._holder.current
+        if snapshot is None:
+            raise Unavailable("no snapshot of the registry is loaded yet")
+        usage = await self._quota.usage(snapshot, request.tenant_id)
+        return pb.GetQuotaUsageResponse(quotas=[pb.QuotaUsage(quota=quota, consumed=consumed, denied=denied)
+                                                for quota, (consumed, denied) in usage.items()])
 
     async def WatchChanges(self, request: pb.WatchChangesRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Change]:

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tenantgate import metrics
 from tenantgate.config import ServeConfig
 from tenantgate.counters import open_counter_store
 from tenantgate.engines.access import AccessEngine
@@ -33,12 +34,15 @@ REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].f
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
+QUOTA_BACKEND_HEALTH = "tenantgate.quota_backend"
+
+
 def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
     return grpc.aio.server(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
-            # Refuse to share a port silently with another instance; workers opt in explicitly.
-            ("grpc.so_reuseport", 0),
+            # One process refuses to share its port silently with another instance; workers share it.
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
@@ -64,13 +68,17 @@ class TenantgateServer:
         self._store = store or open_store(config.registry_url)
         self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval,
                              snapshot_file=Path(config.snapshot_file) if config.snapshot_file else None)
-        self._counters = open_counter_store(config.quota_backend)
+        self._counters = open_counter_store(config.quota_backend, prefix=config.quota_prefix,
+                                            on_availability=self._quota_backend_changed)
+        quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
-        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), QuotaEngine(self._counters),
-                                           KeyEngine(), max_staleness=config.max_staleness)
+        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(),
+                                           max_staleness=config.max_staleness)
         self._admin = RegistryServicer(self._store, self.holder,
-                                       tenant_key_factory(master_key) if master_key is not None else None)
+                                       tenant_key_factory(master_key) if master_key is not None else None, quota)
         self.health = health.aio.HealthServicer()
+        self._background: set[asyncio.Future[None]] = set()
+        self._quota_available = True
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -84,6 +92,8 @@ class TenantgateServer:
         reflection.enable_server_reflection((DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), decision)
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        metrics.QUOTA_BACKEND_UP.set(1)
         self.port = _bind(decision, self.config.listen)
         servers = [decision]
         if self.config.admin_listen:
@@ -100,7 +110,8 @@ class TenantgateServer:
         for server in servers:
             await server.start()
         self._servers = servers
-        self._tasks = [asyncio.create_task(self.syncer.run()), asyncio.create_task(self._serve_when_synced())]
+        self._tasks = [asyncio.create_task(self.syncer.run()), asyncio.create_task(self._serve_when_synced()),
+                       asyncio.create_task(self._probe_quota_backend())]
         log.info("serving DecisionService on %s (port %d)%s", self.config.listen, self.port,
                  f", the Admin API on {self.config.admin_listen} (port {self.admin_port})" if self.admin_port else "")
         return self.port
@@ -109,6 +120,26 @@ class TenantgateServer:
         await self.holder.wait_for_revision(0, None)
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def _quota_backend_changed(self, available: bool) -> None:
+        """Health (service "tenantgate.quota_backend") and metrics follow the counter backend."""
+        self._quota_available = available
+        metrics.QUOTA_BACKEND_UP.set(1 if available else 0)
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        if available:
+            log.warning("the quota backend answers again")
+        else:
+            log.error("the quota backend is unreachable; quotas are answered by their on_backend_error policy")
+        task = asyncio.ensure_future(self.health.set(QUOTA_BACKEND_HEALTH, status))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _probe_quota_backend(self, interval: float = 1.0) -> None:
+        """While the backend is down, ask it every second, so recovery shows without waiting for traffic."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self._quota_available:
+                await self._counters.ping()
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""

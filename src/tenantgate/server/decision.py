@@ -9,10 +9,11 @@ from typing import cast
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.engines.access import AccessEngine, Reason
 from tenantgate.engines.keys import KeyEngine
-from tenantgate.engines.quota import QuotaEngine
+from tenantgate.engines.quota import ConsumeOutcome, QuotaEngine
 from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifier
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
 from tenantgate.identity import CALLER_METADATA
@@ -46,6 +47,17 @@ class DecisionIds:
 def _duration(seconds: float) -> Duration:
     whole = int(seconds)
     return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def record_quota_outcome(tenant_id: str, outcome: ConsumeOutcome, *, release: bool) -> None:
+    if outcome.degraded:
+        metrics.QUOTA_BACKEND_ERRORS.inc()
+    label = metrics.tenant_label(tenant_id)
+    for item in outcome.items:
+        if item.allowed and outcome.allowed and not release:
+            metrics.QUOTA_CONSUMED.labels(label, item.quota).inc(item.amount)
+        elif not item.allowed:
+            metrics.QUOTA_DENIED.labels(label, item.quota).inc(item.amount)
 
 
 def caller_identity(context: grpc.aio.ServicerContext) -> str:
@@ -118,9 +130,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
         snapshot = await self._snapshot(0, context)
-        outcome = await self._quota.consume(
-            snapshot, requests.tenant_id(request.tenant_id), requests.quota_items(request),
-            release=request.release, idempotency_key=request.idempotency_key)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
+                                            release=request.release, idempotency_key=request.idempotency_key)
+        record_quota_outcome(tenant_id, outcome, release=request.release)
         return pb.ConsumeQuotaResponse(
             allowed=outcome.allowed,
             revision=outcome.revision,

@@ -1,0 +1,87 @@
+"""Several worker processes serving the same ports (SO_REUSEPORT), for more than one core.
+
+Workers are forked before any gRPC object exists in the parent (gRPC does not survive a fork of a live
+process); the kernel spreads connections over them. The parent only supervises: it forwards SIGTERM and
+SIGINT, and replaces a worker that dies while the others keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import time
+from types import FrameType
+
+from tenantgate.config import ServeConfig
+from tenantgate.keywrap import MasterKey
+
+log = logging.getLogger("tenantgate.workers")
+RESTART_DELAY = 0.5
+
+
+def _worker_config(config: ServeConfig, index: int) -> ServeConfig:
+    if not config.metrics_listen:
+        return config
+    host, _, port = config.metrics_listen.rpartition(":")
+    return dataclasses.replace(config, metrics_listen=f"{host}:{int(port) + index}")  # one metrics port each
+
+
+def _run_worker(config: ServeConfig, master_key: MasterKey | None) -> int:
+    from tenantgate.server.app import serve
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(config, master_key))
+    except Exception:
+        log.exception("worker %d failed", os.getpid())
+        return 1
+    return 0
+
+
+def run_workers(config: ServeConfig, master_key: MasterKey | None) -> int:
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_run_worker(_worker_config(config, index), master_key))
+        children[pid] = index
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(config.workers):
+        spawn(index)
+    failed = False
+    while children:
+        pid, status = os.wait()
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        if stopping:
+            failed = failed or os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM, -signal.SIGINT)
+            continue
+        log.error("worker %d (pid %d) exited with status %d; starting another", index, pid,
+                  os.waitstatus_to_exitcode(status))
+        time.sleep(RESTART_DELAY)
+        spawn(index)
+    return 1 if failed else 0
