@@ -50,7 +50,7 @@ def _run_worker(config: ServeConfig, master_key: MasterKey | None) -> int:
 
 
 def run_workers(config: ServeConfig, master_key: MasterKey | None) -> int:
-    children: dict[int, int] = {}
+    children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
     def spawn(index: int) -> None:
@@ -74,9 +74,9 @@ def run_workers(config: ServeConfig, master_key: MasterKey | None) -> int:
     failed = False
     while children:
         pid, status = os.wait()
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:
             continue
+        index = children.pop(pid)
         if stopping:
             failed = failed or os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM, -signal.SIGINT)
             continue
