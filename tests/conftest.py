@@ -131,6 +131,39 @@ def postgres_url(postgres_server_url: str) -> str:
 
 
 @pytest.fixture
+def redis_url() -> str:
+    return service_url("TENANTGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"tgtest-{os.getpid()}-{uuid.uuid4().hex[:8]}:"
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis at {redis_url} is not reachable: {exc}")
+        pytest.skip(f"Redis at {redis_url} is not reachable: {exc}")
+    yield prefix
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def quota_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(quota backend URL, key prefix): each test that takes it runs on memory and on Redis."""
+    if request.param == "memory":
+        return "memory://", "tg:"
+    return str(request.getfixturevalue("redis_url")), str(request.getfixturevalue("redis_prefix"))
+
+
+@pytest.fixture
 def registry_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.db"
 

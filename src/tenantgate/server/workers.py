@@ -83,5 +83,6 @@ def run_workers(config: ServeConfig, master_key: MasterKey | None) -> int:
         log.error("worker %d (pid %d) exited with status %d; starting another", index, pid,
                   os.waitstatus_to_exitcode(status))
         time.sleep(RESTART_DELAY)
-        spawn(index)
+        if not stopping:  # a SIGTERM may have come while we waited
+            spawn(index)
     return 1 if failed else 0
