@@ -1,7 +1,8 @@
 """Engine micro-benchmarks: decisions per second of the access and quota engines.
 
 Every figure is reported as a ratio to a baseline measured in the same run (a call that only looks the
-tenant up in the same snapshot), because absolute times on shared machines vary from run to run.
+tenant up in the same snapshot; for Redis consumes, the memory store), because absolute times on shared
+machines vary from run to run.
 Writes benchmarks/results/engine.json and prints a table.
 """
 
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from tenantgate.counters.memory import MemoryCounterStore
+from tenantgate.counters.redis import RedisCounterStore
 from tenantgate.engines.access import AccessEngine, AccessRequest
 from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem
 from tenantgate.engines.tokens import TokenVerifier
@@ -58,6 +62,41 @@ def rate(operation: Callable[[], object], seconds: float = 1.0) -> float:
     return best
 
 
+def redis_rows(snapshot: Snapshot, memory_ops_per_s: float) -> list[dict[str, Any]]:
+    """Quota consumes on Redis, one at a time and 100 at once, against the memory store's rate; with the
+    round trips each consume cost (concurrent consumes share pipelines)."""
+    url = os.environ.get("TENANTGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"tgbench-{os.getpid()}:"
+    rows: list[dict[str, Any]] = []
+
+    async def run(concurrency: int, seconds: float = 2.0) -> tuple[float, float]:
+        store = RedisCounterStore(url, prefix=prefix)
+        engine = QuotaEngine(store)
+        items = [QuotaRequestItem("api", 1)]
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await asyncio.gather(*(engine.consume(snapshot, "t000001", items) for _ in range(concurrency)))
+            done += concurrency
+        elapsed = time.perf_counter() - start
+        trips = store.round_trips / max(1, store.consumes)
+        keys = [key async for key in store._redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await store._redis.delete(*keys)
+        await store.close()
+        return done / elapsed, trips
+
+    for concurrency in (1, 100):
+        try:
+            ops, trips = asyncio.run(run(concurrency))
+        except (OSError, RedisError) as exc:
+            print(f"(Redis at {url} not reachable, skipping its rows: {exc})")
+            return []
+        rows.append({"scenario": f"quota consume (Redis, {concurrency} concurrent)", "ops_per_s": ops,
+                     "baseline_ops_per_s": memory_ops_per_s, "redis_round_trips_per_consume": trips})
+    return rows
+
+
 def main() -> None:
     engine = AccessEngine(TokenVerifier())
     requests = [AccessRequest("t000001", "read", "docs/readme", "user:bob", environment="dev"),
@@ -66,7 +105,7 @@ def main() -> None:
                 AccessRequest("t000001", "write", "docs/x", "user:nobody")]
     rows: list[dict[str, Any]] = []
     cursor = itertools.count()
-    for tenants in (10, 100_000):
+    for tenants in (10, int(os.environ.get("TENANTGATE_BENCH_TENANTS", "100000"))):
         snapshot = snapshot_with(tenants)
 
         def baseline(snapshot: Snapshot = snapshot) -> object:
@@ -97,16 +136,19 @@ def main() -> None:
                  "baseline_ops_per_s": rate(baseline_async)})
     loop.close()
 
+    rows.extend(redis_rows(snapshot, rows[-1]["ops_per_s"]))
+
     for row in rows:
         row["ratio_to_baseline"] = row["ops_per_s"] / row["baseline_ops_per_s"]
     report = {"cores": os.cpu_count(), "python": platform.python_version(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"cores: {report['cores']}  python: {report['python']}")
-    print(f"{'scenario':<36} {'ops/s':>12} {'baseline ops/s':>15} {'ratio':>7}")
+    print(f"{'scenario':<40} {'ops/s':>12} {'baseline ops/s':>15} {'ratio':>7}  round trips/consume")
     for row in rows:
-        print(f"{row['scenario']:<36} {row['ops_per_s']:>12,.0f} {row['baseline_ops_per_s']:>15,.0f} "
-              f"{row['ratio_to_baseline']:>7.3f}")
+        trips = row.get("redis_round_trips_per_consume")
+        print(f"{row['scenario']:<40} {row['ops_per_s']:>12,.0f} {row['baseline_ops_per_s']:>15,.0f} "
+              f"{row['ratio_to_baseline']:>7.3f}  {'' if trips is None else f'{trips:.3f}'}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tenantgate.keywrap import MasterKey
 from tenantgate.registry.sqlite import SQLiteStore
-from tests.conftest import EXAMPLES, RunningServer
+from tenantgate.registry.store import RegistryStore
+from tests.conftest import EXAMPLES, RunningServer, tenant_doc
 
 
 def tenantgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -111,3 +112,19 @@ def test_audit_verify_names_the_entry_edited_behind_the_registrys_back(registry_
     broken = tenantgate("audit", "verify", *registry)
     assert broken.returncode == 1
     assert "BROKEN at entry 2: its content does not match its hash (1 entries before it verified)" in broken.stdout
+
+
+def test_usage_reports_what_billing_reads(registry_url: str, store: RegistryStore,
+                                          start_server: Callable[..., RunningServer]) -> None:
+    store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 10, "period": "day"},
+                                                    "seats": {"allocation": 3}})})
+    server = start_server()
+    server.wait_synced(1)
+    assert tenantgate("consume", "--target", server.target, "--tenant", "acme", "--quota", "jobs=4").returncode == 0
+    assert tenantgate("consume", "--target", server.target, "--tenant", "acme", "--quota", "jobs=7").returncode == 1
+    usage = tenantgate("usage", "--tenant", "acme", "--admin", server.admin_target)
+    assert usage.returncode == 0, usage.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in usage.stdout.splitlines()[1:]}
+    assert rows == {"jobs": ["4", "7"], "seats": ["0", "0"]}
+    unknown = tenantgate("usage", "--tenant", "nobody", "--admin", server.admin_target)
+    assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
