@@ -93,8 +93,9 @@ def test_workers_share_the_port_and_one_limit(tmp_path: Path, registry_path: Pat
             time.sleep(0.01)
         with grpc.insecure_channel(target) as channel:
             stub = decision_pb2_grpc.DecisionServiceStub(channel)
-            for _ in range(20):  # the others keep serving
-                assert stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="acme"), timeout=5).tenant_id == "acme"
+            for _ in range(20):  # the others keep serving (a connection caught mid-churn is retried)
+                response = stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="acme"), timeout=5, wait_for_ready=True)
+                assert response.tenant_id == "acme"
         deadline = time.monotonic() + 10
         while len(children(server.pid)) < 4 or victim in children(server.pid):
             assert time.monotonic() < deadline, "the killed worker was not replaced"
