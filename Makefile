@@ -8,7 +8,7 @@ MASTER_KEY ?= $(DATA)/master.key
 LISTEN ?= 127.0.0.1:50051
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv run test lint protos bench clean
+.PHONY: venv run test lint protos bench certs clean
 
 venv: $(INSTALLED)
 
@@ -22,7 +22,9 @@ run: venv
 	@test -f $(MASTER_KEY) || { $(BIN)/tenantgate master-key $(MASTER_KEY) && \
 		echo "(a development master key: for real deployments make your own and keep it out of the data directory)"; }
 	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate apply -f examples/manifests --registry $(REGISTRY)
-	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate serve --registry $(REGISTRY) --listen $(LISTEN)
+	@echo "(development mode: loopback only, callers named by x-tenantgate-caller, the Admin API open to you)"
+	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate serve --registry $(REGISTRY) --listen $(LISTEN) \
+		--trust-caller-metadata --admin "cli:$$($(BIN)/python -c 'import getpass; print(getpass.getuser())')"
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -40,6 +42,10 @@ protos: venv
 bench: venv
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
+
+# A development CA, a localhost server certificate and client certificates under .tenantgate/certs.
+certs: venv
+	$(BIN)/tenantgate certs dev --out $(DATA)/certs
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache .hypothesis

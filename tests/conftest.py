@@ -190,6 +190,29 @@ def sqlite_store(registry_path: Path) -> Iterator[SQLiteStore]:
     opened.close()
 
 
+ADMIN = "user:ops"
+
+
+class DefaultCaller(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends x-tenantgate-caller: CALLER on calls that carry no metadata of their own."""
+
+    def __init__(self, caller: str) -> None:
+        self._metadata = (("x-tenantgate-caller", caller),)
+
+    def _with_caller(self, details: Any) -> Any:
+        if details.metadata:
+            return details
+        return grpc._interceptor._ClientCallDetails(details.method, details.timeout, self._metadata,
+                                                    details.credentials, details.wait_for_ready,
+                                                    details.compression)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_caller(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_caller(details), request)
+
+
 class RunningServer:
     """A TenantgateServer on an ephemeral loopback port, on its own event loop thread."""
 
@@ -203,7 +226,9 @@ class RunningServer:
         self.channel = grpc.insecure_channel(self.target)
         self.stub = decision_pb2_grpc.DecisionServiceStub(self.channel)
         self.admin_channel = grpc.insecure_channel(self.admin_target)
-        self.admin = registry_pb2_grpc.RegistryServiceStub(self.admin_channel)
+        # Admin calls name an admin unless a test passes its own metadata.
+        self.admin = registry_pb2_grpc.RegistryServiceStub(
+            grpc.intercept_channel(self.admin_channel, DefaultCaller(ADMIN)))
 
     async def _start(self, config: ServeConfig, master_key: MasterKey | None) -> TenantgateServer:
         server = TenantgateServer(config, master_key)
@@ -233,6 +258,8 @@ def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., Runni
 
     def start(master_key: MasterKey | None = None, **settings: Any) -> RunningServer:
         registry_url = settings.pop("registry_url", None) or request.getfixturevalue("registry_url")
+        settings.setdefault("trust_caller_metadata", True)
+        settings.setdefault("admins", (ADMIN,))
         config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                              snapshot_file=settings.pop("snapshot_file", ""),
                              sync_interval=settings.pop("sync_interval", 0.05), **settings)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format
 
+from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.config import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
@@ -24,6 +25,7 @@ from tenantgate.config import (
     master_key_from,
 )
 from tenantgate.errors import TenantgateError
+from tenantgate.identity import CALLER_METADATA
 from tenantgate.keywrap import generate_master_key_file, tenant_key_factory
 from tenantgate.model import KeyState
 from tenantgate.registry.manifest import load_manifests
@@ -44,6 +46,7 @@ def _add_registry(parser: argparse.ArgumentParser, *, admin: bool = False) -> No
     parser.add_argument("--master-key-file", default="",
                         help="file holding the base64 master key (env TENANTGATE_MASTER_KEY_FILE)")
     if admin:
+        _add_tls(parser)
         parser.add_argument("--actor", default=os.environ.get("TENANTGATE_ACTOR", _default_actor()),
                             help="who the audit ledger records as making the change (env TENANTGATE_ACTOR)")
 
@@ -55,9 +58,23 @@ def _default_actor() -> str:
         return "cli"
 
 
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca", default=os.environ.get("TENANTGATE_CA_FILE", ""),
+                        help="CA of the server's certificate: use TLS (env TENANTGATE_CA_FILE)")
+    parser.add_argument("--cert", default=os.environ.get("TENANTGATE_CERT_FILE", ""),
+                        help="client certificate for mutual TLS (env TENANTGATE_CERT_FILE)")
+    parser.add_argument("--key", default=os.environ.get("TENANTGATE_KEY_FILE", ""),
+                        help="its private key (env TENANTGATE_KEY_FILE)")
+
+
+def _security(args: argparse.Namespace) -> ChannelSecurity:
+    return ChannelSecurity(args.ca, args.cert, args.key)
+
+
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("TENANTGATE_TARGET", DEFAULT_LISTEN),
                         help=f"server address (env TENANTGATE_TARGET; default {DEFAULT_LISTEN})")
+    _add_tls(parser)
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
 
@@ -85,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quota-prefix", default="tg:", help="prefix of the Redis keys (default tg:)")
     serve.add_argument("--quota-on-backend-error", choices=("deny", "allow"), default="deny",
                        help="answer for quotas without their own policy while the backend is down (default deny)")
+    serve.add_argument("--tls-cert", default="", help="server certificate chain (PEM)")
+    serve.add_argument("--tls-key", default="", help="server private key (PEM)")
+    serve.add_argument("--client-ca", default="", help="require client certificates signed by this CA (mTLS)")
+    serve.add_argument("--trust-caller-metadata", action="store_true",
+                       help="take the caller from x-tenantgate-caller metadata (only behind a proxy that sets it "
+                            "and strips it from outside callers)")
+    serve.add_argument("--insecure-listen", action="store_true",
+                       help="allow non-loopback addresses without TLS")
+    serve.add_argument("--admin", dest="admins", action="append",
+                       default=[a for a in os.environ.get("TENANTGATE_ADMINS", "").split(",") if a],
+                       help="an identity allowed to use the Admin API (repeatable; env TENANTGATE_ADMINS, "
+                            "comma-separated)")
     serve.add_argument("--workers", type=int, default=1,
                        help="processes sharing the ports (SO_REUSEPORT); more than one needs --quota-backend redis://")
     serve.add_argument("--sync-interval", type=float, default=0.2, help="registry poll interval in seconds")
@@ -171,10 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--admin", default=os.environ.get("TENANTGATE_ADMIN_TARGET", DEFAULT_ADMIN_LISTEN),
                        help=f"a server's Admin API (env TENANTGATE_ADMIN_TARGET; default {DEFAULT_ADMIN_LISTEN})")
     usage.add_argument("--json", action="store_true", help="print the response as JSON")
+    usage.add_argument("--actor", default=os.environ.get("TENANTGATE_ACTOR", _default_actor()),
+                       help="the admin identity sent as x-tenantgate-caller (env TENANTGATE_ACTOR)")
+    _add_tls(usage)
 
     resolve = commands.add_parser("resolve", help="describe a tenant as a running server sees it")
     _add_target(resolve)
     resolve.add_argument("--tenant", required=True)
+
+    certs = commands.add_parser("certs", help="development certificates for mutual TLS")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    dev = certs_commands.add_parser("dev", help="a CA, a localhost server certificate and client certificates")
+    dev.add_argument("--out", default=".tenantgate/certs")
+    dev.add_argument("--service", dest="services", action="append", default=[],
+                     help="a client identity service:NAME to issue (repeatable; default storage, backup, ops)")
 
     master = commands.add_parser("master-key", help="create a master key file")
     master.add_argument("path", help="where to write it (refuses to overwrite)")
@@ -187,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = {"serve": _serve, "apply": _apply, "check": _check, "consume": _consume, "key": _key,
                "resolve": _resolve, "master-key": _master_key, "tenant": _tenant, "usage": _usage, "keys": _keys,
-               "audit": _audit, "settings": _settings}[args.command]
+               "audit": _audit, "settings": _settings, "certs": _certs}[args.command]
     try:
         return handler(args)
     except TenantgateError as error:
@@ -206,6 +245,9 @@ def _serve(args: argparse.Namespace) -> int:
                          snapshot_file=args.snapshot_file, max_staleness=args.max_staleness,
                          quota_backend=args.quota_backend, quota_prefix=args.quota_prefix,
                          quota_on_backend_error=args.quota_on_backend_error, workers=args.workers,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                         trust_caller_metadata=args.trust_caller_metadata, insecure_listen=args.insecure_listen,
+                         admins=tuple(args.admins),
                          master_key_file=args.master_key_file,
                          sync_interval=args.sync_interval, max_concurrent_rpcs=args.max_concurrent_rpcs,
                          grace_period=args.grace_period)
@@ -234,7 +276,7 @@ def _key_factory(args: argparse.Namespace) -> KeyFactory | None:
 
 def _apply(args: argparse.Namespace) -> int:
     documents = {doc.tenant.id: doc.document for doc in load_manifests(args.files)}
-    registry = open_admin(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
         result = registry.apply(documents, prune=args.prune, dry_run=args.dry_run, actor=args.actor,
                                 key_factory=_key_factory(args))
@@ -264,7 +306,7 @@ def _when(seconds: float) -> str:
 
 
 def _tenant(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
         if args.tenant_command == "get":
             info = registry.get_tenant(args.tenant_id)
@@ -288,7 +330,7 @@ def _tenant(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
         result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor, key_factory=_key_factory(args))
     finally:
@@ -300,7 +342,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
         if args.audit_command == "verify":
             verification = registry.verify_audit()
@@ -319,7 +361,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default())
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
         if args.max_tenants is not None or args.no_max_tenants:
             current = registry.update_settings(RegistrySettings(None if args.no_max_tenants else args.max_tenants),
@@ -343,7 +385,7 @@ def _check(args: argparse.Namespace) -> int:
     from tenantgate.client import DecisionClient
     from tenantgate.v1 import decision_pb2 as pb
 
-    with DecisionClient(args.target, timeout=args.timeout) as client:
+    with DecisionClient(args.target, timeout=args.timeout, security=_security(args)) as client:
         response = client.check_access(args.tenant, args.action, args.resource, subject=args.subject or "",
                                        token=args.token or "", subject_tenant_id=args.subject_tenant,
                                        environment=args.env)
@@ -361,7 +403,7 @@ def _consume(args: argparse.Namespace) -> int:
     for text in args.quotas:
         name, _, amount = text.partition("=")
         items.append((name, int(amount) if amount else 1))
-    with DecisionClient(args.target, timeout=args.timeout) as client:
+    with DecisionClient(args.target, timeout=args.timeout, security=_security(args)) as client:
         response = client.consume_quota(args.tenant, items, release=args.release, lease_id=args.lease_id,
                                         idempotency_key=args.idempotency_key)
     lines = [f"{'ALLOWED' if response.allowed else 'DENIED'} revision={response.revision}"]
@@ -377,7 +419,7 @@ def _consume(args: argparse.Namespace) -> int:
 def _key(args: argparse.Namespace) -> int:
     from tenantgate.client import DecisionClient
 
-    with DecisionClient(args.target, timeout=args.timeout, caller=args.caller) as client:
+    with DecisionClient(args.target, timeout=args.timeout, caller=args.caller, security=_security(args)) as client:
         response = client.get_tenant_key(args.tenant, args.purpose, args.version)
     _print(args, response, f"{response.key_id} version={response.version} algorithm={response.algorithm} "
                            f"material={response.material.hex()}")
@@ -387,9 +429,10 @@ def _key(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from tenantgate.v1 import registry_pb2, registry_pb2_grpc
 
-    with grpc.insecure_channel(args.admin) as channel:
+    with open_channel(args.admin, _security(args)) as channel:
         response = registry_pb2_grpc.RegistryServiceStub(channel).GetQuotaUsage(
-            registry_pb2.GetQuotaUsageRequest(tenant_id=args.tenant), timeout=10)
+            registry_pb2.GetQuotaUsageRequest(tenant_id=args.tenant), timeout=10,
+            metadata=((CALLER_METADATA, args.actor),))
     lines = [f"{'quota':<24} {'consumed':>14} {'denied':>14}"]
     lines += [f"{q.quota:<24} {q.consumed:>14} {q.denied:>14}" for q in response.quotas]
     _print(args, response, "\n".join(lines))
@@ -399,9 +442,19 @@ def _usage(args: argparse.Namespace) -> int:
 def _resolve(args: argparse.Namespace) -> int:
     from tenantgate.client import DecisionClient
 
-    with DecisionClient(args.target, timeout=args.timeout) as client:
+    with DecisionClient(args.target, timeout=args.timeout, security=_security(args)) as client:
         response = client.resolve_tenant(args.tenant)
     print(json.dumps(json_format.MessageToDict(response), indent=2))
+    return EXIT_OK
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from tenantgate.certs import make_dev_certificates
+
+    services = args.services or ["storage", "backup", "ops"]
+    for path in make_dev_certificates(args.out, services):
+        print(path)
+    print(f"development certificates for service:{', service:'.join(services)} (never use them in production)")
     return EXIT_OK
 
 

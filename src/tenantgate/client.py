@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from types import TracebackType
 
-import grpc
-
+from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
 
 class DecisionClient:
-    def __init__(self, target: str, *, timeout: float = 5.0, caller: str = "") -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, *, timeout: float = 5.0, caller: str = "",
+                 security: ChannelSecurity | None = None) -> None:
+        self._channel = open_channel(target, security)
         self._stub = decision_pb2_grpc.DecisionServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = ((CALLER_METADATA, caller),) if caller else ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,12 +44,34 @@ class ServeConfig:
     token_cache_size: int = 100_000
     # Seconds in-flight calls get to finish on shutdown.
     grace_period: float = 5.0
+    # TLS: the server's certificate chain and key (PEM files); with client_ca, callers must present a
+    # certificate signed by it (mutual TLS), and that certificate names them.
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    # Take the caller's identity from x-tenantgate-caller metadata: only behind a proxy or mesh that sets
+    # it and strips it from outside callers.
+    trust_caller_metadata: bool = False
+    # Listen on non-loopback addresses without TLS (refused unless asked for explicitly).
+    insecure_listen: bool = False
+    # Identities allowed to use the Admin API.
+    admins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = [f"{name} address {address!r} is not HOST:PORT"
                     for name, address in (("listen", self.listen), ("admin listen", self.admin_listen),
                                           ("metrics listen", self.metrics_listen))
                     if (address or name == "listen") and not _host_port(address)]
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.client_ca and not self.tls_cert:
+            problems.append("client certificates (--client-ca) need TLS (--tls-cert and --tls-key)")
+        if not self.tls_cert and not self.insecure_listen:
+            problems.extend(f"{name} address {address!r} is not loopback: without TLS the server listens on "
+                            "loopback only (give --tls-cert/--tls-key, or --insecure-listen if a proxy in front "
+                            "of it terminates TLS)"
+                            for name, address in (("listen", self.listen), ("admin listen", self.admin_listen))
+                            if address and _host_port(address) and not _loopback(address))
         if self.quota_on_backend_error not in ("deny", "allow"):
             problems.append(f"quota on-backend-error policy must be deny or allow, got {self.quota_on_backend_error!r}")
         if self.workers < 1:
@@ -70,6 +93,16 @@ class ServeConfig:
 def _host_port(address: str) -> bool:
     host, sep, port = address.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+
+
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def master_key_from(path: str = "", environ: Mapping[str, str] | None = None) -> MasterKey | None:

@@ -122,9 +122,9 @@ def test_usage_reports_what_billing_reads(registry_url: str, store: RegistryStor
     server.wait_synced(1)
     assert tenantgate("consume", "--target", server.target, "--tenant", "acme", "--quota", "jobs=4").returncode == 0
     assert tenantgate("consume", "--target", server.target, "--tenant", "acme", "--quota", "jobs=7").returncode == 1
-    usage = tenantgate("usage", "--tenant", "acme", "--admin", server.admin_target)
+    usage = tenantgate("usage", "--tenant", "acme", "--admin", server.admin_target, "--actor", "user:ops")
     assert usage.returncode == 0, usage.stderr
     rows = {line.split()[0]: line.split()[1:] for line in usage.stdout.splitlines()[1:]}
     assert rows == {"jobs": ["4", "7"], "seats": ["0", "0"]}
-    unknown = tenantgate("usage", "--tenant", "nobody", "--admin", server.admin_target)
+    unknown = tenantgate("usage", "--tenant", "nobody", "--admin", server.admin_target, "--actor", "user:ops")
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr

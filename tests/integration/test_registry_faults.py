@@ -3,6 +3,7 @@ have, say that it is stale, fail closed past max_staleness, and catch up losing 
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -57,18 +58,25 @@ class BreakableSQLite:
         store.close()
 
     def break_it(self, **changes_while_down: object) -> None:
-        """Keep a copy with ``changes_while_down`` applied, and leave garbage in the registry's place."""
+        """Keep a copy with ``changes_while_down`` applied, and put garbage in the registry's place."""
         shutil.copy(self.path, self.spare)
         store = SQLiteStore(self.spare)
         store.apply({"acme": tenant_doc("acme", access=ACCESS, **changes_while_down)})
         store.close()
-        self.path.write_bytes(b"not a database" * 100)
+        garbage = self.path.with_name("garbage.db")
+        garbage.write_bytes(b"not a database" * 100)
+        self._replace_with(garbage)
 
     def restore(self) -> None:
-        """Put the copy back, as restoring a backup would (without the broken file's journal)."""
+        """Put the copy back, as restoring a backup would."""
+        self._replace_with(self.spare)
+
+    def _replace_with(self, source: Path) -> None:
+        staged = self.path.with_name("staged.db")
+        shutil.copy(source, staged)
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        shutil.copy(self.spare, self.path)
+        os.replace(staged, self.path)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.registry import wire
 from tenantgate.registry.audit import AuditEntry, AuditVerification
@@ -29,8 +30,9 @@ from tenantgate.v1 import registry_pb2_grpc
 
 
 class RemoteRegistry:
-    def __init__(self, target: str, *, timeout: float = 30.0, actor: str = "") -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, *, timeout: float = 30.0, actor: str = "",
+                 security: ChannelSecurity | None = None) -> None:
+        self._channel = open_channel(target, security or ChannelSecurity.from_environment())
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout
         self._actor = actor
@@ -92,7 +94,8 @@ class RemoteRegistry:
     def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
         """The changes committed so far after ``after_revision`` (reads the watch stream until it is idle)."""
         found: list[ChangeEntry] = []
-        stream = self._stub.WatchChanges(pb.WatchChangesRequest(from_revision=after_revision), timeout=2.0)
+        stream = self._stub.WatchChanges(pb.WatchChangesRequest(from_revision=after_revision), timeout=2.0,
+                                         metadata=((CALLER_METADATA, self._actor),) if self._actor else ())
         try:
             for change in stream:
                 found.append(wire.change_from_wire(change))

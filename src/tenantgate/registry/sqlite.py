@@ -8,6 +8,7 @@ leave no copy of destroyed key bytes in the file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -42,9 +43,21 @@ class SQLiteBackend:
         self.description = f"sqlite://{self.path}"
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
     def _connection(self) -> sqlite3.Connection:
+        # A file replaced under its name (a restored backup, a move) is a different registry: reconnect
+        # rather than keep reading the old file through a connection that still holds it open.
+        if self._db is not None and self.path != ":memory:" and self._file_identity() != self._identity:
+            self._disconnect()
         if self._db is None:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +73,7 @@ class SQLiteBackend:
                 db.close()
                 raise
             self._db = db
+            self._identity = self._file_identity()
         return self._db
 
     def _migrate(self, db: sqlite3.Connection) -> None:

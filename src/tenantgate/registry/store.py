@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from tenantgate.channels import ChannelSecurity
 from tenantgate.errors import ConfigurationError
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 
@@ -215,10 +216,11 @@ def open_store(url: str) -> RegistryStore:
                              "supported: sqlite://, postgresql://, grpc:// (CLI only)")
 
 
-def open_admin(url: str) -> RegistryAdmin:
-    """A registry to change: a store, or the Admin API of a running server (``grpc://host:port``)."""
+def open_admin(url: str, security: ChannelSecurity | None = None, actor: str = "") -> RegistryAdmin:
+    """A registry to change: a store, or the Admin API of a running server (``grpc://host:port``), which
+    is called as ``actor`` (with a client certificate, the certificate names the caller instead)."""
     if url.startswith("grpc://"):
         from tenantgate.registry.remote import RemoteRegistry
 
-        return RemoteRegistry(url.removeprefix("grpc://"))
+        return RemoteRegistry(url.removeprefix("grpc://"), security=security, actor=actor)
     return open_store(url)

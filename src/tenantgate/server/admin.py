@@ -11,11 +11,11 @@ import grpc
 from grpc_status import rpc_status
 
 from tenantgate.engines.quota import QuotaEngine
-from tenantgate.errors import InvalidArgument, TenantgateError, Unavailable
-from tenantgate.identity import CALLER_METADATA
+from tenantgate.errors import InvalidArgument, PermissionDenied, TenantgateError, Unauthenticated, Unavailable
 from tenantgate.registry import wire
 from tenantgate.registry.manifest import parse_manifest_texts
 from tenantgate.registry.store import KeyFactory, RegistryStore
+from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, rich_status
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.v1 import registry_pb2 as pb
@@ -24,13 +24,6 @@ from tenantgate.v1 import registry_pb2_grpc
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 WATCH_BATCH = 500
-
-
-def _actor(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == CALLER_METADATA and value:
-            return str(value)
-    return "admin-api"
 
 
 def _page_size(requested: int) -> int:
@@ -47,8 +40,22 @@ def _decode_token(token: str) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: ignore[misc]
+    """Every method first checks that the caller is one of the configured admins; the caller is then the
+    actor the audit ledger records."""
+
+    def _admin(self, context: grpc.aio.ServicerContext) -> str:
+        caller = self._identity.of(context)
+        if not caller:
+            raise Unauthenticated("the Admin API needs an identified caller (a client certificate, or "
+                                  "x-tenantgate-caller behind a trusted proxy)")
+        if caller not in self._admins:
+            raise PermissionDenied(f"caller {caller!r} is not an admin of this registry")
+        return caller
+
     def __init__(self, store: RegistryStore, holder: SnapshotHolder, key_factory: KeyFactory | None,
-                 quota: QuotaEngine) -> None:
+                 quota: QuotaEngine, identity: CallerIdentity, admins: frozenset[str]) -> None:
+        self._identity = identity
+        self._admins = admins
         self._store = store
         self._holder = holder
         self._key_factory = key_factory
@@ -57,21 +64,24 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
     @maps_errors
     async def ApplyManifests(self, request: pb.ApplyManifestsRequest,
                              context: grpc.aio.ServicerContext) -> pb.ApplyManifestsResponse:
+        actor = self._admin(context)
         if not request.files:
             raise InvalidArgument("at least one manifest file is required", field="files")
         documents = parse_manifest_texts((f.name or f"files[{i}]", f.content) for i, f in enumerate(request.files))
         result = await asyncio.to_thread(
             self._store.apply, {d.tenant.id: d.document for d in documents}, prune=request.prune,
-            dry_run=request.dry_run, actor=_actor(context), key_factory=self._key_factory)
+            dry_run=request.dry_run, actor=actor, key_factory=self._key_factory)
         return wire.apply_to_wire(result)
 
     @maps_errors
     async def GetTenant(self, request: pb.GetTenantRequest, context: grpc.aio.ServicerContext) -> pb.Tenant:
+        self._admin(context)
         return wire.tenant_to_wire(await asyncio.to_thread(self._store.get_tenant, request.tenant_id))
 
     @maps_errors
     async def ListTenants(self, request: pb.ListTenantsRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListTenantsResponse:
+        self._admin(context)
         size = _page_size(request.page_size)
         found = await asyncio.to_thread(
             self._store.list_tenants, state=wire.state_from_wire(request.state), labels=dict(request.labels),
@@ -82,23 +92,26 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
     @maps_errors
     async def TransitionTenant(self, request: pb.TransitionTenantRequest,
                                context: grpc.aio.ServicerContext) -> pb.TransitionTenantResponse:
+        actor = self._admin(context)
         target = wire.state_from_wire(request.state)
         if not target:
             raise InvalidArgument("state is required", field="state")
-        result = await asyncio.to_thread(self._store.transition, request.tenant_id, target, actor=_actor(context),
+        result = await asyncio.to_thread(self._store.transition, request.tenant_id, target, actor=actor,
                                          force=request.force, reason=request.reason)
         return wire.transition_to_wire(result)
 
     @maps_errors
     async def RotateTenantKey(self, request: pb.RotateTenantKeyRequest,
                               context: grpc.aio.ServicerContext) -> pb.RotateTenantKeyResponse:
+        actor = self._admin(context)
         result = await asyncio.to_thread(self._store.rotate_key, request.tenant_id, request.purpose,
-                                         actor=_actor(context), key_factory=self._key_factory)
+                                         actor=actor, key_factory=self._key_factory)
         return wire.rotation_to_wire(result)
 
     @maps_errors
     async def ListAuditEntries(self, request: pb.ListAuditEntriesRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
+        self._admin(context)
         entries = await asyncio.to_thread(self._store.audit_entries, tenant_id=request.tenant_id,
                                           after_seq=request.after_seq, limit=_page_size(request.page_size))
         return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
@@ -106,23 +119,27 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
     @maps_errors
     async def VerifyAudit(self, request: pb.VerifyAuditRequest,
                           context: grpc.aio.ServicerContext) -> pb.VerifyAuditResponse:
+        self._admin(context)
         return wire.verification_to_wire(await asyncio.to_thread(self._store.verify_audit))
 
     @maps_errors
     async def GetSettings(self, request: pb.GetSettingsRequest,
                           context: grpc.aio.ServicerContext) -> pb.RegistrySettings:
+        self._admin(context)
         return wire.settings_to_wire(await asyncio.to_thread(self._store.settings))
 
     @maps_errors
     async def UpdateSettings(self, request: pb.RegistrySettings,
                              context: grpc.aio.ServicerContext) -> pb.RegistrySettings:
+        actor = self._admin(context)
         updated = await asyncio.to_thread(self._store.update_settings, wire.settings_from_wire(request),
-                                          actor=_actor(context))
+                                          actor=actor)
         return wire.settings_to_wire(updated)
 
     @maps_errors
     async def GetQuotaUsage(self, request: pb.GetQuotaUsageRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetQuotaUsageResponse:
+        self._admin(context)
         snapshot = self._holder.current
         if snapshot is None:
             raise Unavailable("no snapshot of the registry is loaded yet")
@@ -134,6 +151,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Change]:
         revision = request.from_revision
         try:
+            self._admin(context)
             while True:
                 batch = await asyncio.to_thread(self._store.changes, revision, WATCH_BATCH)
                 for change in batch:

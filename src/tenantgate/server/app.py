@@ -24,6 +24,7 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
+from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
 from tenantgate.v1 import decision_pb2, decision_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -49,9 +50,22 @@ def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
     )
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
+def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
     try:
-        port: int = server.add_insecure_port(address)
+        chain = Path(config.tls_cert).read_bytes()
+        key = Path(config.tls_key).read_bytes()
+        roots = Path(config.client_ca).read_bytes() if config.client_ca else None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=roots, require_client_auth=roots is not None)
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port: int = (server.add_secure_port(address, credentials) if credentials is not None
+                     else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
@@ -72,10 +86,12 @@ class TenantgateServer:
                                             on_availability=self._quota_backend_changed)
         quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
-        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(),
+        identity = CallerIdentity(trust_metadata=config.trust_caller_metadata)
+        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(), identity,
                                            max_staleness=config.max_staleness)
         self._admin = RegistryServicer(self._store, self.holder,
-                                       tenant_key_factory(master_key) if master_key is not None else None, quota)
+                                       tenant_key_factory(master_key) if master_key is not None else None, quota,
+                                       identity, frozenset(config.admins))
         self.health = health.aio.HealthServicer()
         self._background: set[asyncio.Future[None]] = set()
         self._quota_available = True
@@ -94,13 +110,14 @@ class TenantgateServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         metrics.QUOTA_BACKEND_UP.set(1)
-        self.port = _bind(decision, self.config.listen)
+        credentials = _credentials(self.config)
+        self.port = _bind(decision, self.config.listen, credentials)
         servers = [decision]
         if self.config.admin_listen:
             admin = _grpc_server(self.config)
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(self._admin, admin)
             reflection.enable_server_reflection((REGISTRY_SERVICE, reflection.SERVICE_NAME), admin)
-            self.admin_port = _bind(admin, self.config.admin_listen)
+            self.admin_port = _bind(admin, self.config.admin_listen, credentials)
             servers.append(admin)
         if self.config.metrics_listen:
             from prometheus_client import start_http_server

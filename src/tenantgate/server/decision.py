@@ -16,10 +16,10 @@ from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import ConsumeOutcome, QuotaEngine
 from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifier
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
-from tenantgate.identity import CALLER_METADATA
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.wire import state_to_wire, timestamp
 from tenantgate.server import requests
+from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
 from tenantgate.snapshot import Snapshot, SnapshotHolder
 from tenantgate.v1 import decision_pb2 as pb
@@ -60,16 +60,11 @@ def record_quota_outcome(tenant_id: str, outcome: ConsumeOutcome, *, release: bo
             metrics.QUOTA_DENIED.labels(label, item.quota).inc(item.amount)
 
 
-def caller_identity(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == CALLER_METADATA:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return ""
-
-
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
     def __init__(self, holder: SnapshotHolder, tokens: TokenVerifier, access: AccessEngine, quota: QuotaEngine,
-                 keys: KeyEngine, *, max_staleness: float = 0.0, clock: Clock | None = None) -> None:
+                 keys: KeyEngine, identity: CallerIdentity, *, max_staleness: float = 0.0,
+                 clock: Clock | None = None) -> None:
+        self._identity = identity
         self._holder = holder
         self._max_staleness = max_staleness
         self._clock = clock or SystemClock()
@@ -148,7 +143,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def GetTenantKey(self, request: pb.GetTenantKeyRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetTenantKeyResponse:
         snapshot = await self._snapshot(0, context)
-        key = self._keys.get(snapshot, caller_identity(context), requests.tenant_id(request.tenant_id),
+        key = self._keys.get(snapshot, self._identity.of(context), requests.tenant_id(request.tenant_id),
                              requests.require_text(request.purpose, "purpose", requests.MAX_ID), request.version)
         return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
                                        material=key.material, state=_KEY_STATES[key.state],

@@ -1,0 +1,51 @@
+"""Who is calling: from the client certificate under mutual TLS, or, only where the operator says a
+proxy or mesh sets and strips it, from the ``x-tenantgate-caller`` metadata.
+
+A certificate names a caller ``service:<name>``, taken from the first that applies:
+a SAN URI ending in ``/service/<name>`` (SPIFFE style), else the first DNS SAN, else the subject CN.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from tenantgate.identity import CALLER_METADATA
+
+
+@functools.lru_cache(maxsize=1024)
+def identity_from_certificate(pem: bytes) -> str:
+    certificate = x509.load_pem_x509_certificate(pem)
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = None
+    if names is not None:
+        for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
+            head, sep, name = uri.rpartition("/service/")
+            if sep and head and name and "/" not in name:
+                return f"service:{name}"
+        dns = names.get_values_for_type(x509.DNSName)
+        if dns:
+            return f"service:{dns[0]}"
+    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return f"service:{common[0].value!s}" if common else ""
+
+
+class CallerIdentity:
+    def __init__(self, *, trust_metadata: bool = False) -> None:
+        self._trust_metadata = trust_metadata
+
+    def of(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's identity, or "" for an anonymous caller."""
+        certificates = (context.auth_context() or {}).get("x509_pem_cert")
+        if certificates:
+            return identity_from_certificate(bytes(certificates[0]))
+        if self._trust_metadata:
+            for key, value in context.invocation_metadata() or ():
+                if key == CALLER_METADATA and value:
+                    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+        return ""
