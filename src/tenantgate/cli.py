@@ -26,10 +26,10 @@ from tenantgate.config import (
 )
 from tenantgate.errors import TenantgateError
 from tenantgate.identity import CALLER_METADATA
-from tenantgate.keywrap import generate_master_key_file, tenant_key_factory
+from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
 from tenantgate.model import KeyState
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.store import KeyFactory, RegistrySettings, TenantInfo, open_admin
+from tenantgate.registry.store import KeyFactory, RegistrySettings, TenantInfo, open_admin, open_store
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
 
@@ -150,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("tenant_id")
     rotate.add_argument("--purpose", required=True)
     _add_registry(rotate, admin=True)
+    for state in ("disable", "enable", "destroy"):
+        change = keys_commands.add_parser(state, help=f"{state} one version of a tenant key"
+                                          + (" (erases it for good)" if state == "destroy" else ""))
+        change.add_argument("tenant_id")
+        change.add_argument("--purpose", required=True)
+        change.add_argument("--version", type=int, required=True)
+        _add_registry(change, admin=True)
+    floor = keys_commands.add_parser("min-version", help="stop serving versions below this one")
+    floor.add_argument("tenant_id")
+    floor.add_argument("--purpose", required=True)
+    floor.add_argument("version", type=int)
+    _add_registry(floor, admin=True)
+    rewrap = keys_commands.add_parser("rewrap", help="rewrap every tenant key under a new master key "
+                                                     "(one transaction; on the store, not through a server)")
+    rewrap.add_argument("--new-master-key-file", required=True)
+    _add_registry(rewrap, admin=True)
 
     audit = commands.add_parser("audit", help="the registry's audit ledger")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -330,14 +346,50 @@ def _tenant(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "rewrap":
+        return _rewrap(args)
     registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
     try:
-        result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor, key_factory=_key_factory(args))
+        if args.keys_command == "rotate":
+            result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor,
+                                         key_factory=_key_factory(args))
+            key = result.key
+            print(f"{key.tenant_id}/{key.purpose}/v{key.version} is the new primary key; the registry is at "
+                  f"revision {result.revision}")
+        elif args.keys_command == "min-version":
+            revision = registry.update_key(args.tenant_id, args.purpose, min_decryption_version=args.version,
+                                           actor=args.actor)
+            print(f"{args.tenant_id}/{args.purpose}: versions below {args.version} are no longer served; the "
+                  f"registry is at revision {revision}")
+        else:
+            state = {"disable": KeyState.DISABLED, "enable": KeyState.ENABLED, "destroy": KeyState.DESTROYED}
+            revision = registry.update_key(args.tenant_id, args.purpose, version=args.version,
+                                           state=int(state[args.keys_command]), actor=args.actor)
+            print(f"{args.tenant_id}/{args.purpose}/v{args.version} is {state[args.keys_command].name.lower()}; "
+                  f"the registry is at revision {revision}")
     finally:
         registry.close()
-    key = result.key
-    print(f"{key.tenant_id}/{key.purpose}/v{key.version} is the new primary key; the registry is at revision "
-          f"{result.revision}")
+    return EXIT_OK
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    old = master_key_from(args.master_key_file)
+    if old is None:
+        print("tenantgate keys rewrap: the current master key is needed (--master-key-file or "
+              "TENANTGATE_MASTER_KEY_FILE)", file=sys.stderr)
+        return EXIT_ERROR
+    new = MasterKey.from_file(args.new_master_key_file)
+
+    def rewrap(tenant_id: str, purpose: str, version: int, wrapped: bytes) -> bytes:
+        material = old.unwrap(wrapped, tenant_id=tenant_id, purpose=purpose, version=version)
+        return new.wrap(material, tenant_id=tenant_id, purpose=purpose, version=version)
+
+    store = open_store(args.registry or _registry_default())
+    try:
+        count = store.rewrap_keys(rewrap, actor=args.actor)
+    finally:
+        store.close()
+    print(f"rewrapped {count} keys under the new master key; servers need it from now on")
     return EXIT_OK
 
 

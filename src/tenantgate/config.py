@@ -56,6 +56,8 @@ class ServeConfig:
     insecure_listen: bool = False
     # Identities allowed to use the Admin API.
     admins: tuple[str, ...] = ()
+    # How often to rotate the keys that keys.rotate_every says are due (needs the master key); 0: never.
+    key_rotation_interval: float = 60.0
 
     def __post_init__(self) -> None:
         problems = [f"{name} address {address!r} is not HOST:PORT"

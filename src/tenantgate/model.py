@@ -110,6 +110,8 @@ class IssuerSpec:
 class KeysSpec:
     purposes: tuple[str, ...] = ()
     readers: frozenset[str] = frozenset()
+    # Callers that may read key metadata (ids, versions, states) but not material.
+    metadata_readers: frozenset[str] = frozenset()
     rotate_every: int | None = None
 
 

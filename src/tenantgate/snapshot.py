@@ -30,6 +30,8 @@ class KeyVersion:
     material: bytes = field(repr=False)
     # Why the material is missing (it did not unwrap); empty when it is usable.
     unavailable: str = ""
+    # Of the purpose: versions below it are not served.
+    min_decryption_version: int = 0
 
     @property
     def key_id(self) -> str:

@@ -289,3 +289,75 @@ class ResolveTenantResponse(_message.Message):
     revision: int
     stale: bool
     def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., plan: _Optional[str] = ..., profile: _Optional[str] = ..., isolation: _Optional[str] = ..., environments: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., revision: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class KeyVersionInfo(_message.Message):
+    __slots__ = ("key_id", "version", "algorithm", "state", "created_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    algorithm: str
+    state: KeyState
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTenantKeyMetadataRequest(_message.Message):
+    __slots__ = ("tenant_id", "purpose")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    purpose: str
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+
+class GetTenantKeyMetadataResponse(_message.Message):
+    __slots__ = ("versions", "primary_version", "min_decryption_version")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[KeyVersionInfo]
+    primary_version: int
+    min_decryption_version: int
+    def __init__(self, versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., primary_version: _Optional[int] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
+
+class GetDataKeyRequest(_message.Message):
+    __slots__ = ("tenant_id", "purpose")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    purpose: str
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+
+class GetDataKeyResponse(_message.Message):
+    __slots__ = ("key_id", "version", "plaintext", "wrapped")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    plaintext: bytes
+    wrapped: bytes
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., wrapped: _Optional[bytes] = ...) -> None: ...
+
+class DecryptDataKeyRequest(_message.Message):
+    __slots__ = ("tenant_id", "purpose", "wrapped")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    purpose: str
+    wrapped: bytes
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., wrapped: _Optional[bytes] = ...) -> None: ...
+
+class DecryptDataKeyResponse(_message.Message):
+    __slots__ = ("key_id", "version", "plaintext")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    plaintext: bytes
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., plaintext: _Optional[bytes] = ...) -> None: ...

@@ -57,6 +57,21 @@ class DecisionServiceStub:
                 request_serializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyRequest.SerializeToString,
                 response_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyResponse.FromString,
                 _registered_method=True)
+        self.GetTenantKeyMetadata = channel.unary_unary(
+                '/tenantgate.v1.DecisionService/GetTenantKeyMetadata',
+                request_serializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataResponse.FromString,
+                _registered_method=True)
+        self.GetDataKey = channel.unary_unary(
+                '/tenantgate.v1.DecisionService/GetDataKey',
+                request_serializer=tenantgate_dot_v1_dot_decision__pb2.GetDataKeyRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetDataKeyResponse.FromString,
+                _registered_method=True)
+        self.DecryptDataKey = channel.unary_unary(
+                '/tenantgate.v1.DecisionService/DecryptDataKey',
+                request_serializer=tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyResponse.FromString,
+                _registered_method=True)
         self.ValidateToken = channel.unary_unary(
                 '/tenantgate.v1.DecisionService/ValidateToken',
                 request_serializer=tenantgate_dot_v1_dot_decision__pb2.ValidateTokenRequest.SerializeToString,
@@ -97,7 +112,29 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTenantKey(self, request, context):
-        """The tenant's data key for a purpose; only callers named in keys.readers.
+        """The tenant's key for a purpose; only callers named in keys.readers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantKeyMetadata(self, request, context):
+        """The versions and states of a tenant key, never its material; keys.readers and keys.metadata_readers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataKey(self, request, context):
+        """A fresh data key, in plaintext and wrapped under the tenant key's primary version (as KMS
+        GenerateDataKey), so callers need not hold the tenant key; keys.readers only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecryptDataKey(self, request, context):
+        """The plaintext of a data key GetDataKey wrapped; keys.readers only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +176,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.GetTenantKey,
                     request_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyRequest.FromString,
                     response_serializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyResponse.SerializeToString,
+            ),
+            'GetTenantKeyMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantKeyMetadata,
+                    request_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataResponse.SerializeToString,
+            ),
+            'GetDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataKey,
+                    request_deserializer=tenantgate_dot_v1_dot_decision__pb2.GetDataKeyRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_decision__pb2.GetDataKeyResponse.SerializeToString,
+            ),
+            'DecryptDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecryptDataKey,
+                    request_deserializer=tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyResponse.SerializeToString,
             ),
             'ValidateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateToken,
@@ -262,6 +314,87 @@ class DecisionService:
             '/tenantgate.v1.DecisionService/GetTenantKey',
             tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyRequest.SerializeToString,
             tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantKeyMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.DecisionService/GetTenantKeyMetadata',
+            tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataRequest.SerializeToString,
+            tenantgate_dot_v1_dot_decision__pb2.GetTenantKeyMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.DecisionService/GetDataKey',
+            tenantgate_dot_v1_dot_decision__pb2.GetDataKeyRequest.SerializeToString,
+            tenantgate_dot_v1_dot_decision__pb2.GetDataKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecryptDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.DecisionService/DecryptDataKey',
+            tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyRequest.SerializeToString,
+            tenantgate_dot_v1_dot_decision__pb2.DecryptDataKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

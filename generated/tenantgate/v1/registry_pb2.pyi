@@ -279,3 +279,23 @@ class GetQuotaUsageResponse(_message.Message):
     QUOTAS_FIELD_NUMBER: _ClassVar[int]
     quotas: _containers.RepeatedCompositeFieldContainer[QuotaUsage]
     def __init__(self, quotas: _Optional[_Iterable[_Union[QuotaUsage, _Mapping]]] = ...) -> None: ...
+
+class UpdateTenantKeyRequest(_message.Message):
+    __slots__ = ("tenant_id", "purpose", "version", "state", "min_decryption_version")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    purpose: str
+    version: int
+    state: _decision_pb2.KeyState
+    min_decryption_version: int
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[_decision_pb2.KeyState, str]] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
+
+class UpdateTenantKeyResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...

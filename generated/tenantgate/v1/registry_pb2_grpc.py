@@ -59,6 +59,11 @@ class RegistryServiceStub:
                 request_serializer=tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyRequest.SerializeToString,
                 response_deserializer=tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyResponse.FromString,
                 _registered_method=True)
+        self.UpdateTenantKey = channel.unary_unary(
+                '/tenantgate.v1.RegistryService/UpdateTenantKey',
+                request_serializer=tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyResponse.FromString,
+                _registered_method=True)
         self.ListAuditEntries = channel.unary_unary(
                 '/tenantgate.v1.RegistryService/ListAuditEntries',
                 request_serializer=tenantgate_dot_v1_dot_registry__pb2.ListAuditEntriesRequest.SerializeToString,
@@ -122,6 +127,14 @@ class RegistryServiceServicer:
 
     def RotateTenantKey(self, request, context):
         """Add a new primary version of a tenant key; older versions stay readable by version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenantKey(self, request, context):
+        """Disable, enable or destroy a key version (destroyed erases the wrapped key for good), and/or set
+        the purpose's min_decryption_version (older versions are no longer served).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +208,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RotateTenantKey,
                     request_deserializer=tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyRequest.FromString,
                     response_serializer=tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyResponse.SerializeToString,
+            ),
+            'UpdateTenantKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenantKey,
+                    request_deserializer=tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyResponse.SerializeToString,
             ),
             'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEntries,
@@ -362,6 +380,33 @@ class RegistryService:
             '/tenantgate.v1.RegistryService/RotateTenantKey',
             tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyRequest.SerializeToString,
             tenantgate_dot_v1_dot_registry__pb2.RotateTenantKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenantKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.RegistryService/UpdateTenantKey',
+            tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyRequest.SerializeToString,
+            tenantgate_dot_v1_dot_registry__pb2.UpdateTenantKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -491,7 +491,7 @@ def _jwks_problems(jwks_json: str) -> tuple[tuple[str, str], ...]:
 
 
 def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
-    body = _fields(raw, "spec.keys", {"purposes", "readers", "rotate_every"}, problems)
+    body = _fields(raw, "spec.keys", {"purposes", "readers", "metadata_readers", "rotate_every"}, problems)
     if body is None:
         return KeysSpec()
     rotate_every: int | None = None
@@ -507,5 +507,7 @@ def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
         purposes=purposes,
         readers=frozenset(_strings(body.get("readers"), "spec.keys.readers", problems, SUBJECT,
                                    "caller identity (kind:name)")),
+        metadata_readers=frozenset(_strings(body.get("metadata_readers"), "spec.keys.metadata_readers", problems,
+                                            SUBJECT, "caller identity (kind:name)")),
         rotate_every=rotate_every,
     )

@@ -52,9 +52,20 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_tenant ON audit (tenant_id, seq);
 """
 
+# 2: versions below a purpose's min_decryption_version are no longer served.
+_KEY_POLICIES = """
+CREATE TABLE key_policies (
+    tenant_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    min_decryption_version {int} NOT NULL,
+    PRIMARY KEY (tenant_id, purpose)
+);
+"""
+
 MIGRATIONS: dict[str, list[str]] = {
-    "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB")],
-    "postgresql": [_COMMON.format(float="DOUBLE PRECISION", int="BIGINT", bytes="BYTEA")],
+    "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB"), _KEY_POLICIES.format(int="INTEGER")],
+    "postgresql": [_COMMON.format(float="DOUBLE PRECISION", int="BIGINT", bytes="BYTEA"),
+                   _KEY_POLICIES.format(int="BIGINT")],
 }
 
 CREATE_LEDGER = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -25,6 +25,7 @@ from tenantgate.registry.store import (
     TenantInfo,
     TransitionResult,
 )
+from tenantgate.v1 import decision_pb2 as dpb
 from tenantgate.v1 import registry_pb2 as pb
 from tenantgate.v1 import registry_pb2_grpc
 
@@ -63,6 +64,15 @@ class RemoteRegistry:
                    key_factory: KeyFactory | None = None) -> RotationResult:
         request = pb.RotateTenantKeyRequest(tenant_id=tenant_id, purpose=purpose)
         return wire.rotation_from_wire(tenant_id, self._call("RotateTenantKey", request, actor))
+
+    def update_key(self, tenant_id: str, purpose: str, *, version: int = 0, state: int = 0,
+                   min_decryption_version: int | None = None, actor: str = "") -> int:
+        request = pb.UpdateTenantKeyRequest(tenant_id=tenant_id, purpose=purpose, version=version,
+                                            state=cast(dpb.KeyState, state))
+        if min_decryption_version is not None:
+            request.min_decryption_version = min_decryption_version
+        response: pb.UpdateTenantKeyResponse = self._call("UpdateTenantKey", request, actor)
+        return response.revision
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
         return wire.tenant_from_wire(self._call("GetTenant", pb.GetTenantRequest(tenant_id=tenant_id)))

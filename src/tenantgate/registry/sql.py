@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tenantgate.model import TenantState
+from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.audit import GENESIS, AuditEntry, AuditVerification, entry_hash, verify_chain
 from tenantgate.registry.lifecycle import check_creation, check_transition
 from tenantgate.registry.manifest import canonical_json
@@ -30,6 +30,7 @@ from tenantgate.registry.store import (
     KeyRecord,
     RegistrySettings,
     RegistryState,
+    Rewrapper,
     RotationResult,
     TenantChange,
     TenantInfo,
@@ -41,6 +42,9 @@ from tenantgate.units import parse_duration
 DEFAULT_RETENTION = "30d"
 _TENANT_COLUMNS = "id, document, digest, revision, state, state_since"
 _KEY_COLUMNS = "tenant_id, purpose, version, wrapped, algorithm, state, created_at"
+_KEY_SELECT = ("SELECT k.tenant_id, k.purpose, k.version, k.wrapped, k.algorithm, k.state, k.created_at,"
+               " COALESCE(p.min_decryption_version, 0) FROM tenant_keys k LEFT JOIN key_policies p"
+               " ON p.tenant_id = k.tenant_id AND p.purpose = k.purpose")
 _AUDIT_COLUMNS = "seq, at, actor, action, tenant_id, before_digest, after_digest, detail, prev_hash, hash"
 
 
@@ -170,7 +174,7 @@ class SqlRegistry:
         with self._backend.transaction(write=False) as tx:
             revision = self._revision(tx)
             tenants = {row[0]: self._tenant(row) for row in tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants")}
-            keys = self._keys(tx.rows(f"SELECT {_KEY_COLUMNS} FROM tenant_keys ORDER BY tenant_id, purpose, version"))
+            keys = self._keys(tx.rows(f"{_KEY_SELECT} ORDER BY k.tenant_id, k.purpose, k.version"))
         return RegistryState(revision, tenants, keys)
 
     def changes_since(self, revision: int) -> ChangeSet:
@@ -183,8 +187,8 @@ class SqlRegistry:
             for tenant_id in changed:
                 rows = tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
                 tenants[tenant_id] = self._tenant(rows[0]) if rows else None
-                keys.update(self._keys(tx.rows(f"SELECT {_KEY_COLUMNS} FROM tenant_keys WHERE tenant_id = ?"
-                                               " ORDER BY purpose, version", (tenant_id,))))
+                keys.update(self._keys(tx.rows(f"{_KEY_SELECT} WHERE k.tenant_id = ? ORDER BY k.purpose, k.version",
+                                               (tenant_id,))))
         return ChangeSet(current, tenants, keys)
 
     def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
@@ -276,7 +280,7 @@ class SqlRegistry:
         grouped: dict[str, list[KeyRecord]] = {}
         for row in rows:
             grouped.setdefault(row[0], []).append(KeyRecord(row[0], row[1], int(row[2]), bytes(row[3]), row[4],
-                                                            int(row[5]), float(row[6])))
+                                                            int(row[5]), float(row[6]), int(row[7])))
         return {tenant_id: tuple(records) for tenant_id, records in grouped.items()}
 
     @staticmethod
@@ -453,6 +457,97 @@ class SqlRegistry:
             key = self._add_key(write, tenant_id, purpose, int(latest or 0) + 1, key_factory, "key.rotate")
             revision = write.commit(self._backend)
         return RotationResult(revision, key)
+
+    def update_key(self, tenant_id: str, purpose: str, *, version: int = 0, state: int = 0,
+                   min_decryption_version: int | None = None, actor: str = "cli") -> int:
+        if not state and min_decryption_version is None:
+            raise InvalidArgument("nothing to change: give a state or a min_decryption_version", field="state")
+        if state and state not in (KeyState.ENABLED, KeyState.DISABLED, KeyState.DESTROYED):
+            raise InvalidArgument(f"{state} is not a key state", field="state")
+        with self._backend.transaction(write=True) as tx:
+            write = _Write(tx, actor, self._clock.now())
+            versions = {int(row[0]): int(row[1]) for row in tx.rows(
+                "SELECT version, state FROM tenant_keys WHERE tenant_id = ? AND purpose = ?", (tenant_id, purpose))}
+            if not versions:
+                raise NotFound(f"tenant {tenant_id!r} has no key for purpose {purpose!r}", field="purpose")
+            if state:
+                current = versions.get(version)
+                if current is None:
+                    raise NotFound(f"tenant {tenant_id!r} has no version {version} of key {purpose!r}",
+                                   field="version")
+                key_id = f"{tenant_id}/{purpose}/v{version}"
+                if current == KeyState.DESTROYED and state != KeyState.DESTROYED:
+                    raise FailedPrecondition(f"key {key_id} is destroyed; it can never be used again",
+                                             field="state")
+                if current != state:
+                    erase = ", wrapped = ?" if state == KeyState.DESTROYED else ""
+                    params: list[Any] = [state, *([b""] if erase else []), tenant_id, purpose, version]
+                    tx.run(f"UPDATE tenant_keys SET state = ?{erase} WHERE tenant_id = ? AND purpose = ?"
+                           " AND version = ?", params)
+                    write.destroyed_keys = state == KeyState.DESTROYED
+                    write.audit(f"key.{KeyState(state).name.lower()}", tenant_id,
+                                detail=f"{key_id}: {KeyState(current).name.lower()} -> {KeyState(state).name.lower()}")
+                    write.changed(tenant_id, "update", self._digest_of(tx, tenant_id))
+            if min_decryption_version is not None:
+                if min_decryption_version > max(versions):
+                    raise FailedPrecondition(f"min_decryption_version {min_decryption_version} is above the newest "
+                                             f"version of {tenant_id}/{purpose} ({max(versions)})",
+                                             field="min_decryption_version")
+                before = tx.rows("SELECT min_decryption_version FROM key_policies WHERE tenant_id = ? AND purpose = ?",
+                                 (tenant_id, purpose))
+                if not before or int(before[0][0]) != min_decryption_version:
+                    tx.run("DELETE FROM key_policies WHERE tenant_id = ? AND purpose = ?", (tenant_id, purpose))
+                    tx.run("INSERT INTO key_policies (tenant_id, purpose, min_decryption_version) VALUES (?, ?, ?)",
+                           (tenant_id, purpose, min_decryption_version))
+                    write.audit("key.min_decryption_version", tenant_id,
+                                detail=f"{tenant_id}/{purpose}: min_decryption_version "
+                                       f"{int(before[0][0]) if before else 0} -> {min_decryption_version}")
+                    write.changed(tenant_id, "update", self._digest_of(tx, tenant_id))
+            revision = write.commit(self._backend)
+        if write.destroyed_keys:
+            self._backend.after_destroy()
+        return revision
+
+    @staticmethod
+    def _digest_of(tx: Tx, tenant_id: str) -> str:
+        rows = tx.rows("SELECT digest FROM tenants WHERE id = ?", (tenant_id,))
+        return str(rows[0][0]) if rows else ""
+
+    def rotate_due_keys(self, key_factory: KeyFactory, *, actor: str = "rotation") -> list[RotationResult]:
+        with self._backend.transaction(write=True) as tx:
+            write = _Write(tx, actor, self._clock.now())
+            newest = {(row[0], row[1]): (int(row[2]), float(row[3])) for row in tx.rows(
+                "SELECT tenant_id, purpose, MAX(version), MAX(created_at) FROM tenant_keys"
+                " GROUP BY tenant_id, purpose")}
+            rotated = []
+            # Only documents that mention rotate_every are parsed: most registries rotate few tenants.
+            for row in tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE state <> ? AND document LIKE ?",
+                               (TenantState.DELETED.value, "%rotate_every%")):
+                tenant = self._tenant(row)
+                keys = tenant.document.get("spec", {}).get("keys", {})
+                if not keys.get("rotate_every"):
+                    continue
+                period = parse_duration(str(keys["rotate_every"]))
+                for purpose in keys.get("purposes") or []:
+                    latest = newest.get((tenant.id, purpose))
+                    if latest is not None and latest[1] + period <= write.now:
+                        key = self._add_key(write, tenant.id, purpose, latest[0] + 1, key_factory, "key.rotate")
+                        rotated.append(key)
+            revision = write.commit(self._backend)
+        return [RotationResult(revision, key) for key in rotated]
+
+    def rewrap_keys(self, rewrap: Rewrapper, *, actor: str = "cli") -> int:
+        with self._backend.transaction(write=True) as tx:
+            write = _Write(tx, actor, self._clock.now())
+            rows = tx.rows("SELECT tenant_id, purpose, version, wrapped FROM tenant_keys WHERE state <> ?",
+                           (int(KeyState.DESTROYED),))
+            for tenant_id, purpose, version, wrapped in rows:
+                tx.run("UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ? AND purpose = ? AND version = ?",
+                       (rewrap(tenant_id, purpose, int(version), bytes(wrapped)), tenant_id, purpose, version))
+                write.changed(tenant_id, "update", self._digest_of(tx, tenant_id))
+            write.audit("master_key.rewrap", detail=f"{len(rows)} keys rewrapped under a new master key")
+            write.commit(self._backend)
+        return len(rows)
 
     def update_settings(self, settings: RegistrySettings, *, actor: str = "cli") -> RegistrySettings:
         if settings.max_tenants is not None and settings.max_tenants < 0:

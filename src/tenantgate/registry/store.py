@@ -46,6 +46,11 @@ class KeyRecord:
     algorithm: str
     state: int
     created_at: float
+    min_decryption_version: int = 0  # of the purpose: older versions are not served
+
+
+# Rewraps one stored key: (tenant_id, purpose, version, wrapped) -> wrapped under the new master key.
+Rewrapper = Callable[[str, str, int, bytes], bytes]
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,12 @@ class RegistryAdmin(Protocol):
 
     def settings(self) -> RegistrySettings: ...
 
+    def update_key(self, tenant_id: str, purpose: str, *, version: int = 0, state: int = 0,
+                   min_decryption_version: int | None = None, actor: str = "cli") -> int:
+        """Change a key version's state (1 enabled, 2 disabled, 3 destroyed: the wrapped bytes are erased,
+        for good) and/or the purpose's min_decryption_version; returns the revision."""
+        ...
+
     def update_settings(self, settings: RegistrySettings, *, actor: str = "cli") -> RegistrySettings: ...
 
     def close(self) -> None: ...
@@ -193,6 +204,14 @@ class RegistryAdmin(Protocol):
 
 class RegistryStore(RegistryReader, RegistryAdmin, Protocol):
     """A registry backend proper: followed by syncers and changed by admins."""
+
+    def rotate_due_keys(self, key_factory: KeyFactory, *, actor: str = "rotation") -> list[RotationResult]:
+        """Rotate every key whose newest version is older than its tenant's keys.rotate_every."""
+        ...
+
+    def rewrap_keys(self, rewrap: Rewrapper, *, actor: str = "cli") -> int:
+        """Rewrap every stored key (a master key rotation) in one transaction; returns how many."""
+        ...
 
 
 def open_store(url: str) -> RegistryStore:

@@ -109,6 +109,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         return wire.rotation_to_wire(result)
 
     @maps_errors
+    async def UpdateTenantKey(self, request: pb.UpdateTenantKeyRequest,
+                              context: grpc.aio.ServicerContext) -> pb.UpdateTenantKeyResponse:
+        actor = self._admin(context)
+        minimum = request.min_decryption_version if request.HasField("min_decryption_version") else None
+        revision = await asyncio.to_thread(self._store.update_key, request.tenant_id, request.purpose,
+                                           version=request.version, state=int(request.state),
+                                           min_decryption_version=minimum, actor=actor)
+        return pb.UpdateTenantKeyResponse(revision=revision)
+
+    @maps_errors
     async def ListAuditEntries(self, request: pb.ListAuditEntriesRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
         self._admin(context)

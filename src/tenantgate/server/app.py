@@ -19,9 +19,9 @@ from tenantgate.engines.access import AccessEngine
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import QuotaEngine
 from tenantgate.engines.tokens import TokenVerifier
-from tenantgate.errors import ConfigurationError
+from tenantgate.errors import ConfigurationError, TenantgateError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.registry.store import RegistryStore, open_store
+from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
 from tenantgate.server.identity import CallerIdentity
@@ -89,9 +89,9 @@ class TenantgateServer:
         identity = CallerIdentity(trust_metadata=config.trust_caller_metadata)
         self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(), identity,
                                            max_staleness=config.max_staleness)
-        self._admin = RegistryServicer(self._store, self.holder,
-                                       tenant_key_factory(master_key) if master_key is not None else None, quota,
-                                       identity, frozenset(config.admins))
+        self._key_factory = tenant_key_factory(master_key) if master_key is not None else None
+        self._admin = RegistryServicer(self._store, self.holder, self._key_factory, quota, identity,
+                                       frozenset(config.admins))
         self.health = health.aio.HealthServicer()
         self._background: set[asyncio.Future[None]] = set()
         self._quota_available = True
@@ -129,6 +129,8 @@ class TenantgateServer:
         self._servers = servers
         self._tasks = [asyncio.create_task(self.syncer.run()), asyncio.create_task(self._serve_when_synced()),
                        asyncio.create_task(self._probe_quota_backend())]
+        if self._key_factory is not None and self.config.key_rotation_interval > 0:
+            self._tasks.append(asyncio.create_task(self._rotate_due_keys(self._key_factory)))
         log.info("serving DecisionService on %s (port %d)%s", self.config.listen, self.port,
                  f", the Admin API on {self.config.admin_listen} (port {self.admin_port})" if self.admin_port else "")
         return self.port
@@ -157,6 +159,20 @@ class TenantgateServer:
             await asyncio.sleep(interval)
             if not self._quota_available:
                 await self._counters.ping()
+
+    async def _rotate_due_keys(self, key_factory: KeyFactory) -> None:
+        """keys.rotate_every: add a new primary version when the newest is due. The store checks due-ness
+        inside its write transaction, so servers sharing a registry rotate each key once."""
+        while True:
+            await asyncio.sleep(self.config.key_rotation_interval)
+            try:
+                rotated = await asyncio.to_thread(self._store.rotate_due_keys, key_factory)
+            except TenantgateError as exc:
+                log.error("scheduled key rotation failed: %s", exc.message)
+                continue
+            for result in rotated:
+                log.info("rotated %s/%s to v%d (keys.rotate_every)", result.key.tenant_id, result.key.purpose,
+                         result.key.version)
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""

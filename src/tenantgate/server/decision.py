@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
-from typing import cast
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -25,6 +27,8 @@ from tenantgate.snapshot import Snapshot, SnapshotHolder
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
+T = TypeVar("T")
+key_log = logging.getLogger("tenantgate.keys")
 # How long a min_revision waits for the snapshot when the call has no deadline.
 DEFAULT_REVISION_WAIT = 5.0
 # Engine enums to protocol enums, by name; a missing name fails at import, not on a request.
@@ -139,15 +143,71 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                      for item in outcome.items],
         )
 
+    def _key_access(self, operation: str, context: grpc.aio.ServicerContext, tenant_id: str, purpose: str,
+                    read: Callable[[Snapshot, str], T], snapshot: Snapshot) -> T:
+        """Run a key read and log it, allowed or not: who asked for which key and what they got (never the
+        material)."""
+        caller = self._identity.of(context)
+        try:
+            result = read(snapshot, caller)
+        except TenantgateError as error:
+            key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=%s", operation, tenant_id,
+                         purpose, caller or "-", error.code)
+            raise
+        key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=OK", operation, tenant_id, purpose,
+                     caller or "-")
+        return result
+
     @maps_errors
     async def GetTenantKey(self, request: pb.GetTenantKeyRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetTenantKeyResponse:
         snapshot = await self._snapshot(0, context)
-        key = self._keys.get(snapshot, self._identity.of(context), requests.tenant_id(request.tenant_id),
-                             requests.require_text(request.purpose, "purpose", requests.MAX_ID), request.version)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
+        key = self._key_access("GetTenantKey", context, tenant_id, purpose, lambda snap, caller: self._keys.get(
+            snap, caller, tenant_id, purpose, request.version), snapshot)
         return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
                                        material=key.material, state=_KEY_STATES[key.state],
                                        created_at=timestamp(key.created_at))
+
+    @maps_errors
+    async def GetTenantKeyMetadata(self, request: pb.GetTenantKeyMetadataRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.GetTenantKeyMetadataResponse:
+        snapshot = await self._snapshot(0, context)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
+        found = self._key_access("GetTenantKeyMetadata", context, tenant_id, purpose,
+                                 lambda snap, caller: self._keys.metadata(snap, caller, tenant_id, purpose), snapshot)
+        return pb.GetTenantKeyMetadataResponse(
+            primary_version=found.primary_version, min_decryption_version=found.min_decryption_version,
+            versions=[pb.KeyVersionInfo(key_id=k.key_id, version=k.version, algorithm=k.algorithm,
+                                        state=_KEY_STATES[k.state], created_at=timestamp(k.created_at))
+                      for k in found.versions])
+
+    @maps_errors
+    async def GetDataKey(self, request: pb.GetDataKeyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetDataKeyResponse:
+        snapshot = await self._snapshot(0, context)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
+        data_key = self._key_access("GetDataKey", context, tenant_id, purpose, lambda snap, caller:
+                                    self._keys.new_data_key(snap, caller, tenant_id, purpose), snapshot)
+        return pb.GetDataKeyResponse(key_id=data_key.key.key_id, version=data_key.key.version,
+                                     plaintext=data_key.plaintext, wrapped=data_key.wrapped)
+
+    @maps_errors
+    async def DecryptDataKey(self, request: pb.DecryptDataKeyRequest,
+                             context: grpc.aio.ServicerContext) -> pb.DecryptDataKeyResponse:
+        snapshot = await self._snapshot(0, context)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
+        if len(request.wrapped) > 1024:
+            raise InvalidArgument("wrapped is longer than any data key", field="wrapped")
+        data_key = self._key_access("DecryptDataKey", context, tenant_id, purpose, lambda snap, caller:
+                                    self._keys.decrypt_data_key(snap, caller, tenant_id, purpose, request.wrapped),
+                                    snapshot)
+        return pb.DecryptDataKeyResponse(key_id=data_key.key.key_id, version=data_key.key.version,
+                                         plaintext=data_key.plaintext)
 
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,

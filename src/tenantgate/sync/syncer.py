@@ -206,7 +206,9 @@ class Syncer:
 
     def _unwrap(self, key: KeyRecord) -> KeyVersion:
         material, unavailable = b"", ""
-        if self._master_key is None:
+        if key.state == KeyState.DESTROYED:
+            unavailable = "destroyed"
+        elif self._master_key is None:
             unavailable = "no master key is configured on this server"
         else:
             try:
@@ -216,4 +218,4 @@ class Syncer:
                 unavailable = exc.message
                 log.error("%s", exc.message)
         return KeyVersion(key.tenant_id, key.purpose, key.version, key.algorithm, KeyState(key.state),
-                          key.created_at, material, unavailable)
+                          key.created_at, material, unavailable, key.min_decryption_version)
