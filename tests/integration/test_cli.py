@@ -128,3 +128,28 @@ def test_usage_reports_what_billing_reads(registry_url: str, store: RegistryStor
     assert rows == {"jobs": ["4", "7"], "seats": ["0", "0"]}
     unknown = tenantgate("usage", "--tenant", "nobody", "--admin", server.admin_target, "--actor", "user:ops")
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
+
+
+def test_master_key_rotation_and_dev_certificates(tmp_path: Path, registry_path: Path, master_key_file: Path) -> None:
+    registry = ["--registry", f"sqlite://{registry_path}"]
+    applied = tenantgate("apply", "-f", str(EXAMPLES), *registry, "--master-key-file", str(master_key_file))
+    assert applied.returncode == 0
+    old = MasterKey.from_file(master_key_file)
+    store = SQLiteStore(registry_path)
+    before = {(k.tenant_id, k.purpose): old.unwrap(k.wrapped, tenant_id=k.tenant_id, purpose=k.purpose,
+                                                   version=k.version) for ks in store.load().keys.values() for k in ks}
+    new_file = tmp_path / "new.key"
+    assert tenantgate("master-key", str(new_file)).returncode == 0
+    rewrapped = tenantgate("keys", "rewrap", "--new-master-key-file", str(new_file), *registry,
+                           "--master-key-file", str(master_key_file))
+    assert rewrapped.returncode == 0 and "rewrapped 3 keys" in rewrapped.stdout
+    new = MasterKey.from_file(new_file)
+    after = {(k.tenant_id, k.purpose): new.unwrap(k.wrapped, tenant_id=k.tenant_id, purpose=k.purpose,
+                                                  version=k.version) for ks in store.load().keys.values() for k in ks}
+    assert after == before
+    store.close()
+    certs = tenantgate("certs", "dev", "--out", str(tmp_path / "certs"), "--service", "storage")
+    assert certs.returncode == 0
+    assert {p.name for p in (tmp_path / "certs").iterdir()} == {
+        "ca.pem", "server.pem", "server-key.pem", "client-storage.pem", "client-storage-key.pem"}
+    assert oct((tmp_path / "certs" / "client-storage-key.pem").stat().st_mode & 0o777) == "0o600"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 
 import pytest
@@ -290,3 +291,37 @@ def test_audit_verify_names_the_first_entry_edited_behind_the_registrys_back(
     verification = store.verify_audit()
     assert (verification.ok, verification.first_broken) == (False, broken)
     assert problem in verification.problem
+
+
+def test_scheduled_rotation_rotates_each_due_key_once(timed_store: RegistryStore, clock: FakeClock,
+                                                      master_key: MasterKey) -> None:
+    keys = {"purposes": ["data", "backups"], "readers": ["service:storage"], "rotate_every": "30d"}
+    timed_store.apply({"acme": tenant_doc("acme", keys=keys), "globex": tenant_doc("globex", keys=KEYS)},
+                      key_factory=tenant_key_factory(master_key))
+    assert timed_store.rotate_due_keys(tenant_key_factory(master_key)) == []
+    clock.advance(30 * 86400)
+    rotated = timed_store.rotate_due_keys(tenant_key_factory(master_key))
+    assert sorted((r.key.tenant_id, r.key.purpose, r.key.version) for r in rotated) == [
+        ("acme", "backups", 2), ("acme", "data", 2)]
+    assert timed_store.rotate_due_keys(tenant_key_factory(master_key)) == []  # a second server finds nothing due
+    assert [e.actor for e in timed_store.audit_entries(tenant_id="acme")][-2:] == ["rotation", "rotation"]
+
+
+def test_rewrapping_under_a_new_master_key_loses_nothing(store: RegistryStore, master_key: MasterKey) -> None:
+    store.apply({t: tenant_doc(t, keys=KEYS) for t in ("acme", "globex")}, key_factory=tenant_key_factory(master_key))
+    store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
+    before = {(k.tenant_id, k.version): master_key.unwrap(k.wrapped, tenant_id=k.tenant_id, purpose=k.purpose,
+                                                          version=k.version)
+              for keys in store.load().keys.values() for k in keys}
+    new_master = MasterKey(os.urandom(32))
+
+    def rewrap(tenant_id: str, purpose: str, version: int, wrapped: bytes) -> bytes:
+        material = master_key.unwrap(wrapped, tenant_id=tenant_id, purpose=purpose, version=version)
+        return new_master.wrap(material, tenant_id=tenant_id, purpose=purpose, version=version)
+
+    assert store.rewrap_keys(rewrap) == 3
+    after = {(k.tenant_id, k.version): new_master.unwrap(k.wrapped, tenant_id=k.tenant_id, purpose=k.purpose,
+                                                         version=k.version)
+             for keys in store.load().keys.values() for k in keys}
+    assert after == before
+    assert store.audit_entries()[-1].action == "master_key.rewrap"
