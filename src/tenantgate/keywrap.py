@@ -11,6 +11,7 @@ import binascii
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,6 +21,16 @@ from tenantgate.errors import ConfigurationError, FailedPrecondition
 KEY_BYTES = 32
 NONCE_BYTES = 12
 ALGORITHM = "AES-256-GCM"
+
+
+class KeyProvider(Protocol):
+    """Where the key-encryption key lives: wraps and unwraps tenant keys without handing its bytes out.
+    ``MasterKey`` (read from a file or the environment) is the one provider today; a KMS or HSM would be
+    another behind the same two calls."""
+
+    def wrap(self, material: bytes, *, tenant_id: str, purpose: str, version: int) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, *, tenant_id: str, purpose: str, version: int) -> bytes: ...
 
 
 class MasterKey:
@@ -72,7 +83,7 @@ def new_data_key() -> bytes:
     return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
 
 
-def tenant_key_factory(master_key: MasterKey) -> Callable[[str, str, int], tuple[bytes, str]]:
+def tenant_key_factory(master_key: KeyProvider) -> Callable[[str, str, int], tuple[bytes, str]]:
     """Makes new tenant keys: random AES-256, wrapped under the master key before they reach a store."""
 
     def factory(tenant_id: str, purpose: str, version: int) -> tuple[bytes, str]:

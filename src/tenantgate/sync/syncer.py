@@ -18,7 +18,7 @@ from pathlib import Path
 from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, TenantgateError
-from tenantgate.keywrap import MasterKey
+from tenantgate.keywrap import KeyProvider
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.manifest import tenant_from_document
 from tenantgate.registry.store import KeyRecord, RegistryReader, RegistryState, TenantRecord
@@ -50,7 +50,7 @@ class Syncer:
         self,
         store: RegistryReader,
         holder: SnapshotHolder,
-        master_key: MasterKey | None,
+        master_key: KeyProvider | None,
         *,
         interval: float = 0.2,
         clock: Clock | None = None,
