@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 SNAPSHOT_REVISION = Gauge("tenantgate_snapshot_revision", "Registry revision of the snapshot being served")
 SNAPSHOT_STALE = Gauge("tenantgate_snapshot_stale",
@@ -30,3 +30,8 @@ def tenant_label(tenant_id: str) -> str:
         _labelled_tenants.add(tenant_id)
         return tenant_id
     return "_other"
+RPC_HANDLED = Counter("tenantgate_rpcs_handled_total", "RPCs answered, by method and status code",
+                      ["method", "code"])
+RPC_LATENCY = Histogram("tenantgate_rpc_duration_seconds", "Time spent answering an RPC, by method", ["method"],
+                        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0))
+DECISIONS = Counter("tenantgate_decisions_total", "Access decisions, by tenant and reason", ["tenant", "reason"])

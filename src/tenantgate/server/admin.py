@@ -15,6 +15,7 @@ from tenantgate.errors import InvalidArgument, PermissionDenied, TenantgateError
 from tenantgate.registry import wire
 from tenantgate.registry.manifest import parse_manifest_texts
 from tenantgate.registry.store import KeyFactory, RegistryStore
+from tenantgate.server.handlers import Undecodable
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, rich_status
 from tenantgate.snapshot import SnapshotHolder
@@ -30,6 +31,13 @@ def _page_size(requested: int) -> int:
     if requested > MAX_PAGE:
         raise InvalidArgument(f"page_size must be at most {MAX_PAGE}", field="page_size")
     return requested or DEFAULT_PAGE
+
+
+def _position(value: int, field: str) -> int:
+    """Sequence numbers and revisions as the stores keep them (signed 64-bit)."""
+    if value >= 1 << 63:
+        raise InvalidArgument(f"{field} is beyond any {field.split('_')[-1]} this registry can have", field=field)
+    return value
 
 
 def _decode_token(token: str) -> str:
@@ -123,7 +131,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
                                context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
         self._admin(context)
         entries = await asyncio.to_thread(self._store.audit_entries, tenant_id=request.tenant_id,
-                                          after_seq=request.after_seq, limit=_page_size(request.page_size))
+                                          after_seq=_position(request.after_seq, "after_seq"),
+                                          limit=_page_size(request.page_size))
         return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
 
     @maps_errors
@@ -159,8 +168,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
 
     async def WatchChanges(self, request: pb.WatchChangesRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Change]:
-        revision = request.from_revision
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(f"the request is not a valid {request.message}: {request.problem}")
+            revision = _position(request.from_revision, "from_revision")
             self._admin(context)
             while True:
                 batch = await asyncio.to_thread(self._store.changes, revision, WATCH_BATCH)

@@ -24,10 +24,11 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
+from tenantgate.server.handlers import service_handler
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
-from tenantgate.v1 import decision_pb2, decision_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tenantgate.v1 import decision_pb2, registry_pb2
 
 log = logging.getLogger("tenantgate.server")
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
@@ -103,7 +104,8 @@ class TenantgateServer:
     async def start(self) -> int:
         """Bind, start serving (NOT_SERVING until the first snapshot) and return the decision port."""
         decision = _grpc_server(self.config)
-        decision_pb2_grpc.add_DecisionServiceServicer_to_server(self._decisions, decision)
+        decision.add_generic_rpc_handlers((service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name[
+            "DecisionService"]),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, decision)
         reflection.enable_server_reflection((DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), decision)
         for service in ("", DECISION_SERVICE):
@@ -115,7 +117,8 @@ class TenantgateServer:
         servers = [decision]
         if self.config.admin_listen:
             admin = _grpc_server(self.config)
-            registry_pb2_grpc.add_RegistryServiceServicer_to_server(self._admin, admin)
+            admin.add_generic_rpc_handlers((service_handler(self._admin, registry_pb2.DESCRIPTOR.services_by_name[
+                "RegistryService"]),))
             reflection.enable_server_reflection((REGISTRY_SERVICE, reflection.SERVICE_NAME), admin)
             self.admin_port = _bind(admin, self.config.admin_listen, credentials)
             servers.append(admin)

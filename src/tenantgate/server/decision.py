@@ -88,8 +88,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         if min_revision <= snapshot.revision:
             return snapshot
         remaining = context.time_remaining()
-        waited = await self._holder.wait_for_revision(
-            min_revision, DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - 0.01))
+        # Answer a little before the caller's deadline, so it gets FAILED_PRECONDITION, not a timeout.
+        wait = DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - max(0.05, remaining / 20))
+        waited = await self._holder.wait_for_revision(min_revision, wait)
         if waited is None:
             current = self._holder.current.revision if self._holder.current else 0
             raise FailedPrecondition(f"the snapshot is at revision {current}, older than min_revision {min_revision}",
@@ -98,6 +99,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, prefix: str = "") -> pb.CheckAccessResponse:
         decision = self._access.check(snapshot, requests.access_request(request, prefix))
+        # Unknown tenant ids share one label: callers must not be able to mint series.
+        label = "_unknown" if decision.reason is Reason.TENANT_NOT_FOUND else metrics.tenant_label(request.tenant_id)
+        metrics.DECISIONS.labels(label, decision.reason.name).inc()
         return pb.CheckAccessResponse(allowed=decision.allowed, reason=_REASONS[decision.reason], rule=decision.rule,
                                       revision=snapshot.revision, decision_id=self._ids.next())
 

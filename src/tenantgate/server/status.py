@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,9 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tenantgate.errors import TenantgateError
+from tenantgate import metrics
+from tenantgate.errors import InvalidArgument, TenantgateError
+from tenantgate.server.handlers import Undecodable
 
 log = logging.getLogger("tenantgate.server")
 
@@ -35,20 +38,34 @@ def rich_status(error: TenantgateError) -> status_pb2.Status:
 
 
 def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn a raised TenantgateError into its status, anything unexpected into INTERNAL with a logged id."""
+    """Turn a raised TenantgateError into its status, anything unexpected into INTERNAL with a logged id;
+    count every call by method and code, and time it."""
+    method = handler.__name__
+    handled_ok = metrics.RPC_HANDLED.labels(method, "OK")
+    latency = metrics.RPC_LATENCY.labels(method)
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        started = time.perf_counter()
         try:
-            return await handler(self, request, context)
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(f"the request is not a valid {request.message}: {request.problem}")
+            response = await handler(self, request, context)
         except TenantgateError as error:
+            metrics.RPC_HANDLED.labels(method, error.code).inc()
+            latency.observe(time.perf_counter() - started)
             await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+            raise AssertionError("unreachable: abort raises") from None
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception:
             incident = secrets.token_hex(6)
-            log.exception("internal error %s in %s", incident, handler.__name__)
+            log.exception("internal error %s in %s", incident, method)
+            metrics.RPC_HANDLED.labels(method, "INTERNAL").inc()
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
-        raise AssertionError("unreachable: abort raises")
+            raise AssertionError("unreachable: abort raises") from None
+        handled_ok.inc()
+        latency.observe(time.perf_counter() - started)
+        return response
 
     return wrapper
