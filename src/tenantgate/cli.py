@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import grpc
+import yaml
 from google.protobuf import json_format
 
 from tenantgate.channels import ChannelSecurity, open_channel
@@ -22,11 +24,14 @@ from tenantgate.config import (
     DEFAULT_REGISTRY,
     DEFAULT_SNAPSHOT_FILE,
     ServeConfig,
+    describe,
+    load_serve_config,
     master_key_from,
 )
 from tenantgate.errors import TenantgateError
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
+from tenantgate.logs import configure_logging
 from tenantgate.model import KeyState
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.store import KeyFactory, RegistrySettings, TenantInfo, open_admin, open_store
@@ -79,46 +84,63 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
 
 
+def _add_serve_settings(parser: argparse.ArgumentParser) -> None:
+    """Every setting defaults to None here, so that only flags actually given override the file and the
+    environment (see config.load_serve_config)."""
+    add = parser.add_argument
+    add("--config", default=os.environ.get("TENANTGATE_CONFIG", ""),
+        help="a YAML file of settings (env TENANTGATE_CONFIG); environment variables and flags override it")
+    add("--registry", dest="registry_url", help=f"registry URL (env TENANTGATE_REGISTRY; default {DEFAULT_REGISTRY})")
+    add("--master-key-file", help="file holding the base64 master key (env TENANTGATE_MASTER_KEY_FILE)")
+    add("--listen", help=f"decision API address (default {DEFAULT_LISTEN})")
+    add("--admin-listen", help=f"the Admin API's address (default {DEFAULT_ADMIN_LISTEN}; empty: not served)")
+    add("--metrics-listen", help="Prometheus metrics HTTP address, e.g. 127.0.0.1:9464 (default: not served)")
+    add("--metrics-port", type=int, help="shorthand for --metrics-listen 127.0.0.1:PORT")
+    add("--snapshot-file", help=f"last-known-good registry copy (default {DEFAULT_SNAPSHOT_FILE}; empty: none)")
+    add("--max-staleness", type=float, help="fail closed once the registry is unread this many seconds (0: never)")
+    add("--sync-interval", type=float, help="registry poll interval in seconds (default 0.2)")
+    add("--max-concurrent-rpcs", type=int, help="calls in flight beyond this are refused (default 1000)")
+    add("--grace-period", type=float, help="seconds in-flight calls get to finish on SIGTERM (default 5)")
+    add("--quota-backend", help="quota counters: memory:// (one process) or redis://HOST:6379/0 (shared)")
+    add("--quota-prefix", help="prefix of the Redis keys (default tg:)")
+    add("--quota-on-backend-error", choices=("deny", "allow"),
+        help="answer for quotas without their own policy while the backend is down (default deny)")
+    add("--workers", type=int, help="processes sharing the ports (SO_REUSEPORT); more than one needs Redis quotas")
+    add("--tls-cert", help="server certificate chain (PEM)")
+    add("--tls-key", help="server private key (PEM)")
+    add("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    add("--trust-caller-metadata", action="store_true", default=None,
+        help="take the caller from x-tenantgate-caller (only behind a proxy that sets it and strips it)")
+    add("--insecure-listen", action="store_true", default=None, help="allow non-loopback addresses without TLS")
+    add("--admin", dest="admins", action="append", help="an identity allowed to use the Admin API (repeatable; "
+                                                        "env TENANTGATE_ADMINS, comma-separated)")
+    add("--log-level", dest="log_level", help="DEBUG, INFO (default), WARNING, ERROR")
+    add("--log-format", choices=("json", "text"), help="json (default: one object per line) or text")
+    add("--decision-log", help="write every deny and sampled allows to this file (rotated), or - for stdout")
+    add("--decision-log-sample", type=float, help="share of allows in the decision log, 0 to 1 (default 0)")
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    names = {field.name for field in dataclasses.fields(ServeConfig)}
+    flags = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    if args.metrics_port is not None:
+        flags.setdefault("metrics_listen", f"127.0.0.1:{args.metrics_port}")
+    if "admins" in flags:
+        flags["admins"] = tuple(flags["admins"])
+    return load_serve_config(args.config, flags=flags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenantgate", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("TENANTGATE_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve DecisionService from a registry")
-    _add_registry(serve)
-    serve.add_argument("--listen", default=os.environ.get("TENANTGATE_LISTEN", DEFAULT_LISTEN))
-    serve.add_argument("--admin-listen", default=os.environ.get("TENANTGATE_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN),
-                       help=f"the Admin API's address (default {DEFAULT_ADMIN_LISTEN}; empty: not served)")
-    serve.add_argument("--metrics-listen", default=os.environ.get("TENANTGATE_METRICS_LISTEN", ""),
-                       help="Prometheus metrics HTTP address, e.g. 127.0.0.1:9464 (default: not served)")
-    serve.add_argument("--snapshot-file", default=DEFAULT_SNAPSHOT_FILE,
-                       help=f"last-known-good registry copy for cold starts (default {DEFAULT_SNAPSHOT_FILE}; "
-                            "empty: none)")
-    serve.add_argument("--max-staleness", type=float, default=0.0,
-                       help="fail closed once the registry has not been read for this many seconds (default 0: never)")
-    serve.add_argument("--quota-backend", default=os.environ.get("TENANTGATE_QUOTA_BACKEND", "memory://"),
-                       help="quota counters: memory:// (one process) or redis://HOST:6379/0 (shared); "
-                            "env TENANTGATE_QUOTA_BACKEND")
-    serve.add_argument("--quota-prefix", default="tg:", help="prefix of the Redis keys (default tg:)")
-    serve.add_argument("--quota-on-backend-error", choices=("deny", "allow"), default="deny",
-                       help="answer for quotas without their own policy while the backend is down (default deny)")
-    serve.add_argument("--tls-cert", default="", help="server certificate chain (PEM)")
-    serve.add_argument("--tls-key", default="", help="server private key (PEM)")
-    serve.add_argument("--client-ca", default="", help="require client certificates signed by this CA (mTLS)")
-    serve.add_argument("--trust-caller-metadata", action="store_true",
-                       help="take the caller from x-tenantgate-caller metadata (only behind a proxy that sets it "
-                            "and strips it from outside callers)")
-    serve.add_argument("--insecure-listen", action="store_true",
-                       help="allow non-loopback addresses without TLS")
-    serve.add_argument("--admin", dest="admins", action="append",
-                       default=[a for a in os.environ.get("TENANTGATE_ADMINS", "").split(",") if a],
-                       help="an identity allowed to use the Admin API (repeatable; env TENANTGATE_ADMINS, "
-                            "comma-separated)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the ports (SO_REUSEPORT); more than one needs --quota-backend redis://")
-    serve.add_argument("--sync-interval", type=float, default=0.2, help="registry poll interval in seconds")
-    serve.add_argument("--max-concurrent-rpcs", type=int, default=1000)
-    serve.add_argument("--grace-period", type=float, default=5.0, help="seconds to drain on SIGTERM")
+    serve = commands.add_parser("serve", help="serve DecisionService (and the Admin API) from a registry")
+    _add_serve_settings(serve)
+    config = commands.add_parser("config", help="the serving configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    _add_serve_settings(config_commands.add_parser(
+        "show", help="print the effective configuration (file, then TENANTGATE_* variables, then flags), "
+                     "secrets masked"))
 
     apply = commands.add_parser("apply", help="make the registry match manifests")
     _add_registry(apply, admin=True)
@@ -238,11 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command not in ("serve", "config"):
+        configure_logging(os.environ.get("TENANTGATE_LOG_LEVEL", "WARNING"), "text")
     handler = {"serve": _serve, "apply": _apply, "check": _check, "consume": _consume, "key": _key,
                "resolve": _resolve, "master-key": _master_key, "tenant": _tenant, "usage": _usage, "keys": _keys,
-               "audit": _audit, "settings": _settings, "certs": _certs}[args.command]
+               "audit": _audit, "settings": _settings, "certs": _certs, "config": _config}[args.command]
     try:
         return handler(args)
     except TenantgateError as error:
@@ -254,27 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tenantgate.server.app import serve
-
-    config = ServeConfig(registry_url=args.registry or _registry_default(), listen=args.listen,
-                         admin_listen=args.admin_listen, metrics_listen=args.metrics_listen,
-                         snapshot_file=args.snapshot_file, max_staleness=args.max_staleness,
-                         quota_backend=args.quota_backend, quota_prefix=args.quota_prefix,
-                         quota_on_backend_error=args.quota_on_backend_error, workers=args.workers,
-                         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
-                         trust_caller_metadata=args.trust_caller_metadata, insecure_listen=args.insecure_listen,
-                         admins=tuple(args.admins),
-                         master_key_file=args.master_key_file,
-                         sync_interval=args.sync_interval, max_concurrent_rpcs=args.max_concurrent_rpcs,
-                         grace_period=args.grace_period)
+    config = _serve_config(args)
+    configure_logging(config.log_level, config.log_format)
     master_key = master_key_from(config.master_key_file)
     if master_key is None:
         logging.getLogger("tenantgate").warning(
-            "no master key configured: GetTenantKey will answer FAILED_PRECONDITION for every key")
+            "no master key configured: key calls will answer FAILED_PRECONDITION for every key")
     if config.workers > 1:
         from tenantgate.server.workers import run_workers
 
         return run_workers(config, master_key)
+    from tenantgate.server.app import serve
+
     try:
         import uvloop
 
@@ -282,6 +295,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     asyncio.run(serve(config, master_key))
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(describe(_serve_config(args)), sort_keys=False), end="")
     return EXIT_OK
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tenantgate.errors import ConfigurationError
 from tenantgate.keywrap import MasterKey
@@ -58,6 +65,11 @@ class ServeConfig:
     admins: tuple[str, ...] = ()
     # How often to rotate the keys that keys.rotate_every says are due (needs the master key); 0: never.
     key_rotation_interval: float = 60.0
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+    # The decision log: a file (rotated), "-" for stdout, or "" for none; every deny and this share of allows.
+    decision_log: str = ""
+    decision_log_sample: float = 0.0
 
     def __post_init__(self) -> None:
         problems = [f"{name} address {address!r} is not HOST:PORT"
@@ -88,8 +100,14 @@ class ServeConfig:
             problems.append(f"sync interval must be positive, got {self.sync_interval}")
         if self.max_concurrent_rpcs <= 0:
             problems.append(f"max concurrent RPCs must be positive, got {self.max_concurrent_rpcs}")
+        if self.log_format not in ("json", "text"):
+            problems.append(f"log format must be json or text, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append(f"log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {self.log_level!r}")
+        if not 0.0 <= self.decision_log_sample <= 1.0:
+            problems.append(f"decision log sample must be between 0 and 1, got {self.decision_log_sample}")
         if problems:
-            raise ConfigurationError("; ".join(problems))
+            raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
 def _host_port(address: str) -> bool:
@@ -118,3 +136,96 @@ def master_key_from(path: str = "", environ: Mapping[str, str] | None = None) ->
     if inline:
         return MasterKey.from_base64(inline, source="TENANTGATE_MASTER_KEY")
     return None
+
+
+# Settings whose environment variable is not TENANTGATE_<NAME>.
+ENV_NAMES = {"registry_url": "TENANTGATE_REGISTRY"}
+_SECRET_QUERY = re.compile(r"(password=)[^&\s]+", re.IGNORECASE)
+
+
+def env_name(field: str) -> str:
+    return ENV_NAMES.get(field, f"TENANTGATE_{field.upper()}")
+
+
+def _convert(field: str, kind: Any, value: Any, source: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{source}: {field} must be true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{source}: {field} must be a number, got {value!r}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {field} must be a{'n integer' if kind is int else ' number'}, "
+                             f"got {value!r}") from None
+    if kind == tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ValueError(f"{source}: {field} must be a list of strings, got {value!r}")
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: {field} must be a string, got {value!r}")
+    return value
+
+
+def load_serve_config(file: str = "", environ: Mapping[str, str] | None = None,
+                      flags: Mapping[str, Any] | None = None) -> ServeConfig:
+    """The serving configuration from a YAML file, then TENANTGATE_* variables, then flags (each overriding
+    the one before), validated at once: every problem is reported, one per line."""
+    env = os.environ if environ is None else environ
+    kinds = typing.get_type_hints(ServeConfig)
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    if file:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"cannot read the configuration file {file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigurationError(f"{file}: expected a mapping of settings")
+        for key, value in loaded.items():
+            field = str(key).replace("-", "_")
+            if field not in names:
+                problems.append(f"{file}: unknown setting {key!r}")
+                continue
+            try:
+                values[field] = _convert(field, kinds[field], value, file)
+            except ValueError as exc:
+                problems.append(str(exc))
+    for field in names:
+        name = env_name(field)
+        if name in env:
+            try:
+                values[field] = _convert(field, kinds[field], env[name], name)
+            except ValueError as exc:
+                problems.append(str(exc))
+    values.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        config = ServeConfig(**values)
+    except ConfigurationError as exc:
+        problems.extend(line.strip() for line in exc.message.splitlines()[1:])
+        config = None
+    if problems or config is None:
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def describe(config: ServeConfig) -> dict[str, Any]:
+    """The effective configuration for display, secrets masked (passwords in URLs)."""
+    shown: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, str):
+            value = _SECRET_QUERY.sub(r"\1***", re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", value))
+        shown[field.name] = list(value) if isinstance(value, tuple) else value
+    shown["master_key"] = "set (TENANTGATE_MASTER_KEY, masked)" if os.environ.get("TENANTGATE_MASTER_KEY") else \
+        "from master_key_file" if config.master_key_file or os.environ.get("TENANTGATE_MASTER_KEY_FILE") else "none"
+    return shown

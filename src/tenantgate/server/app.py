@@ -24,6 +24,7 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
+from tenantgate.server.decisionlog import DecisionLog
 from tenantgate.server.handlers import service_handler
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
@@ -88,8 +89,10 @@ class TenantgateServer:
         quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
         identity = CallerIdentity(trust_metadata=config.trust_caller_metadata)
+        self._decision_log = (DecisionLog(config.decision_log, sample=config.decision_log_sample)
+                              if config.decision_log else None)
         self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(), identity,
-                                           max_staleness=config.max_staleness)
+                                           max_staleness=config.max_staleness, decision_log=self._decision_log)
         self._key_factory = tenant_key_factory(master_key) if master_key is not None else None
         self._admin = RegistryServicer(self._store, self.holder, self._key_factory, quota, identity,
                                        frozenset(config.admins))
@@ -189,6 +192,8 @@ class TenantgateServer:
                 await task
         await self._counters.close()
         self._store.close()
+        if self._decision_log is not None:
+            self._decision_log.close()
 
 
 async def serve(config: ServeConfig, master_key: MasterKey | None) -> None:

@@ -21,6 +21,7 @@ from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, Ten
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.wire import state_to_wire, timestamp
 from tenantgate.server import requests
+from tenantgate.server.decisionlog import DecisionLog
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
 from tenantgate.snapshot import Snapshot, SnapshotHolder
@@ -67,7 +68,8 @@ def record_quota_outcome(tenant_id: str, outcome: ConsumeOutcome, *, release: bo
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
     def __init__(self, holder: SnapshotHolder, tokens: TokenVerifier, access: AccessEngine, quota: QuotaEngine,
                  keys: KeyEngine, identity: CallerIdentity, *, max_staleness: float = 0.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, decision_log: DecisionLog | None = None) -> None:
+        self._decision_log = decision_log
         self._identity = identity
         self._holder = holder
         self._max_staleness = max_staleness
@@ -98,12 +100,16 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         return waited
 
     def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, prefix: str = "") -> pb.CheckAccessResponse:
-        decision = self._access.check(snapshot, requests.access_request(request, prefix))
+        access_request = requests.access_request(request, prefix)
+        decision = self._access.check(snapshot, access_request)
+        decision_id = self._ids.next()
+        if self._decision_log is not None:
+            self._decision_log.record(decision_id, access_request, decision, snapshot.revision)
         # Unknown tenant ids share one label: callers must not be able to mint series.
         label = "_unknown" if decision.reason is Reason.TENANT_NOT_FOUND else metrics.tenant_label(request.tenant_id)
         metrics.DECISIONS.labels(label, decision.reason.name).inc()
         return pb.CheckAccessResponse(allowed=decision.allowed, reason=_REASONS[decision.reason], rule=decision.rule,
-                                      revision=snapshot.revision, decision_id=self._ids.next())
+                                      revision=snapshot.revision, decision_id=decision_id)
 
     @maps_errors
     async def CheckAccess(self, request: pb.CheckAccessRequest,
@@ -156,10 +162,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             result = read(snapshot, caller)
         except TenantgateError as error:
             key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=%s", operation, tenant_id,
-                         purpose, caller or "-", error.code)
+                         purpose, caller or "-", error.code,
+                         extra={"event": "key_access", "op": operation, "tenant_id": tenant_id, "purpose": purpose,
+                                "caller": caller, "outcome": error.code})
             raise
         key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=OK", operation, tenant_id, purpose,
-                     caller or "-")
+                     caller or "-", extra={"event": "key_access", "op": operation, "tenant_id": tenant_id,
+                                           "purpose": purpose, "caller": caller, "outcome": "OK"})
         return result
 
     @maps_errors

@@ -21,6 +21,7 @@ from tenantgate.keywrap import MasterKey
 
 log = logging.getLogger("tenantgate.workers")
 RESTART_DELAY = 0.5
+FORWARDED = {signal.SIGTERM, signal.SIGINT}
 
 
 def _worker_config(config: ServeConfig, index: int) -> ServeConfig:
@@ -33,8 +34,6 @@ def _worker_config(config: ServeConfig, index: int) -> ServeConfig:
 def _run_worker(config: ServeConfig, master_key: MasterKey | None) -> int:
     from tenantgate.server.app import serve
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import uvloop
 
@@ -54,10 +53,17 @@ def run_workers(config: ServeConfig, master_key: MasterKey | None) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
+        # Signals are blocked across the fork: one that arrives before the child has reset its handlers
+        # must reach the child's default action (exit), not the parent's handler it inherited.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
+            for signum in FORWARDED:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
             os._exit(_run_worker(_worker_config(config, index), master_key))
         children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         log.info("worker %d started (pid %d)", index, pid)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
