@@ -38,6 +38,9 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 QUOTA_BACKEND_HEALTH = "tenantgate.quota_backend"
+# SERVING while the process runs, whatever the registry does: for liveness probes, which must not restart a
+# server that is merely waiting for its registry.
+LIVENESS_HEALTH = "liveness"
 
 
 def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
@@ -114,6 +117,7 @@ class TenantgateServer:
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(LIVENESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         metrics.QUOTA_BACKEND_UP.set(1)
         credentials = _credentials(self.config)
         self.port = _bind(decision, self.config.listen, credentials)
