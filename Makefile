@@ -8,7 +8,8 @@ MASTER_KEY ?= $(DATA)/master.key
 LISTEN ?= 127.0.0.1:50051
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv run test lint protos bench certs clean
+.PHONY: venv run test lint protos bench soak certs clean
+SOAK_SECONDS ?= 600
 
 venv: $(INSTALLED)
 
@@ -42,6 +43,10 @@ protos: venv
 bench: venv
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
+
+# Mixed load against a real server for SOAK_SECONDS (default 600); fails on any error or RSS that keeps growing.
+soak: venv
+	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS)
 
 # A development CA, a localhost server certificate and client certificates under .tenantgate/certs.
 certs: venv
