@@ -29,6 +29,7 @@ from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
 T = TypeVar("T")
+KeyRequest = pb.GetTenantKeyRequest | pb.GetTenantKeyMetadataRequest | pb.GetDataKeyRequest | pb.DecryptDataKeyRequest
 key_log = logging.getLogger("tenantgate.keys")
 # How long a min_revision waits for the snapshot when the call has no deadline.
 DEFAULT_REVISION_WAIT = 5.0
@@ -153,32 +154,31 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                      for item in outcome.items],
         )
 
-    def _key_access(self, operation: str, context: grpc.aio.ServicerContext, tenant_id: str, purpose: str,
-                    read: Callable[[Snapshot, str], T], snapshot: Snapshot) -> T:
-        """Run a key read and log it, allowed or not: who asked for which key and what they got (never the
-        material)."""
+    async def _key_call(self, operation: str, request: KeyRequest, context: grpc.aio.ServicerContext,
+                        read: Callable[[Snapshot, str, str, str], T]) -> T:
+        """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
+        and what they got, never the material."""
+        snapshot = await self._snapshot(0, context)
+        tenant_id = requests.tenant_id(request.tenant_id)
+        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
+        outcome = "OK"
         try:
-            result = read(snapshot, caller)
+            return read(snapshot, caller, tenant_id, purpose)
         except TenantgateError as error:
-            key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=%s", operation, tenant_id,
-                         purpose, caller or "-", error.code,
-                         extra={"event": "key_access", "op": operation, "tenant_id": tenant_id, "purpose": purpose,
-                                "caller": caller, "outcome": error.code})
+            outcome = error.code
             raise
-        key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=OK", operation, tenant_id, purpose,
-                     caller or "-", extra={"event": "key_access", "op": operation, "tenant_id": tenant_id,
-                                           "purpose": purpose, "caller": caller, "outcome": "OK"})
-        return result
+        finally:
+            key_log.info("key access op=%s tenant=%s purpose=%s caller=%s outcome=%s", operation, tenant_id,
+                         purpose, caller or "-", outcome,
+                         extra={"event": "key_access", "op": operation, "tenant_id": tenant_id, "purpose": purpose,
+                                "caller": caller, "outcome": outcome})
 
     @maps_errors
     async def GetTenantKey(self, request: pb.GetTenantKeyRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetTenantKeyResponse:
-        snapshot = await self._snapshot(0, context)
-        tenant_id = requests.tenant_id(request.tenant_id)
-        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
-        key = self._key_access("GetTenantKey", context, tenant_id, purpose, lambda snap, caller: self._keys.get(
-            snap, caller, tenant_id, purpose, request.version), snapshot)
+        key = await self._key_call("GetTenantKey", request, context, lambda snapshot, caller, tenant, purpose:
+                                   self._keys.get(snapshot, caller, tenant, purpose, request.version))
         return pb.GetTenantKeyResponse(key_id=key.key_id, version=key.version, algorithm=key.algorithm,
                                        material=key.material, state=_KEY_STATES[key.state],
                                        created_at=timestamp(key.created_at))
@@ -186,11 +186,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def GetTenantKeyMetadata(self, request: pb.GetTenantKeyMetadataRequest,
                                    context: grpc.aio.ServicerContext) -> pb.GetTenantKeyMetadataResponse:
-        snapshot = await self._snapshot(0, context)
-        tenant_id = requests.tenant_id(request.tenant_id)
-        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
-        found = self._key_access("GetTenantKeyMetadata", context, tenant_id, purpose,
-                                 lambda snap, caller: self._keys.metadata(snap, caller, tenant_id, purpose), snapshot)
+        found = await self._key_call("GetTenantKeyMetadata", request, context, self._keys.metadata)
         return pb.GetTenantKeyMetadataResponse(
             primary_version=found.primary_version, min_decryption_version=found.min_decryption_version,
             versions=[pb.KeyVersionInfo(key_id=k.key_id, version=k.version, algorithm=k.algorithm,
@@ -200,25 +196,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def GetDataKey(self, request: pb.GetDataKeyRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetDataKeyResponse:
-        snapshot = await self._snapshot(0, context)
-        tenant_id = requests.tenant_id(request.tenant_id)
-        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
-        data_key = self._key_access("GetDataKey", context, tenant_id, purpose, lambda snap, caller:
-                                    self._keys.new_data_key(snap, caller, tenant_id, purpose), snapshot)
+        data_key = await self._key_call("GetDataKey", request, context, self._keys.new_data_key)
         return pb.GetDataKeyResponse(key_id=data_key.key.key_id, version=data_key.key.version,
                                      plaintext=data_key.plaintext, wrapped=data_key.wrapped)
 
     @maps_errors
     async def DecryptDataKey(self, request: pb.DecryptDataKeyRequest,
                              context: grpc.aio.ServicerContext) -> pb.DecryptDataKeyResponse:
-        snapshot = await self._snapshot(0, context)
-        tenant_id = requests.tenant_id(request.tenant_id)
-        purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         if len(request.wrapped) > 1024:
             raise InvalidArgument("wrapped is longer than any data key", field="wrapped")
-        data_key = self._key_access("DecryptDataKey", context, tenant_id, purpose, lambda snap, caller:
-                                    self._keys.decrypt_data_key(snap, caller, tenant_id, purpose, request.wrapped),
-                                    snapshot)
+        data_key = await self._key_call("DecryptDataKey", request, context, lambda snapshot, caller, tenant, purpose:
+                                        self._keys.decrypt_data_key(snapshot, caller, tenant, purpose, request.wrapped))
         return pb.DecryptDataKeyResponse(key_id=data_key.key.key_id, version=data_key.key.version,
                                          plaintext=data_key.plaintext)
 
