@@ -413,15 +413,18 @@ class SqlRegistry:
         write.changed(tenant_id, "update", current[0][0] if current else "")
         return KeyInfo(tenant_id, purpose, version, algorithm, 1, write.now)
 
+    def _stored_tenant(self, tx: Tx, tenant_id: str) -> TenantRecord:
+        rows = tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
+        if not rows:
+            raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
+        return self._tenant(rows[0])
+
     def transition(self, tenant_id: str, state: str, *, actor: str = "cli", force: bool = False,
                    reason: str = "") -> TransitionResult:
         target = _state(state)
         with self._backend.transaction(write=True) as tx:
             write = _Write(tx, actor, self._clock.now())
-            rows = tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
-            if not rows:
-                raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
-            before = self._tenant(rows[0])
+            before = self._stored_tenant(tx, tenant_id)
             current = _state(before.state)
             if current is target:
                 return TransitionResult(write.revision, tenant_id, before.state, target.value)
@@ -441,10 +444,7 @@ class SqlRegistry:
                    key_factory: KeyFactory | None = None) -> RotationResult:
         with self._backend.transaction(write=True) as tx:
             write = _Write(tx, actor, self._clock.now())
-            rows = tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
-            if not rows:
-                raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
-            tenant = self._tenant(rows[0])
+            tenant = self._stored_tenant(tx, tenant_id)
             if tenant.state == TenantState.DELETED.value:
                 raise FailedPrecondition(f"tenant {tenant_id!r} is Deleted; its keys are destroyed")
             purposes = tenant.document.get("spec", {}).get("keys", {}).get("purposes") or []
