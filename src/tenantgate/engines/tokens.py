@@ -49,7 +49,8 @@ class _CacheEntry:
 
 class TokenVerifier:
     def __init__(self, *, cache_size: int = 100_000, leeway: float = 0.0, clock: Clock | None = None) -> None:
-        self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=cache_size)
+        # maxsize 0 turns the cache off (every token verified), which benchmarks use to measure cold tokens.
+        self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=max(0, cache_size))
         self._leeway = leeway
         self._clock = clock or SystemClock()
 
@@ -68,7 +69,7 @@ class TokenVerifier:
                 self._cache.pop(digest, None)
                 return TokenResult(None, TokenProblem.EXPIRED, "token expired")
         result, issuers = self._verify_uncached(snapshot, token, home_tenant_id)
-        if result.token is not None and issuers is not None:
+        if result.token is not None and issuers is not None and self._cache.maxsize > 0:
             self._cache[digest] = _CacheEntry(result.token, issuers)
         return result
 
