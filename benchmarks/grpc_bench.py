@@ -95,15 +95,19 @@ def grpc_frame(message: bytes) -> bytes:
 def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connections: int, streams: int,
            rate: float = 0.0) -> dict[str, float]:
     log = body.with_suffix(".log")
-    command = ["h2load", f"--duration={seconds}", "--warm-up-time=1", f"-c{connections}", f"-m{streams}",
+    command = ["h2load", f"--duration={max(1, round(seconds))}", "--warm-up-time=1", f"-c{connections}", f"-m{streams}",
                f"--data={body}", "-H", "content-type: application/grpc", "-H", "te: trailers",
                f"--log-file={log}"]
     command += [arg for name, value in scenario.metadata for arg in ("-H", f"{name}: {value}")]
     if rate:
         command.append(f"--rps={max(1.0, rate / connections):.2f}")
-    output = subprocess.run([*command, f"http://{target}{SERVICE}{scenario.method}"], capture_output=True,
-                            text=True, timeout=seconds + 60).stdout
-    rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", output).group(1))  # type: ignore[union-attr]
+    result = subprocess.run([*command, f"http://{target}{SERVICE}{scenario.method}"], capture_output=True,
+                            text=True, timeout=seconds + 60)
+    output = result.stdout
+    finished = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", output)
+    if finished is None:
+        raise RuntimeError(f"h2load failed: {result.stderr.strip() or output[-500:]}")
+    rps = float(finished.group(1))
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
     durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2)
     log.unlink()
@@ -125,7 +129,7 @@ def verify(target: str, scenario: Scenario) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
     parser.add_argument("--tenants", type=int, default=10)

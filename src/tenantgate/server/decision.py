@@ -6,7 +6,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -71,6 +71,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                  keys: KeyEngine, identity: CallerIdentity, *, max_staleness: float = 0.0,
                  clock: Clock | None = None, decision_log: DecisionLog | None = None) -> None:
         self._decision_log = decision_log
+        self._decision_counters: dict[tuple[str, Reason], Any] = {}
         self._identity = identity
         self._holder = holder
         self._max_staleness = max_staleness
@@ -100,23 +101,36 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                                      field="min_revision")
         return waited
 
-    def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, prefix: str = "") -> pb.CheckAccessResponse:
+    def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse,
+                prefix: str = "") -> None:
+        """Decide ``request`` and write the answer into ``answer`` (a batch fills its results in place)."""
         access_request = requests.access_request(request, prefix)
         decision = self._access.check(snapshot, access_request)
         decision_id = self._ids.next()
         if self._decision_log is not None:
             self._decision_log.record(decision_id, access_request, decision, snapshot.revision)
-        # Unknown tenant ids share one label: callers must not be able to mint series.
-        label = "_unknown" if decision.reason is Reason.TENANT_NOT_FOUND else metrics.tenant_label(request.tenant_id)
-        metrics.DECISIONS.labels(label, decision.reason.name).inc()
-        return pb.CheckAccessResponse(allowed=decision.allowed, reason=_REASONS[decision.reason], rule=decision.rule,
-                                      revision=snapshot.revision, decision_id=decision_id)
+        counter = self._decision_counters.get((access_request.tenant_id, decision.reason))
+        if counter is None:
+            # Unknown tenant ids share one label: callers must not be able to mint series.
+            label = ("_unknown" if decision.reason is Reason.TENANT_NOT_FOUND
+                     else metrics.tenant_label(access_request.tenant_id))
+            counter = metrics.DECISIONS.labels(label, decision.reason.name)
+            if len(self._decision_counters) < 100_000:
+                self._decision_counters[(access_request.tenant_id, decision.reason)] = counter
+        counter.inc()
+        answer.allowed = decision.allowed
+        answer.reason = _REASONS[decision.reason]
+        answer.rule = decision.rule
+        answer.revision = snapshot.revision
+        answer.decision_id = decision_id
 
     @maps_errors
     async def CheckAccess(self, request: pb.CheckAccessRequest,
                           context: grpc.aio.ServicerContext) -> pb.CheckAccessResponse:
         snapshot = await self._snapshot(request.min_revision, context)
-        return self._decide(snapshot, request)
+        answer = pb.CheckAccessResponse()
+        self._decide(snapshot, request, answer)
+        return answer
 
     @maps_errors
     async def CheckAccessBatch(self, request: pb.CheckAccessBatchRequest,
@@ -125,16 +139,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(request.items)}",
                                   field="items")
         snapshot = await self._snapshot(request.min_revision, context)
-        results = []
+        response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
         for index, item in enumerate(request.items):
+            result = response.results.add()
+            result.correlation_id = item.correlation_id
             try:
-                decision = self._decide(snapshot, item.check, f"items[{index}].check.")
-                results.append(pb.CheckAccessBatchResult(correlation_id=item.correlation_id, decision=decision))
+                self._decide(snapshot, item.check, result.decision, f"items[{index}].check.")
             except TenantgateError as error:
-                results.append(pb.CheckAccessBatchResult(
-                    correlation_id=item.correlation_id,
-                    error=pb.CheckError(code=status_code(error).value[0], message=error.message, field=error.field)))
-        return pb.CheckAccessBatchResponse(results=results, revision=snapshot.revision)
+                result.error.code = status_code(error).value[0]
+                result.error.message = error.message
+                result.error.field = error.field
+        return response
 
     @maps_errors
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
