@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -147,6 +148,9 @@ class TenantgateServer:
 
     async def _serve_when_synced(self) -> None:
         await self.holder.wait_for_revision(0, None)
+        # What exists now (modules, the first snapshot) lives as long as the process: keep the cyclic
+        # garbage collector from walking it again and again while calls allocate (fewer, shorter pauses).
+        gc.freeze()
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
