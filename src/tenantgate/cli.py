@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _serve_config(args)
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, background=True)
     master_key = master_key_from(config.master_key_file)
     if master_key is None:
         logging.getLogger("tenantgate").warning(

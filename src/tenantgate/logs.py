@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 
 # What every LogRecord has; anything else on a record is an event field passed with ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -21,10 +24,43 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+class _DroppingQueueHandler(QueueHandler):
+    """Hands records to a writer thread; when the writer falls behind by ``maxsize`` records, new ones
+    are dropped (and counted) rather than growing memory or blocking the event loop."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(queue.Queue(maxsize))
+        self.dropped = 0
+        self.listener: QueueListener | None = None
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        super().close()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def in_background(handler: logging.Handler, maxsize: int = 10_000) -> logging.Handler:
+    """``handler`` fed from a queue by a writer thread, so a slow disk or pipe never stalls serving.
+    Closing the returned handler flushes the queue."""
+    front = _DroppingQueueHandler(maxsize)
+    front.listener = QueueListener(front.queue, handler, respect_handler_level=True)
+    front.listener.start()
+    atexit.register(front.close)
+    return front
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", *, background: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [in_background(handler) if background else handler]
     root.setLevel(level.upper())

@@ -9,7 +9,7 @@ import sys
 from logging.handlers import RotatingFileHandler
 
 from tenantgate.engines.access import AccessRequest, Decision
-from tenantgate.logs import JsonFormatter
+from tenantgate.logs import JsonFormatter, in_background
 
 
 class DecisionLog:
@@ -18,7 +18,8 @@ class DecisionLog:
                                     else RotatingFileHandler(target, maxBytes=max_bytes, backupCount=backups))
         handler.setFormatter(JsonFormatter())
         self._logger = logging.getLogger(f"tenantgate.decisions.{id(self)}")
-        self._logger.handlers[:] = [handler]
+        self._writer = in_background(handler)
+        self._logger.handlers[:] = [self._writer]
         self._logger.propagate = False
         self._logger.setLevel(logging.INFO)
         self._sample = sample
@@ -34,4 +35,5 @@ class DecisionLog:
             "reason": decision.reason.name, "rule": decision.rule, "revision": revision})
 
     def close(self) -> None:
+        self._writer.close()
         self._handler.close()
