@@ -50,20 +50,33 @@ class DecisionIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
 
-def _duration(seconds: float) -> Duration:
+def _set_duration(target: Duration, seconds: float) -> None:
     whole = int(seconds)
-    return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+    target.seconds = whole
+    target.nanos = int((seconds - whole) * 1e9)
 
 
-def record_quota_outcome(tenant_id: str, outcome: ConsumeOutcome, *, release: bool) -> None:
-    if outcome.degraded:
-        metrics.QUOTA_BACKEND_ERRORS.inc()
-    label = metrics.tenant_label(tenant_id)
-    for item in outcome.items:
-        if item.allowed and outcome.allowed and not release:
-            metrics.QUOTA_CONSUMED.labels(label, item.quota).inc(item.amount)
-        elif not item.allowed:
-            metrics.QUOTA_DENIED.labels(label, item.quota).inc(item.amount)
+class QuotaMetering:
+    """Consumed and denied units per tenant and quota, with each series' counter looked up once."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def record(self, tenant_id: str, outcome: ConsumeOutcome, *, release: bool) -> None:
+        if outcome.degraded:
+            metrics.QUOTA_BACKEND_ERRORS.inc()
+        for item in outcome.items:
+            counters = self._counters.get((tenant_id, item.quota))
+            if counters is None:
+                label = metrics.tenant_label(tenant_id)
+                counters = (metrics.QUOTA_CONSUMED.labels(label, item.quota),
+                            metrics.QUOTA_DENIED.labels(label, item.quota))
+                if len(self._counters) < 100_000:
+                    self._counters[(tenant_id, item.quota)] = counters
+            if item.allowed and outcome.allowed and not release:
+                counters[0].inc(item.amount)
+            elif not item.allowed:
+                counters[1].inc(item.amount)
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
@@ -72,6 +85,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                  clock: Clock | None = None, decision_log: DecisionLog | None = None) -> None:
         self._decision_log = decision_log
         self._decision_counters: dict[tuple[str, Reason], Any] = {}
+        self._metering = QuotaMetering()
         self._identity = identity
         self._holder = holder
         self._max_staleness = max_staleness
@@ -158,16 +172,19 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         tenant_id = requests.tenant_id(request.tenant_id)
         outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
                                             release=request.release, idempotency_key=request.idempotency_key)
-        record_quota_outcome(tenant_id, outcome, release=request.release)
-        return pb.ConsumeQuotaResponse(
-            allowed=outcome.allowed,
-            revision=outcome.revision,
-            results=[pb.QuotaItemResult(quota=item.quota, allowed=item.allowed, limit=item.limit,
-                                        remaining=item.remaining, reset_after=_duration(item.reset_after),
-                                        retry_after=_duration(item.retry_after), lease_id=item.lease_id,
-                                        shadow=item.shadow)
-                     for item in outcome.items],
-        )
+        self._metering.record(tenant_id, outcome, release=request.release)
+        response = pb.ConsumeQuotaResponse(allowed=outcome.allowed, revision=outcome.revision)
+        for item in outcome.items:
+            result = response.results.add()
+            result.quota = item.quota
+            result.allowed = item.allowed
+            result.limit = item.limit
+            result.remaining = item.remaining
+            _set_duration(result.reset_after, item.reset_after)
+            _set_duration(result.retry_after, item.retry_after)
+            result.lease_id = item.lease_id
+            result.shadow = item.shadow
+        return response
 
     async def _key_call(self, operation: str, request: KeyRequest, context: grpc.aio.ServicerContext,
                         read: Callable[[Snapshot, str, str, str], T]) -> T:
