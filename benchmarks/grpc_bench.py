@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--redis", default=os.environ.get("TENANTGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--only", default="", help="scenario names, separated by semicolons")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print("h2load is missing: apt-get install -y nghttp2-client", file=sys.stderr)
@@ -165,7 +165,7 @@ def main() -> int:
                  metadata=(STORAGE,)),
     ]
     if args.only:
-        wanted = {name.strip() for name in args.only.split(",")}
+        wanted = {name.strip() for name in args.only.split(";")}
         scenarios = [s for s in scenarios if s.name in wanted]
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
