@@ -92,8 +92,14 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (from /proc): less noisy than throughput on a shared box."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connections: int, streams: int,
-           rate: float = 0.0) -> dict[str, float]:
+           rate: float = 0.0, pid: int = 0) -> dict[str, float]:
     log = body.with_suffix(".log")
     command = ["h2load", f"--duration={max(1, round(seconds))}", "--warm-up-time=1", f"-c{connections}", f"-m{streams}",
                f"--data={body}", "-H", "content-type: application/grpc", "-H", "te: trailers",
@@ -101,8 +107,10 @@ def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connecti
     command += [arg for name, value in scenario.metadata for arg in ("-H", f"{name}: {value}")]
     if rate:
         command.append(f"--rps={max(1.0, rate / connections):.2f}")
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     result = subprocess.run([*command, f"http://{target}{SERVICE}{scenario.method}"], capture_output=True,
                             text=True, timeout=seconds + 60)
+    cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
     output = result.stdout
     finished = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", output)
     if finished is None:
@@ -115,7 +123,9 @@ def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connecti
     def percentile(q: float) -> float:
         return durations[min(len(durations) - 1, int(q * len(durations)))] / 1000 if durations else 0.0
 
+    answered = int(done.group(3)) if done else 0
     return {"rps": rps, "failed": int(done.group(4)) if done else -1, "p50_ms": percentile(0.50),
+            "server_cpu_us_per_call": 1e6 * cpu_used / answered if answered and pid else 0.0,
             "p99_ms": percentile(0.99), "p999_ms": percentile(0.999)}
 
 
@@ -184,7 +194,7 @@ def main() -> int:
         env = {"cold": {"TENANTGATE_TOKEN_CACHE_SIZE": "0"}}
         responses: dict[str, str] = {}
         for kind in sorted({s.server for s in scenarios}):
-            with process([*serve, "--listen", f"127.0.0.1:{ports[kind]}", *extra[kind]], env.get(kind)):
+            with process([*serve, "--listen", f"127.0.0.1:{ports[kind]}", *extra[kind]], env.get(kind)) as child:
                 target = f"127.0.0.1:{ports[kind]}"
                 wait_ready(target)
                 for scenario in (s for s in scenarios if s.server == kind):
@@ -194,7 +204,7 @@ def main() -> int:
                     body = scratch / f"{scenario.method}.bin"
                     body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
                     scenario.results["tenantgate"] = h2load(target, scenario, body, args.seconds, args.connections,
-                                                            args.streams)
+                                                            args.streams, pid=child.pid)
                     half = scenario.results["tenantgate"]["rps"] / 2
                     scenario.results["tenantgate_at_half_load"] = h2load(target, scenario, body, args.seconds,
                                                                          args.connections, args.streams, rate=half)
@@ -202,14 +212,14 @@ def main() -> int:
         responses_file.write_text(json.dumps(responses))
         baseline = [sys.executable, str(Path(__file__).with_name("baseline_server.py")), "--port",
                     str(ports["baseline"]), "--responses", str(responses_file)]
-        with process(baseline):
+        with process(baseline) as child:
             target = f"127.0.0.1:{ports['baseline']}"
             wait_ready(target)
             for scenario in scenarios:
                 body = scratch / f"{scenario.method}.bin"
                 body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
                 scenario.results["baseline"] = h2load(target, scenario, body, args.seconds, args.connections,
-                                                      args.streams)
+                                                      args.streams, pid=child.pid)
     rows = []
     for scenario in scenarios:
         ours, base = scenario.results["tenantgate"], scenario.results["baseline"]
@@ -218,7 +228,11 @@ def main() -> int:
                      "decisions_per_s": ours["rps"] * scenario.decisions_per_call,
                      "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"], "p999_ms": ours["p999_ms"],
                      "p99_ms_at_half_load": scenario.results["tenantgate_at_half_load"]["p99_ms"],
-                     "failed": ours["failed"], "baseline_p99_ms": base["p99_ms"]})
+                     "failed": ours["failed"], "baseline_p99_ms": base["p99_ms"],
+                     "server_cpu_us_per_call": ours["server_cpu_us_per_call"],
+                     "baseline_cpu_us_per_call": base["server_cpu_us_per_call"],
+                     "cpu_ratio_baseline_over_ours": (base["server_cpu_us_per_call"] / ours["server_cpu_us_per_call"]
+                                                      if ours["server_cpu_us_per_call"] else 0.0)})
     report = {"cores": os.cpu_count(), "python": platform.python_version(), "connections": args.connections,
               "streams_per_connection": args.streams, "seconds": args.seconds, "tenants": args.tenants,
               "note": "load generator and servers on the same machine", "rows": rows}
@@ -226,12 +240,13 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"Cores: {report['cores']} (h2load shares them); {args.connections} connections x {args.streams} "
              f"streams; {args.tenants} tenants; {args.seconds:g} s per run.", "",
-             "| scenario | RPS | baseline RPS | ratio | decisions/s | p50 ms | p99 ms | p99.9 ms "
-             "| p99 ms at 50% load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | RPS | baseline RPS | ratio | server CPU µs/call (baseline) | CPU ratio | decisions/s "
+             "| p50 ms | p99 ms | p99.9 ms | p99 ms at 50% load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['scenario']} | {r['rps']:,.0f} | {r['baseline_rps']:,.0f} | {r['ratio_to_baseline']:.2f} | "
-              f"{r['decisions_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | "
-              f"{r['p99_ms_at_half_load']:.2f} |" for r in rows]
+              f"{r['server_cpu_us_per_call']:.0f} ({r['baseline_cpu_us_per_call']:.0f}) | "
+              f"{r['cpu_ratio_baseline_over_ours']:.2f} | {r['decisions_per_s']:,.0f} | {r['p50_ms']:.2f} | "
+              f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['p99_ms_at_half_load']:.2f} |" for r in rows]
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
