@@ -14,10 +14,10 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from measure import rate
 from redis.exceptions import RedisError
 
 from tenantgate.counters.memory import MemoryCounterStore
@@ -48,18 +48,6 @@ def snapshot_with(count: int) -> Snapshot:
     views = [build_tenant(parse_document(tenant(f"t{i:06d}")).tenant, 1) for i in range(count)]
     return build_snapshot(1, views, time.time())
 
-
-def rate(operation: Callable[[], object], seconds: float = 1.0) -> float:
-    """Operations per second, best of three runs."""
-    best = 0.0
-    for _ in range(3):
-        done, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / 3:
-            for _ in range(1000):
-                operation()
-            done += 1000
-        best = max(best, done / elapsed)
-    return best
 
 
 def redis_rows(snapshot: Snapshot, memory_ops_per_s: float) -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import casbin
 import limits
 from limits import storage as limits_storage
 from limits import strategies
+from measure import async_rate, rate
 
 from tenantgate.counters.memory import MemoryCounterStore
 from tenantgate.counters.redis import RedisCounterStore
@@ -53,33 +53,6 @@ REQUESTS = [("user:bob", "write", "docs/1"), ("user:carol", "read", "reports/q3"
             ("user:mallory", "read", "docs/1")]
 
 
-def rate(operation: Callable[[], object], seconds: float = 1.5) -> float:
-    best = 0.0
-    for _ in range(3):
-        done, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / 3:
-            for _ in range(200):
-                operation()
-            done += 200
-        best = max(best, done / elapsed)
-    return best
-
-
-def async_rate(loop: asyncio.AbstractEventLoop, operation: Callable[[], Any], seconds: float = 1.5) -> float:
-    """Operations per second of an async operation awaited one after another inside one coroutine, as a
-    server awaits them (not one event-loop start per operation)."""
-    async def run(count: int) -> None:
-        for _ in range(count):
-            await operation()
-
-    best = 0.0
-    for _ in range(3):
-        done, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / 3:
-            loop.run_until_complete(run(200))
-            done += 200
-        best = max(best, done / elapsed)
-    return best
 
 
 def access_rows() -> list[dict[str, Any]]:
@@ -103,8 +76,8 @@ def access_rows() -> list[dict[str, Any]]:
     theirs = [(subject, "t0042", resource, action) for subject, action, resource in REQUESTS]
     assert [engine.check(snapshot, r).allowed for r in ours] == [enforcer.enforce(*r) for r in theirs]
     cursor = iter(range(10**12))
-    ours_rate = rate(lambda: engine.check(snapshot, ours[next(cursor) & 3]))
-    theirs_rate = rate(lambda: enforcer.enforce(*theirs[next(cursor) & 3]))
+    ours_rate = rate(lambda: engine.check(snapshot, ours[next(cursor) & 3]), 1.5, 200)
+    theirs_rate = rate(lambda: enforcer.enforce(*theirs[next(cursor) & 3]), 1.5, 200)
     return [{"scenario": f"access decision, {TENANTS} tenants", "tenantgate_ops_per_s": ours_rate,
              "peer": f"pycasbin {casbin.__name__} RBAC with domains", "peer_ops_per_s": theirs_rate}]
 
@@ -122,7 +95,7 @@ def quota_rows(redis_url: str) -> list[dict[str, Any]]:
     rows.append({"scenario": "quota consume, in memory",
                  "tenantgate_ops_per_s": async_rate(loop, lambda: engine.consume(snapshot, "acme", items)),
                  "peer": f"limits {limits.__version__} fixed window, memory",
-                 "peer_ops_per_s": rate(lambda: peer.hit(item, "acme", "api"))})
+                 "peer_ops_per_s": rate(lambda: peer.hit(item, "acme", "api"), 1.5, 200)})
     prefix = f"tgpeers-{os.getpid()}:"
     try:
         redis_store = RedisCounterStore(redis_url, prefix=prefix)
@@ -131,7 +104,7 @@ def quota_rows(redis_url: str) -> list[dict[str, Any]]:
         rows.append({"scenario": "quota consume, Redis, one at a time",
                      "tenantgate_ops_per_s": async_rate(loop, lambda: redis_engine.consume(snapshot, "acme", items)),
                      "peer": f"limits {limits.__version__} fixed window, Redis",
-                     "peer_ops_per_s": rate(lambda: redis_peer.hit(item, "acme", "api"))})
+                     "peer_ops_per_s": rate(lambda: redis_peer.hit(item, "acme", "api"), 1.5, 200)})
         loop.run_until_complete(redis_store.close())
         import redis
 

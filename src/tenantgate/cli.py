@@ -10,7 +10,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import grpc
@@ -34,7 +35,14 @@ from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_f
 from tenantgate.logs import configure_logging
 from tenantgate.model import KeyState
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.store import KeyFactory, RegistrySettings, TenantInfo, open_admin, open_store
+from tenantgate.registry.store import (
+    KeyFactory,
+    RegistryAdmin,
+    RegistrySettings,
+    TenantInfo,
+    open_admin,
+    open_store,
+)
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
 
@@ -303,6 +311,16 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _admin_registry(args: argparse.Namespace) -> Iterator[RegistryAdmin]:
+    """The registry the admin commands change: a store, or a server's Admin API (grpc://)."""
+    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
 def _key_factory(args: argparse.Namespace) -> KeyFactory | None:
     master_key = master_key_from(args.master_key_file)
     return tenant_key_factory(master_key) if master_key is not None else None
@@ -310,12 +328,9 @@ def _key_factory(args: argparse.Namespace) -> KeyFactory | None:
 
 def _apply(args: argparse.Namespace) -> int:
     documents = {doc.tenant.id: doc.document for doc in load_manifests(args.files)}
-    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
-    try:
+    with _admin_registry(args) as registry:
         result = registry.apply(documents, prune=args.prune, dry_run=args.dry_run, actor=args.actor,
                                 key_factory=_key_factory(args))
-    finally:
-        registry.close()
     for change in result.changes:
         print(change.describe())
     if not result.changed:
@@ -340,8 +355,7 @@ def _when(seconds: float) -> str:
 
 
 def _tenant(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
-    try:
+    with _admin_registry(args) as registry:
         if args.tenant_command == "get":
             info = registry.get_tenant(args.tenant_id)
             print(_describe_tenant(info))
@@ -358,16 +372,13 @@ def _tenant(args: argparse.Namespace) -> int:
             else:
                 print(f"{result.tenant_id}: {result.before} -> {result.after}; the registry is at revision "
                       f"{result.revision}")
-    finally:
-        registry.close()
     return EXIT_OK
 
 
 def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "rewrap":
         return _rewrap(args)
-    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
-    try:
+    with _admin_registry(args) as registry:
         if args.keys_command == "rotate":
             result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor,
                                          key_factory=_key_factory(args))
@@ -385,8 +396,6 @@ def _keys(args: argparse.Namespace) -> int:
                                            state=int(state[args.keys_command]), actor=args.actor)
             print(f"{args.tenant_id}/{args.purpose}/v{args.version} is {state[args.keys_command].name.lower()}; "
                   f"the registry is at revision {revision}")
-    finally:
-        registry.close()
     return EXIT_OK
 
 
@@ -412,8 +421,7 @@ def _rewrap(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
-    try:
+    with _admin_registry(args) as registry:
         if args.audit_command == "verify":
             verification = registry.verify_audit()
             if verification.ok:
@@ -425,21 +433,16 @@ def _audit(args: argparse.Namespace) -> int:
         for entry in registry.audit_entries(tenant_id=args.tenant, after_seq=args.after, limit=args.limit):
             print(f"{entry.seq:>6} {entry.at} {entry.actor:<16} {entry.action:<18} {entry.tenant_id or '-':<12} "
                   f"{entry.detail}")
-    finally:
-        registry.close()
     return EXIT_OK
 
 
 def _settings(args: argparse.Namespace) -> int:
-    registry = open_admin(args.registry or _registry_default(), _security(args), args.actor)
-    try:
+    with _admin_registry(args) as registry:
         if args.max_tenants is not None or args.no_max_tenants:
             current = registry.update_settings(RegistrySettings(None if args.no_max_tenants else args.max_tenants),
                                                actor=args.actor)
         else:
             current = registry.settings()
-    finally:
-        registry.close()
     print(f"max_tenants: {current.max_tenants if current.max_tenants is not None else 'unlimited'}")
     return EXIT_OK
 

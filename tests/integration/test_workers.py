@@ -9,15 +9,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tenantgate.config import ServeConfig
+from tenantgate.errors import ConfigurationError
 from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.server.app import TenantgateServer
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import tenant_doc
+from tests.conftest import RunningServer, tenant_doc
 
 
 def free_port() -> int:
@@ -105,3 +110,17 @@ def test_workers_share_the_port_and_one_limit(tmp_path: Path, registry_path: Pat
         code = server.wait(30)
         log.close()
     assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
+
+
+def test_a_second_single_worker_server_cannot_share_the_port(registry_path: Path, sqlite_store: SQLiteStore,
+                                                             start_server: Callable[..., RunningServer]) -> None:
+    sqlite_store.apply({"acme": tenant_doc("acme")})
+    first = start_server(registry_url=f"sqlite://{registry_path}")
+    config = ServeConfig(registry_url=f"sqlite://{registry_path}", listen=first.target, admin_listen="",
+                         snapshot_file="")
+
+    async def start_second() -> None:
+        await TenantgateServer(config, None).start()
+
+    with pytest.raises(ConfigurationError, match=f"cannot listen on {first.target}"):
+        first.call(start_second())

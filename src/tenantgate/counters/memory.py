@@ -26,6 +26,9 @@ from tenantgate.errors import Aborted
 from tenantgate.model import QuotaKind
 
 CounterKey = tuple[str, str]  # (tenant id, quota name)
+# What an evaluation read: (bucket level, time) for rate quotas, (window start, used) for windows,
+# (time, 0) for leases, (0, used) for allocations.
+Basis = tuple[float, float]
 
 
 @dataclass(slots=True)
@@ -83,12 +86,13 @@ class MemoryCounterStore:
                         raise Aborted(f"idempotency key {idempotency.key!r} was used with a different request",
                                       field="idempotency_key")
                     return remembered[2]
-            results = [self._evaluate((tenant_id, op.spec.name), op, now) for op in ops]
+            evaluated = [self._evaluate((tenant_id, op.spec.name), op, now) for op in ops]
+            results = [result for result, _ in evaluated]
             admitted = all(result.allowed or op.spec.shadow for op, result in zip(ops, results, strict=True))
-            for op, result in zip(ops, results, strict=True):
+            for op, (result, basis) in zip(ops, evaluated, strict=True):
                 key = (tenant_id, op.spec.name)
                 if admitted and result.allowed:
-                    self._commit(key, op, result, now)
+                    self._commit(key, op, result, basis)
                     if not op.release:
                         self._usage.setdefault(key, [0, 0])[0] += op.amount
                 elif not result.allowed:
@@ -98,53 +102,50 @@ class MemoryCounterStore:
                                                                now + idempotency.ttl, results)
             return results
 
-    def _evaluate(self, key: CounterKey, op: CounterOp, now: float) -> CounterResult:
+    def _evaluate(self, key: CounterKey, op: CounterOp, now: float) -> tuple[CounterResult, Basis]:
+        """The answer for ``op``, and what it was read against, which a commit then writes from."""
         spec = op.spec
         if spec.kind is QuotaKind.RATE:
             bucket = self._buckets.get(key)
             level = float(spec.burst) if bucket is None else bucket_level(bucket.tokens, bucket.updated, spec, now)
-            return bucket_take(level, spec, op.amount)
+            return bucket_take(level, spec, op.amount), (level, now)
         if spec.kind is QuotaKind.WINDOW:
             assert spec.period is not None
             start, end = calendar_window(spec.period, now)
             window = self._windows.get(key)
             used = window.used if window is not None and window.start == start else 0
-            return bounded_take(used, spec.limit, op.amount, end - now, end - now)
+            return bounded_take(used, spec.limit, op.amount, end - now, end - now), (start, used)
         if spec.kind is QuotaKind.CONCURRENCY:
             leases = self._leases.get(key) or _Leases()
             in_use = leases.in_use(now)
             if op.release:
                 held = leases.held.get(op.lease_id, (0, 0.0))[0]
-                return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id)
+                return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id), (now, 0)
             result = bounded_take(in_use, spec.limit, op.amount,
                                   min((expires for _, expires in leases.held.values()), default=now) - now)
             if result.allowed and op.amount:
-                return CounterResult(True, result.remaining, lease_id=secrets.token_hex(12))
-            return result
+                result = CounterResult(True, result.remaining, lease_id=secrets.token_hex(12))
+            return result, (now, 0)
         used = self._allocations.get(key, 0)
         if op.release:
-            return CounterResult(True, spec.limit - max(0, used - op.amount))
-        return bounded_take(used, spec.limit, op.amount, 0.0)
+            return CounterResult(True, spec.limit - max(0, used - op.amount)), (0.0, used)
+        return bounded_take(used, spec.limit, op.amount, 0.0), (0.0, used)
 
-    def _commit(self, key: CounterKey, op: CounterOp, result: CounterResult, now: float) -> None:
+    def _commit(self, key: CounterKey, op: CounterOp, result: CounterResult, basis: Basis) -> None:
         spec = op.spec
         if spec.kind is QuotaKind.RATE:
-            bucket = self._buckets.get(key)
-            level = float(spec.burst) if bucket is None else bucket_level(bucket.tokens, bucket.updated, spec, now)
+            level, now = basis
             self._buckets[key] = _Bucket(level - op.amount, now)
         elif spec.kind is QuotaKind.WINDOW:
-            assert spec.period is not None
-            start, _ = calendar_window(spec.period, now)
-            window = self._windows.get(key)
-            if window is None or window.start != start:
-                self._windows[key] = window = _Window(start, 0)
-            window.used += op.amount
+            start, used = basis
+            self._windows[key] = _Window(start, int(used) + op.amount)
         elif spec.kind is QuotaKind.CONCURRENCY:
+            now = basis[0]
             leases = self._leases.setdefault(key, _Leases())
             if op.release:
                 leases.held.pop(op.lease_id, None)
             elif result.lease_id:
                 leases.held[result.lease_id] = (op.amount, now + spec.lease_ttl)
         else:
-            used = self._allocations.get(key, 0)
+            used = int(basis[1])
             self._allocations[key] = max(0, used - op.amount) if op.release else used + op.amount

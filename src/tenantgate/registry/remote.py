@@ -10,15 +10,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, cast
 
-import grpc
-
 from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.registry import wire
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 from tenantgate.registry.store import (
     ApplyResult,
-    ChangeEntry,
     KeyFactory,
     RegistrySettings,
     RotationResult,
@@ -100,23 +97,6 @@ class RemoteRegistry:
 
     def verify_audit(self) -> AuditVerification:
         return wire.verification_from_wire(self._call("VerifyAudit", pb.VerifyAuditRequest()))
-
-    def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
-        """The changes committed so far after ``after_revision`` (reads the watch stream until it is idle)."""
-        found: list[ChangeEntry] = []
-        stream = self._stub.WatchChanges(pb.WatchChangesRequest(from_revision=after_revision), timeout=2.0,
-                                         metadata=((CALLER_METADATA, self._actor),) if self._actor else ())
-        try:
-            for change in stream:
-                found.append(wire.change_from_wire(change))
-                if len(found) >= limit:
-                    break
-        except grpc.RpcError as error:
-            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
-        finally:
-            stream.cancel()
-        return found
 
     def settings(self) -> RegistrySettings:
         return wire.settings_from_wire(self._call("GetSettings", pb.GetSettingsRequest()))

@@ -69,8 +69,6 @@ class Syncer:
         self._from_file = False
         self._saved_revision = -1
         self._saved_at = 0.0
-        metrics.SNAPSHOT_STALENESS.set_function(lambda: max(0.0, self._clock.now() - holder.confirmed_at)
-                                                if holder.confirmed_at else 0.0)
 
     def build_full(self) -> Snapshot:
         """Read the whole registry and build a snapshot of it (blocking)."""
