@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -133,7 +133,8 @@ class RedisCounterStore:
     async def ping(self) -> bool:
         """Whether Redis answers now; marks the backend available again when it does."""
         try:
-            await self._redis.ping()
+            # redis-py types its commands for the sync and async clients at once; this one is async.
+            await cast(Awaitable[bool], self._redis.ping())
         except (RedisError, OSError):
             self._set_available(False)
             return False
@@ -142,7 +143,7 @@ class RedisCounterStore:
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         try:
-            raw = await self._redis.hgetall(self._key(tenant_id, "usage"))
+            raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._key(tenant_id, "usage")))
         except (RedisError, OSError) as exc:
             raise StorageError(f"the Redis quota backend is unavailable: {exc}") from exc
         usage: dict[str, list[int]] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tenantgate import metrics
 from tenantgate.config import ServeConfig
@@ -26,7 +26,7 @@ from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
 from tenantgate.server.decisionlog import DecisionLog
-from tenantgate.server.handlers import service_handler
+from tenantgate.server.handlers import GenericOnly, service_handler
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
@@ -54,6 +54,11 @@ def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
+
+
+def _enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(service_names),
+                                                               GenericOnly(server))
 
 
 def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
@@ -113,8 +118,8 @@ class TenantgateServer:
         decision = _grpc_server(self.config)
         decision.add_generic_rpc_handlers((service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name[
             "DecisionService"]),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, decision)
-        reflection.enable_server_reflection((DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), decision)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(decision))
+        _enable_reflection(decision, (DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME))
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)
@@ -130,7 +135,7 @@ class TenantgateServer:
             admin = _grpc_server(self.config)
             admin.add_generic_rpc_handlers((service_handler(self._admin, registry_pb2.DESCRIPTOR.services_by_name[
                 "RegistryService"]),))
-            reflection.enable_server_reflection((REGISTRY_SERVICE, reflection.SERVICE_NAME), admin)
+            _enable_reflection(admin, (REGISTRY_SERVICE, reflection.SERVICE_NAME))
             self.admin_port = _bind(admin, self.config.admin_listen, credentials)
             servers.append(admin)
         if self.config.metrics_listen:

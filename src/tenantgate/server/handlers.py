@@ -45,3 +45,21 @@ def service_handler(servicer: object, service: ServiceDescriptor) -> grpc.Generi
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour, request_deserializer=request, response_serializer=response)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+class GenericOnly:
+    """A server as generated ``add_*_to_server`` functions see it, taking their generic handlers only.
+
+    grpc.aio's accept loop waits on one pending future per pre-registered method, all re-armed and waited on
+    again for every incoming call of any service: health's three methods and reflection's one cost
+    CheckAccess about 6% of its server CPU (benchmarks/README.md). The generic handlers that the same
+    functions add serve the same methods without that."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Dropped: the generic handler added beside them serves these methods."""
