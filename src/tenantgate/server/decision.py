@@ -96,15 +96,18 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         self._keys = keys
         self._ids = DecisionIds()
 
-    async def _snapshot(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
+    def _snapshot(self) -> Snapshot:
+        """The snapshot to answer from, unless there is none yet or it is older than the max staleness."""
         snapshot = self._holder.current
         if snapshot is None:
             raise Unavailable("no snapshot of the registry is loaded yet")
         if self._max_staleness and self._clock.now() - self._holder.confirmed_at > self._max_staleness:
             raise Unavailable(f"the registry was last read {self._clock.now() - self._holder.confirmed_at:.0f} s ago, "
                               f"longer than the configured max staleness ({self._max_staleness:g} s); failing closed")
-        if min_revision <= snapshot.revision:
-            return snapshot
+        return snapshot
+
+    async def _snapshot_at(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
+        """A snapshot at ``min_revision`` or later, waiting for the syncer until just before the deadline."""
         remaining = context.time_remaining()
         # Answer a little before the caller's deadline, so it gets FAILED_PRECONDITION, not a timeout.
         wait = DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - max(0.05, remaining / 20))
@@ -113,12 +116,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             current = self._holder.current.revision if self._holder.current else 0
             raise FailedPrecondition(f"the snapshot is at revision {current}, older than min_revision {min_revision}",
                                      field="min_revision")
-        return waited
+        return self._snapshot()
 
     def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse,
                 prefix: str = "") -> None:
         """Decide ``request`` and write the answer into ``answer`` (a batch fills its results in place)."""
-        access_request = requests.access_request(request, prefix)
+        access_request = requests.access_request(request, snapshot.tenants, prefix)
         decision = self._access.check(snapshot, access_request)
         decision_id = self._ids.next()
         if self._decision_log is not None:
@@ -141,7 +144,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def CheckAccess(self, request: pb.CheckAccessRequest,
                           context: grpc.aio.ServicerContext) -> pb.CheckAccessResponse:
-        snapshot = await self._snapshot(request.min_revision, context)
+        snapshot = self._snapshot()
+        if request.min_revision > snapshot.revision:
+            snapshot = await self._snapshot_at(request.min_revision, context)
         answer = pb.CheckAccessResponse()
         self._decide(snapshot, request, answer)
         return answer
@@ -152,7 +157,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         if len(request.items) > requests.MAX_BATCH:
             raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(request.items)}",
                                   field="items")
-        snapshot = await self._snapshot(request.min_revision, context)
+        snapshot = self._snapshot()
+        if request.min_revision > snapshot.revision:
+            snapshot = await self._snapshot_at(request.min_revision, context)
         response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
         for index, item in enumerate(request.items):
             result = response.results.add()
@@ -168,7 +175,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
-        snapshot = await self._snapshot(0, context)
+        snapshot = self._snapshot()
         tenant_id = requests.tenant_id(request.tenant_id)
         outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
                                             release=request.release, idempotency_key=request.idempotency_key)
@@ -190,7 +197,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                         read: Callable[[Snapshot, str, str, str], T]) -> T:
         """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
         and what they got, never the material."""
-        snapshot = await self._snapshot(0, context)
+        snapshot = self._snapshot()
         tenant_id = requests.tenant_id(request.tenant_id)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
@@ -245,7 +252,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
                             context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
-        snapshot = await self._snapshot(0, context)
+        snapshot = self._snapshot()
         token = requests.require_text(request.token, "token", MAX_TOKEN_BYTES)
         result = self._tokens.verify(snapshot, token, requests.tenant_id(request.tenant_id, required=False))
         if result.token is None:
@@ -265,7 +272,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ResolveTenant(self, request: pb.ResolveTenantRequest,
                             context: grpc.aio.ServicerContext) -> pb.ResolveTenantResponse:
-        snapshot = await self._snapshot(0, context)
+        snapshot = self._snapshot()
         tenant_id = requests.tenant_id(request.tenant_id)
         tenant = snapshot.tenants.get(tenant_id)
         if tenant is None:
