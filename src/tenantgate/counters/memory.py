@@ -86,17 +86,26 @@ class MemoryCounterStore:
                         raise Aborted(f"idempotency key {idempotency.key!r} was used with a different request",
                                       field="idempotency_key")
                     return remembered[2]
-            evaluated = [self._evaluate((tenant_id, op.spec.name), op, now) for op in ops]
-            results = [result for result, _ in evaluated]
-            admitted = all(result.allowed or op.spec.shadow for op, result in zip(ops, results, strict=True))
-            for op, (result, basis) in zip(ops, evaluated, strict=True):
+            evaluated = []
+            admitted = True
+            for op in ops:
+                result, basis = self._evaluate((tenant_id, op.spec.name), op, now)
+                evaluated.append((op, result, basis))
+                if not result.allowed and not op.spec.shadow:
+                    admitted = False
+            results = []
+            for op, result, basis in evaluated:
                 key = (tenant_id, op.spec.name)
-                if admitted and result.allowed:
+                counts = self._usage.get(key)
+                if counts is None:
+                    counts = self._usage[key] = [0, 0]
+                if not result.allowed:
+                    counts[1] += op.amount
+                elif admitted:
                     self._commit(key, op, result, basis)
                     if not op.release:
-                        self._usage.setdefault(key, [0, 0])[0] += op.amount
-                elif not result.allowed:
-                    self._usage.setdefault(key, [0, 0])[1] += op.amount
+                        counts[0] += op.amount
+                results.append(result)
             if idempotency is not None:
                 self._answers[(tenant_id, idempotency.key)] = (idempotency.payload_digest,
                                                                now + idempotency.ttl, results)

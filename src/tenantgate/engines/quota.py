@@ -10,9 +10,8 @@ import calendar
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
@@ -23,23 +22,21 @@ MAX_ITEMS = 64
 MAX_AMOUNT = 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaRequestItem:
+# Named tuples, not frozen dataclasses: several are built per consume (see engines/access.py).
+class QuotaRequestItem(NamedTuple):
     quota: str
     amount: int
     lease_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class CounterOp:
+class CounterOp(NamedTuple):
     spec: QuotaSpec
     amount: int
     release: bool = False
     lease_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class CounterResult:
+class CounterResult(NamedTuple):
     allowed: bool
     remaining: int
     reset_after: float = 0.0
@@ -47,8 +44,7 @@ class CounterResult:
     lease_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):
     quota: str
     amount: int
     allowed: bool
@@ -60,8 +56,7 @@ class ItemOutcome:
     shadow: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumeOutcome:
+class ConsumeOutcome(NamedTuple):
     allowed: bool
     items: tuple[ItemOutcome, ...]
     revision: int
@@ -69,8 +64,7 @@ class ConsumeOutcome:
     degraded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Idempotency:
+class Idempotency(NamedTuple):
     key: str
     payload_digest: str
     ttl: float
@@ -141,6 +135,15 @@ def payload_digest(tenant_id: str, items: Sequence[QuotaRequestItem], release: b
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _refuse_repeated_quotas(items: Sequence[QuotaRequestItem]) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item.quota in seen:
+            raise InvalidArgument(f"quota {item.quota!r} is named twice; merge the amounts",
+                                  field=f"items[{index}].quota")
+        seen.add(item.quota)
+
+
 class QuotaEngine:
     def __init__(self, counters: CounterStore, *, clock: Clock | None = None,
                  idempotency_ttl: float = 24 * 3600, on_backend_error: str = "deny") -> None:
@@ -168,16 +171,12 @@ class QuotaEngine:
             raise InvalidArgument("at least one item is required", field="items")
         if len(items) > MAX_ITEMS:
             raise InvalidArgument(f"at most {MAX_ITEMS} items per call", field="items")
+        quotas = tenant.spec.quotas
         ops: list[CounterOp] = []
-        seen: set[str] = set()
         for index, item in enumerate(items):
-            spec = tenant.spec.quotas.get(item.quota)
+            spec = quotas.get(item.quota)
             if spec is None:
                 raise NotFound(f"tenant {tenant_id!r} has no quota {item.quota!r}", field=f"items[{index}].quota")
-            if item.quota in seen:
-                raise InvalidArgument(f"quota {item.quota!r} is named twice; merge the amounts",
-                                      field=f"items[{index}].quota")
-            seen.add(item.quota)
             if item.amount > MAX_AMOUNT:
                 raise InvalidArgument(f"amount must be at most {MAX_AMOUNT}", field=f"items[{index}].amount")
             if release and not spec.releasable:
@@ -187,6 +186,8 @@ class QuotaEngine:
                 raise InvalidArgument("releasing a concurrency quota needs the lease_id it was acquired with",
                                       field=f"items[{index}].lease_id")
             ops.append(CounterOp(spec, item.amount, release, item.lease_id))
+        if len(items) > 1:
+            _refuse_repeated_quotas(items)
         idempotency = None
         if idempotency_key:
             idempotency = Idempotency(idempotency_key, payload_digest(tenant_id, items, release),
@@ -198,13 +199,15 @@ class QuotaEngine:
             # Never a silent allow: each item gets its quota's stated policy (the server default: deny).
             degraded = True
             results = [self._by_policy(op.spec) for op in ops]
-        outcomes = tuple(
-            ItemOutcome(op.spec.name, op.amount, result.allowed, op.spec.capacity, result.remaining, result.reset_after,
-                        result.retry_after, result.lease_id, op.spec.shadow)
-            for op, result in zip(ops, results, strict=True)
-        )
-        allowed = all(outcome.allowed or outcome.shadow for outcome in outcomes)
-        return ConsumeOutcome(allowed, outcomes, tenant.revision, degraded)
+        outcomes = []
+        allowed = True
+        for op, result in zip(ops, results, strict=True):
+            spec = op.spec
+            outcomes.append(ItemOutcome(spec.name, op.amount, result.allowed, spec.capacity, result.remaining,
+                                        result.reset_after, result.retry_after, result.lease_id, spec.shadow))
+            if not result.allowed and not spec.shadow:
+                allowed = False
+        return ConsumeOutcome(allowed, tuple(outcomes), tenant.revision, degraded)
 
     def _by_policy(self, spec: QuotaSpec) -> CounterResult:
         if (spec.on_backend_error or self._on_backend_error) == "allow":

@@ -176,7 +176,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
         snapshot = self._snapshot()
-        tenant_id = requests.tenant_id(request.tenant_id)
+        tenant_id = requests.tenant_id(request.tenant_id, known=snapshot.tenants)
         outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
                                             release=request.release, idempotency_key=request.idempotency_key)
         self._metering.record(tenant_id, outcome, release=request.release)
@@ -198,7 +198,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
         and what they got, never the material."""
         snapshot = self._snapshot()
-        tenant_id = requests.tenant_id(request.tenant_id)
+        tenant_id = requests.tenant_id(request.tenant_id, known=snapshot.tenants)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
         outcome = "OK"

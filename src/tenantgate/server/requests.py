@@ -33,8 +33,9 @@ def bounded_text(value: str, field: str, limit: int) -> str:
     return value
 
 
-def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True) -> str:
-    if not value and not required:
+def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True, known: Container[str] = ()) -> str:
+    """``known``: ids already validated (the snapshot's), which skip the pattern match."""
+    if (not value and not required) or value in known:
         return value
     require_text(value, field, MAX_ID)
     if not TENANT_ID.match(value):
@@ -90,9 +91,9 @@ def quota_items(request: pb.ConsumeQuotaRequest) -> list[QuotaRequestItem]:
     bounded_text(request.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY)
     items = []
     for index, item in enumerate(request.items):
-        items.append(QuotaRequestItem(
-            quota=require_text(item.quota, f"items[{index}].quota", MAX_ID),
-            amount=item.amount,
-            lease_id=bounded_text(item.lease_id, f"items[{index}].lease_id", MAX_ID),
-        ))
+        quota, lease_id = item.quota, item.lease_id
+        if not quota or len(quota) > MAX_ID or len(lease_id) > MAX_ID:
+            require_text(quota, f"items[{index}].quota", MAX_ID)
+            bounded_text(lease_id, f"items[{index}].lease_id", MAX_ID)
+        items.append(QuotaRequestItem(quota, item.amount, lease_id))
     return items
