@@ -4,19 +4,22 @@ server (benchmarks/baseline_server.py) in the same run; figures are ratios to th
 Before a scenario is measured, its exact request is sent with a real gRPC client and must answer OK:
 h2load counts any HTTP 200 as success, even when grpc-status says otherwise.
 Needs h2load (Debian package nghttp2-client). Loopback only; every run is bounded in time.
-Usage: python benchmarks/grpc_bench.py [--seconds 5] [--connections 4] [--streams 16] [--tenants 10]
+Usage: python benchmarks/grpc_bench.py [--seconds 5] [--rounds 3] [--connections 4] [--streams 16]
+       [--tenants 10] [--only 'NAME;NAME']
 Writes benchmarks/results/latest.json and latest.md (and latest.png when matplotlib is installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +72,10 @@ def tenant(tenant_id: str, jwk: dict[str, Any]) -> dict[str, Any]:
                      "tokens": {"issuers": [{"issuer": "https://idp.bench", "audience": "tenantgate",
                                              "jwks": {"keys": [jwk]}}]},
                      "keys": {"purposes": ["data"], "readers": ["service:storage"]}}}
+
+
+def body_file(scratch: Path, scenario: Scenario) -> Path:
+    return scratch / (re.sub(r"\W+", "-", scenario.name) + ".bin")
 
 
 def wait_ready(target: str) -> None:
@@ -140,6 +147,7 @@ def verify(target: str, scenario: Scenario) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server and scenario, alternating")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
     parser.add_argument("--tenants", type=int, default=10)
@@ -177,7 +185,7 @@ def main() -> int:
     if args.only:
         wanted = {name.strip() for name in args.only.split(";")}
         scenarios = [s for s in scenarios if s.name in wanted]
-    with tempfile.TemporaryDirectory() as scratch_name:
+    with tempfile.TemporaryDirectory() as scratch_name, contextlib.ExitStack() as running:
         scratch = Path(scratch_name)
         key_file = scratch / "master.key"
         generate_master_key_file(key_file)
@@ -192,61 +200,84 @@ def main() -> int:
         extra = {"default": [], "cold": [], "redis": ["--quota-backend", args.redis, "--quota-prefix",
                                                       f"tgbench-{os.getpid()}:"]}
         env = {"cold": {"TENANTGATE_TOKEN_CACHE_SIZE": "0"}}
+        pids: dict[str, int] = {}
         responses: dict[str, str] = {}
         for kind in sorted({s.server for s in scenarios}):
-            with process([*serve, "--listen", f"127.0.0.1:{ports[kind]}", *extra[kind]], env.get(kind)) as child:
-                target = f"127.0.0.1:{ports[kind]}"
-                wait_ready(target)
-                for scenario in (s for s in scenarios if s.server == kind):
-                    response = verify(target, scenario)
-                    responses.setdefault(scenario.method, response.hex())
-                    scenario.results["response_bytes"] = len(response)
-                    body = scratch / f"{scenario.method}.bin"
-                    body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
-                    scenario.results["tenantgate"] = h2load(target, scenario, body, args.seconds, args.connections,
-                                                            args.streams, pid=child.pid)
-                    half = scenario.results["tenantgate"]["rps"] / 2
-                    scenario.results["tenantgate_at_half_load"] = h2load(target, scenario, body, args.seconds,
-                                                                         args.connections, args.streams, rate=half)
+            child = running.enter_context(process([*serve, "--listen", f"127.0.0.1:{ports[kind]}", *extra[kind]],
+                                                  env.get(kind)))
+            pids[kind] = child.pid
+            wait_ready(f"127.0.0.1:{ports[kind]}")
+        for scenario in scenarios:
+            response = verify(f"127.0.0.1:{ports[scenario.server]}", scenario)
+            responses.setdefault(scenario.method, response.hex())
+            scenario.results["response_bytes"] = len(response)
+            body = body_file(scratch, scenario)
+            body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
         responses_file = scratch / "responses.json"
         responses_file.write_text(json.dumps(responses))
-        baseline = [sys.executable, str(Path(__file__).with_name("baseline_server.py")), "--port",
-                    str(ports["baseline"]), "--responses", str(responses_file)]
-        with process(baseline) as child:
-            target = f"127.0.0.1:{ports['baseline']}"
-            wait_ready(target)
+        baseline = running.enter_context(process([sys.executable, str(Path(__file__).with_name("baseline_server.py")),
+                                                  "--port", str(ports["baseline"]), "--responses",
+                                                  str(responses_file)]))
+        pids["baseline"] = baseline.pid
+        wait_ready(f"127.0.0.1:{ports['baseline']}")
+        for round_number in range(args.rounds):
             for scenario in scenarios:
-                body = scratch / f"{scenario.method}.bin"
-                body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
-                scenario.results["baseline"] = h2load(target, scenario, body, args.seconds, args.connections,
-                                                      args.streams, pid=child.pid)
+                body = body_file(scratch, scenario)
+                # Alternate which server goes first, so that drift on a shared machine favours neither.
+                order = ["tenantgate", "baseline"] if round_number % 2 == 0 else ["baseline", "tenantgate"]
+                for server in order:
+                    kind = scenario.server if server == "tenantgate" else "baseline"
+                    scenario.results.setdefault(server, []).append(h2load(
+                        f"127.0.0.1:{ports[kind]}", scenario, body, args.seconds, args.connections, args.streams,
+                        pid=pids[kind]))
+        # Latency at half load: both servers at the same rate, half of what tenantgate sustained.
+        for scenario in scenarios:
+            body = body_file(scratch, scenario)
+            half = statistics.median(run["rps"] for run in scenario.results["tenantgate"]) / 2
+            for server in ("tenantgate", "baseline"):
+                kind = scenario.server if server == "tenantgate" else "baseline"
+                scenario.results[f"{server}_at_half_load"] = h2load(
+                    f"127.0.0.1:{ports[kind]}", scenario, body, args.seconds, args.connections, args.streams,
+                    rate=half)
     rows = []
     for scenario in scenarios:
         ours, base = scenario.results["tenantgate"], scenario.results["baseline"]
-        rows.append({"scenario": scenario.name, "rps": ours["rps"], "baseline_rps": base["rps"],
-                     "ratio_to_baseline": ours["rps"] / base["rps"] if base["rps"] else 0.0,
-                     "decisions_per_s": ours["rps"] * scenario.decisions_per_call,
-                     "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"], "p999_ms": ours["p999_ms"],
+        ratios = [o["rps"] / b["rps"] for o, b in zip(ours, base, strict=True) if b["rps"]]
+
+        def median(runs: list[dict[str, float]], key: str) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        cpu, base_cpu = median(ours, "server_cpu_us_per_call"), median(base, "server_cpu_us_per_call")
+        rows.append({"scenario": scenario.name, "rps": median(ours, "rps"), "baseline_rps": median(base, "rps"),
+                     "ratio_to_baseline": statistics.median(ratios) if ratios else 0.0,
+                     "ratio_range": [min(ratios), max(ratios)] if ratios else [0.0, 0.0],
+                     "decisions_per_s": median(ours, "rps") * scenario.decisions_per_call,
+                     "p50_ms": median(ours, "p50_ms"), "p99_ms": median(ours, "p99_ms"),
+                     "p999_ms": median(ours, "p999_ms"), "baseline_p99_ms": median(base, "p99_ms"),
+                     "half_load_rps": scenario.results["tenantgate_at_half_load"]["rps"],
                      "p99_ms_at_half_load": scenario.results["tenantgate_at_half_load"]["p99_ms"],
-                     "failed": ours["failed"], "baseline_p99_ms": base["p99_ms"],
-                     "server_cpu_us_per_call": ours["server_cpu_us_per_call"],
-                     "baseline_cpu_us_per_call": base["server_cpu_us_per_call"],
-                     "cpu_ratio_baseline_over_ours": (base["server_cpu_us_per_call"] / ours["server_cpu_us_per_call"]
-                                                      if ours["server_cpu_us_per_call"] else 0.0)})
+                     "baseline_p99_ms_at_half_load": scenario.results["baseline_at_half_load"]["p99_ms"],
+                     "failed": sum(run["failed"] for run in ours),
+                     "server_cpu_us_per_call": cpu, "baseline_cpu_us_per_call": base_cpu,
+                     "cpu_ratio_baseline_over_ours": base_cpu / cpu if cpu else 0.0})
     report = {"cores": os.cpu_count(), "python": platform.python_version(), "connections": args.connections,
-              "streams_per_connection": args.streams, "seconds": args.seconds, "tenants": args.tenants,
-              "note": "load generator and servers on the same machine", "rows": rows}
+              "streams_per_connection": args.streams, "seconds": args.seconds, "rounds": args.rounds,
+              "tenants": args.tenants, "note": "load generator and servers on the same machine; figures are "
+              "medians over rounds that alternate tenantgate and the baseline", "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"Cores: {report['cores']} (h2load shares them); {args.connections} connections x {args.streams} "
-             f"streams; {args.tenants} tenants; {args.seconds:g} s per run.", "",
-             "| scenario | RPS | baseline RPS | ratio | server CPU µs/call (baseline) | CPU ratio | decisions/s "
-             "| p50 ms | p99 ms | p99.9 ms | p99 ms at 50% load |",
+             f"streams; {args.tenants} tenants; {args.rounds} rounds of {args.seconds:g} s per server, "
+             "alternating tenantgate and the baseline; medians.", "",
+             "| scenario | RPS | baseline RPS | ratio (range) | server CPU µs/call (baseline) | CPU ratio "
+             "| decisions/s | p50 ms | p99 ms | p99.9 ms | p99 ms at 50% load (baseline at the same rate) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['scenario']} | {r['rps']:,.0f} | {r['baseline_rps']:,.0f} | {r['ratio_to_baseline']:.2f} | "
+    lines += [f"| {r['scenario']} | {r['rps']:,.0f} | {r['baseline_rps']:,.0f} | {r['ratio_to_baseline']:.2f} "
+              f"({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}) | "
               f"{r['server_cpu_us_per_call']:.0f} ({r['baseline_cpu_us_per_call']:.0f}) | "
               f"{r['cpu_ratio_baseline_over_ours']:.2f} | {r['decisions_per_s']:,.0f} | {r['p50_ms']:.2f} | "
-              f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['p99_ms_at_half_load']:.2f} |" for r in rows]
+              f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['p99_ms_at_half_load']:.2f} "
+              f"({r['baseline_p99_ms_at_half_load']:.2f}) |" for r in rows]
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
