@@ -144,7 +144,11 @@ class MemoryCounterStore:
         spec = op.spec
         if spec.kind is QuotaKind.RATE:
             level, now = basis
-            self._buckets[key] = _Bucket(level - op.amount, now)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                self._buckets[key] = _Bucket(level - op.amount, now)
+            else:
+                bucket.tokens, bucket.updated = level - op.amount, now
         elif spec.kind is QuotaKind.WINDOW:
             start, used = basis
             self._windows[key] = _Window(start, int(used) + op.amount)

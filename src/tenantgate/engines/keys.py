@@ -70,7 +70,10 @@ class KeyEngine:
 
     @staticmethod
     def _primary(versions: tuple[KeyVersion, ...]) -> KeyVersion | None:
-        floor = versions[-1].min_decryption_version
+        newest = versions[-1]
+        floor = newest.min_decryption_version
+        if newest.state is KeyState.ENABLED and newest.version >= floor:
+            return newest  # the usual case, without a generator
         return next((k for k in reversed(versions) if k.state is KeyState.ENABLED and k.version >= floor), None)
 
     def get(self, snapshot: Snapshot, caller: str, tenant_id: str, purpose: str, version: int = 0) -> KeyVersion:

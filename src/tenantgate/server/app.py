@@ -97,7 +97,8 @@ class TenantgateServer:
                                             on_availability=self._quota_backend_changed)
         quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
-        identity = CallerIdentity(trust_metadata=config.trust_caller_metadata)
+        identity = CallerIdentity(trust_metadata=config.trust_caller_metadata,
+                                  client_certificates=bool(config.client_ca))
         self._decision_log = (DecisionLog(config.decision_log, sample=config.decision_log_sample)
                               if config.decision_log else None)
         self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(), identity,

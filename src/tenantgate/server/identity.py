@@ -36,12 +36,15 @@ def identity_from_certificate(pem: bytes) -> str:
 
 
 class CallerIdentity:
-    def __init__(self, *, trust_metadata: bool = False) -> None:
+    def __init__(self, *, trust_metadata: bool = False, client_certificates: bool = True) -> None:
+        """``client_certificates``: whether the listener can carry them (TLS); without, the per-call
+        look-up of the connection's auth context is skipped."""
         self._trust_metadata = trust_metadata
+        self._client_certificates = client_certificates
 
     def of(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's identity, or "" for an anonymous caller."""
-        certificates = (context.auth_context() or {}).get("x509_pem_cert")
+        certificates = (context.auth_context() or {}).get("x509_pem_cert") if self._client_certificates else None
         if certificates:
             return identity_from_certificate(bytes(certificates[0]))
         if self._trust_metadata:
