@@ -28,6 +28,11 @@ def _script() -> str:
 
 
 CONSUME_SCRIPT = _script()
+# Pipelines sent and not yet answered; consumes arriving meanwhile wait to go in the next one. A round
+# trip costs far more CPU than a script call in it (about 200 us against 75 us on the benchmark machine),
+# so one pipeline at a time, with the next one gathering what arrives meanwhile, used 12% less CPU per
+# consume under load than two.
+MAX_PIPELINES_IN_FLIGHT = 1
 
 
 class RedisCounterStore:
@@ -70,9 +75,7 @@ class RedisCounterStore:
                      "1" if spec.shadow else "0", spec.name]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, args, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule_flush()
         reply = await future
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "conflict":
@@ -81,12 +84,24 @@ class RedisCounterStore:
         return [CounterResult(bool(allowed), int(remaining), float(reset), float(retry), str(lease))
                 for allowed, remaining, reset, retry, lease in json.loads(reply[1])]
 
+    def _schedule_flush(self) -> None:
+        """Send what is queued once the loop has run the other ready callbacks (so that consumes arriving
+        together share a pipeline), unless enough pipelines are in flight: then the queue grows until one
+        returns, so batches grow with the load instead of the round trips."""
+        if not self._flushing and self._queue and len(self._sending) < MAX_PIPELINES_IN_FLIGHT:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        batch, self._queue = self._queue, []
         self._flushing = False
+        batch, self._queue = self._queue, []
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)  # a task nobody references may be collected before it runs
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future[None]) -> None:
+        self._sending.discard(task)
+        self._schedule_flush()
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
