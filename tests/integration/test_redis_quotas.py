@@ -70,6 +70,18 @@ async def test_concurrent_consumes_share_round_trips(redis_store: RedisCounterSt
     assert redis_store.consumes == 200 and redis_store.round_trips <= 20
 
 
+async def test_a_script_cache_lost_by_redis_is_reloaded_and_the_call_counted_once(
+        redis_store: RedisCounterStore, redis_url: str) -> None:
+    engine = QuotaEngine(redis_store)
+    snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
+    assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 60)])).allowed
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()  # what a Redis restart or failover does to loaded scripts
+    client.close()
+    assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 40)])).allowed
+    assert not (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 1)])).allowed
+
+
 def _hammer(redis_url: str, prefix: str, callers: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> int:
         store = RedisCounterStore(redis_url, prefix=prefix)
