@@ -112,7 +112,8 @@ class TenantView:
 
     @property
     def policy(self) -> CompiledPolicy:
-        return self.compiled.policy
+        # Read on every decision: one property call, not two, once compiled.
+        return (self._compiled or self.compiled).policy
 
     @property
     def issuers(self) -> tuple[CompiledIssuer, ...]:

@@ -145,9 +145,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         return self._snapshot()
 
     def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse,
-                prefix: str = "") -> None:
+                batch_index: int | None = None) -> None:
         """Decide ``request`` and write the answer into ``answer`` (a batch fills its results in place)."""
-        access_request = requests.access_request(request, snapshot.tenants, prefix)
+        access_request = requests.access_request(request, snapshot.tenants, batch_index)
         decision = self._access.check(snapshot, access_request)
         decision_id = self._ids.next()
         if self._decision_log is not None:
@@ -191,7 +191,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             result = response.results.add()
             result.correlation_id = item.correlation_id
             try:
-                self._decide(snapshot, item.check, result.decision, f"items[{index}].check.")
+                self._decide(snapshot, item.check, result.decision, index)
             except TenantgateError as error:
                 result.error.code = status_code(error).value[0]
                 result.error.message = error.message

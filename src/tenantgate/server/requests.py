@@ -44,8 +44,9 @@ def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True, kn
 
 
 def access_request(request: pb.CheckAccessRequest, known_tenants: Container[str] = (),
-                   prefix: str = "") -> AccessRequest:
-    """``known_tenants``: ids already validated (the snapshot's), which skip the pattern match."""
+                   batch_index: int | None = None) -> AccessRequest:
+    """``known_tenants``: ids already validated (the snapshot's), which skip the pattern match;
+    ``batch_index``: where the check sits in a batch, for the field named in an error."""
     tenant, subject, token = request.tenant_id, request.subject, request.token
     action, resource, environment = request.action, request.resource, request.environment
     home = request.subject_tenant_id
@@ -55,7 +56,7 @@ def access_request(request: pb.CheckAccessRequest, known_tenants: Container[str]
             and len(environment) <= MAX_ID and (tenant in known_tenants or _is_tenant_id(tenant))
             and (not home or home in known_tenants or _is_tenant_id(home)) and not request.context):
         return AccessRequest(tenant, action, resource, subject, home, token, environment)
-    return _checked_access_request(request, prefix)
+    return _checked_access_request(request, "" if batch_index is None else f"items[{batch_index}].check.")
 
 
 def _is_tenant_id(value: str) -> bool:
