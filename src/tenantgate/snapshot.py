@@ -106,22 +106,22 @@ class TenantView:
             self._load = None  # drop the document text it closed over
         return compiled
 
+    # The parts below are read on every call: one property call each, not two, once compiled.
     @property
     def spec(self) -> TenantSpec:
-        return self.compiled.spec
+        return (self._compiled or self.compiled).spec
 
     @property
     def policy(self) -> CompiledPolicy:
-        # Read on every decision: one property call, not two, once compiled.
         return (self._compiled or self.compiled).policy
 
     @property
     def issuers(self) -> tuple[CompiledIssuer, ...]:
-        return self.compiled.issuers
+        return (self._compiled or self.compiled).issuers
 
     @property
     def keys(self) -> Mapping[str, tuple[KeyVersion, ...]]:
-        return self.compiled.keys
+        return (self._compiled or self.compiled).keys
 
 
 def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
