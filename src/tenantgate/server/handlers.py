@@ -50,9 +50,9 @@ def service_handler(servicer: object, service: ServiceDescriptor) -> grpc.Generi
 class GenericOnly:
     """A server as generated ``add_*_to_server`` functions see it, taking their generic handlers only.
 
-    grpc.aio's accept loop waits on one pending future per pre-registered method, all re-armed and waited on
-    again for every incoming call of any service: health's three methods and reflection's one cost
-    CheckAccess about 6% of its server CPU (benchmarks/README.md). The generic handlers that the same
+    grpc.aio's accept loop keeps one pending future per pre-registered method and hands all of them to
+    asyncio.wait again for every incoming call of any service: health's three methods and reflection's one
+    cost CheckAccess 6% of its instructions (README, Benchmarks). The generic handlers that the same
     functions add serve the same methods without that."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
