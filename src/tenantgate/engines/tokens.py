@@ -34,7 +34,8 @@ class VerifiedToken:
     expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built for every token checked, cached or not (see engines/access.py).
+@dataclass(slots=True)
 class TokenResult:
     token: VerifiedToken | None
     problem: TokenProblem = TokenProblem.NONE
