@@ -36,6 +36,12 @@ CONSUME_SCRIPT = _script()
 MAX_PIPELINES_IN_FLIGHT = 1
 
 
+def _awaitable(command: object) -> Awaitable[Any]:
+    """A command of the async client. redis-py types some commands for its sync and async clients at once,
+    and not alike from one release to the next."""
+    return cast(Awaitable[Any], command)
+
+
 class RedisCounterStore:
     def __init__(self, url: str, *, prefix: str = "tg:", timeout: float = 1.0,
                  on_availability: Callable[[bool], None] | None = None) -> None:
@@ -176,8 +182,7 @@ class RedisCounterStore:
     async def ping(self) -> bool:
         """Whether Redis answers now; marks the backend available again when it does."""
         try:
-            # redis-py types its commands for the sync and async clients at once; this one is async.
-            await cast(Awaitable[bool], self._redis.ping())
+            await _awaitable(self._redis.ping())
         except (RedisError, OSError):
             self._set_available(False)
             return False
@@ -186,7 +191,7 @@ class RedisCounterStore:
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         try:
-            raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._key(tenant_id, "usage")))
+            raw: dict[bytes, bytes] = await _awaitable(self._redis.hgetall(self._key(tenant_id, "usage")))
         except (RedisError, OSError) as exc:
             raise StorageError(f"the Redis quota backend is unavailable: {exc}") from exc
         usage: dict[str, list[int]] = {}
