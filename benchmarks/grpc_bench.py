@@ -79,6 +79,18 @@ def body_file(scratch: Path, scenario: Scenario) -> Path:
     return scratch / (re.sub(r"\W+", "-", scenario.name) + ".bin")
 
 
+def write_registry(scratch: Path, tenants: int, jwk: dict[str, Any]) -> Path:
+    """``scratch``/registry.db with tenants t00000, t00001, ... and their data keys; returns the master
+    key file those keys are wrapped under."""
+    key_file = scratch / "master.key"
+    generate_master_key_file(key_file)
+    store = SQLiteStore(scratch / "registry.db")
+    store.apply({f"t{i:05d}": tenant(f"t{i:05d}", jwk) for i in range(tenants)},
+                key_factory=tenant_key_factory(MasterKey.from_file(key_file)))
+    store.close()
+    return key_file
+
+
 def wait_ready(target: str) -> None:
     with grpc.insecure_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
@@ -188,12 +200,7 @@ def main() -> int:
         scenarios = [s for s in scenarios if s.name in wanted]
     with tempfile.TemporaryDirectory() as scratch_name, contextlib.ExitStack() as running:
         scratch = Path(scratch_name)
-        key_file = scratch / "master.key"
-        generate_master_key_file(key_file)
-        store = SQLiteStore(scratch / "registry.db")
-        store.apply({f"t{i:05d}": tenant(f"t{i:05d}", jwk) for i in range(args.tenants)},
-                    key_factory=tenant_key_factory(MasterKey.from_file(key_file)))
-        store.close()
+        key_file = write_registry(scratch, args.tenants, jwk)
         serve = [sys.executable, "-m", "tenantgate", "serve", "--registry", f"sqlite://{scratch}/registry.db",
                  "--admin-listen", "", "--snapshot-file", "", "--trust-caller-metadata", "--master-key-file",
                  str(key_file), "--log-level", "WARNING"]

@@ -21,10 +21,8 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from grpc_bench import RESULTS, Scenario, free_port, grpc_frame, h2load, process, tenant, verify, wait_ready
+from grpc_bench import RESULTS, Scenario, free_port, grpc_frame, h2load, process, verify, wait_ready, write_registry
 
-from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
-from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
 
 CONNECTIONS_PER_WORKER = 4
@@ -50,12 +48,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        key_file = scratch / "master.key"
-        generate_master_key_file(key_file)
-        store = SQLiteStore(scratch / "registry.db")
-        store.apply({f"t{i:05d}": tenant(f"t{i:05d}", jwk) for i in range(10)},
-                    key_factory=tenant_key_factory(MasterKey.from_file(key_file)))
-        store.close()
+        key_file = write_registry(scratch, 10, jwk)
         for scenario in scenarios:
             body = scratch / f"{scenario.method}.bin"
             body.write_bytes(grpc_frame(scenario.request.SerializeToString()))

@@ -29,11 +29,6 @@ def _script() -> str:
 
 
 CONSUME_SCRIPT = _script()
-# Pipelines sent and not yet answered; consumes arriving meanwhile wait to go in the next one. A round
-# trip costs far more CPU than a script call in it (about 200 us against 75 us on the benchmark machine),
-# so one pipeline at a time, with the next one gathering what arrives meanwhile, used 12% less CPU per
-# consume under load than two.
-MAX_PIPELINES_IN_FLIGHT = 1
 
 
 def _awaitable(command: object) -> Awaitable[Any]:
@@ -48,15 +43,14 @@ class RedisCounterStore:
         self._redis = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                         retry_on_timeout=False)
         # Consumes go over one connection of their own, timed per round trip (see _evaluate).
-        self._consume_pool: aioredis.ConnectionPool = aioredis.ConnectionPool.from_url(
-            url, socket_connect_timeout=timeout)
         self._connection: AbstractConnection | None = None
         self._timeout = timeout
         self._prefix = prefix
         self._sha = ""
         self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._flushing = False
-        self._sending: set[asyncio.Future[None]] = set()
+        # The one pipeline sent and not yet answered; consumes arriving meanwhile go in the next one.
+        self._in_flight: asyncio.Future[None] | None = None
         self._on_availability = on_availability
         self.available = True
         # Consumes sent and round trips made, for the batching benchmark.
@@ -66,7 +60,6 @@ class RedisCounterStore:
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.disconnect()
-        await self._consume_pool.disconnect()
         await self._redis.aclose()
 
     def _key(self, tenant_id: str, suffix: str) -> str:
@@ -101,21 +94,23 @@ class RedisCounterStore:
 
     def _schedule_flush(self) -> None:
         """Send what is queued once the loop has run the other ready callbacks (so that consumes arriving
-        together share a pipeline), unless enough pipelines are in flight: then the queue grows until one
-        returns, so batches grow with the load instead of the round trips."""
-        if not self._flushing and self._queue and len(self._sending) < MAX_PIPELINES_IN_FLIGHT:
+        together share a pipeline), unless a pipeline is in flight: then the queue grows until it returns,
+        so batches grow with the load instead of the round trips. A round trip costs far more CPU than a
+        script call in it (about 200 us against 75 us on the benchmark machine); one pipeline at a time
+        used 12% less CPU per consume under load than two."""
+        if not self._flushing and self._queue and self._in_flight is None:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flushing = False
         batch, self._queue = self._queue, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)  # a task nobody references may be collected before it runs
-        task.add_done_callback(self._sent)
+        # Held here: a task nobody references may be collected before it runs.
+        self._in_flight = asyncio.ensure_future(self._send(batch))
+        self._in_flight.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Future[None]) -> None:
-        self._sending.discard(task)
+    def _sent(self, _: asyncio.Future[None]) -> None:
+        self._in_flight = None
         self._schedule_flush()
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
@@ -141,12 +136,13 @@ class RedisCounterStore:
         """One pipeline of script calls on the store's own connection, under one deadline; loads the
         script again if the server lost it (a restart).
 
-        Only one pipeline is in flight (MAX_PIPELINES_IN_FLIGHT), so it needs no pool, and redis-py's
-        connection layer does the protocol: its pipeline object around it cost about 90 us of CPU per
-        round trip more on the benchmark machine, and a timeout per reply instead of one per round trip."""
+        Only one pipeline is in flight (_schedule_flush), so it needs no pool, and redis-py's connection
+        layer does the protocol: its pipeline object around it cost about 90 us of CPU per round trip more
+        on the benchmark machine, and a timeout per reply instead of one per round trip."""
         if self._connection is None:
-            pool = self._consume_pool
-            self._connection = pool.connection_class(**pool.connection_kwargs)
+            # The client's settings, less the per-read timeout: the round trip has one of its own.
+            pool = self._redis.connection_pool
+            self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         connection = self._connection
         if not self._sha:
             self._sha = await self._redis.script_load(CONSUME_SCRIPT)

@@ -202,7 +202,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
         snapshot = self._snapshot()
-        tenant_id = requests.tenant_id(request.tenant_id, known=snapshot.tenants)
+        tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
                                             release=request.release, idempotency_key=request.idempotency_key)
         self._metering.record(tenant_id, outcome, release=request.release)
@@ -222,7 +222,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
         and what they got, never the material."""
         snapshot = self._snapshot()
-        tenant_id = requests.tenant_id(request.tenant_id, known=snapshot.tenants)
+        tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
         outcome = "OK"

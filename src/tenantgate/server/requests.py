@@ -33,9 +33,10 @@ def bounded_text(value: str, field: str, limit: int) -> str:
     return value
 
 
-def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True, known: Container[str] = ()) -> str:
-    """``known``: ids already validated (the snapshot's), which skip the pattern match."""
-    if (not value and not required) or value in known:
+def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True,
+              known_tenants: Container[str] = ()) -> str:
+    """``known_tenants``: ids already validated (the snapshot's), which skip the pattern match."""
+    if (not value and not required) or value in known_tenants:
         return value
     require_text(value, field, MAX_ID)
     if not TENANT_ID.match(value):
