@@ -7,6 +7,11 @@ REGISTRY ?= sqlite://$(DATA)/registry.db
 MASTER_KEY ?= $(DATA)/master.key
 LISTEN ?= 127.0.0.1:50051
 INSTALLED := $(VENV)/.installed
+# `make test` builds the wheel users install and runs the integration tests against it, installed
+# (not editable) into a virtualenv of its own made afresh each time (build/ goes first: setuptools would
+# otherwise pack what a previous build left in build/lib).
+WHEELS := build/wheels
+TEST_VENV := build/installed-venv
 
 .PHONY: venv run test lint protos bench soak certs clean
 SOAK_SECONDS ?= 600
@@ -28,7 +33,13 @@ run: venv
 		--trust-caller-metadata --admin "cli:$$($(BIN)/python -c 'import getpass; print(getpass.getuser())')"
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/unit
+	rm -rf build
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELS) .
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TEST_VENV)/bin/python -m pip install --quiet "$$(ls $(WHEELS)/tenantgate-*.whl)[test]"
+	TENANTGATE_TEST_INSTALLED=1 $(TEST_VENV)/bin/python -m pytest -q tests/integration
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +31,19 @@ from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "manifests"
+# The console script installed beside the interpreter running the tests: what users run.
+TENANTGATE = str(Path(sys.executable).with_name("tenantgate"))
+# Set by `make test` for the integration tests, which run against the wheel installed in a virtualenv.
+TESTING_INSTALLED = os.environ.get("TENANTGATE_TEST_INSTALLED") == "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import tenantgate
+
+    location = Path(tenantgate.__file__).resolve()
+    if TESTING_INSTALLED and location.is_relative_to(REPO / "src"):
+        raise pytest.UsageError(f"TENANTGATE_TEST_INSTALLED=1 but tenantgate is imported from the source tree "
+                                f"({location}): run these tests with the interpreter of a non-editable install")
 ISSUER = "https://idp.test.example"
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tenantgate.keywrap import MasterKey
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore
-from tests.conftest import EXAMPLES, RunningServer, tenant_doc
+from tests.conftest import EXAMPLES, TENANTGATE, RunningServer, tenant_doc
 
 
 def tenantgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tenantgate", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([TENANTGATE, *args], capture_output=True, text=True, timeout=60,
                           env=env)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore, open_store
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 from tests.integration.test_workers import free_port, wait_serving
 
 ACCESS = {"roles": {"r": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["r"]}]}
@@ -33,7 +32,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(tmp_path: Path, registry_
     port = free_port()
     target = f"127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "tenantgate", "serve", "--registry", f"sqlite://{registry_path}",
+    server = subprocess.Popen([TENANTGATE, "serve", "--registry", f"sqlite://{registry_path}",
                                "--listen", target, "--admin-listen", "", "--snapshot-file", "",
                                "--grace-period", "10"], stdout=log, stderr=subprocess.STDOUT)
     wait_serving(target)
@@ -124,7 +123,7 @@ def test_an_apply_killed_midway_leaves_the_old_or_the_new_revision(tmp_path: Pat
         return path
 
     def apply(plan: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "tenantgate", "apply", "-f", str(manifest(plan)),
+        return subprocess.Popen([TENANTGATE, "apply", "-f", str(manifest(plan)),
                                  "--registry", registry_url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     started = time.monotonic()

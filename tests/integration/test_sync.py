@@ -4,7 +4,6 @@ registry that is unreadable at start."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 
 
 def _write_manifest(path: Path, plan: str) -> None:
@@ -27,7 +26,7 @@ def test_an_apply_from_another_process_is_served_within_a_second(
         tmp_path: Path, registry_url: str, start_server: Callable[..., RunningServer]) -> None:
     manifest = tmp_path / "acme.yaml"
     _write_manifest(manifest, "free")
-    apply = [sys.executable, "-m", "tenantgate", "apply", "-f", str(manifest), "--registry", registry_url]
+    apply = [TENANTGATE, "apply", "-f", str(manifest), "--registry", registry_url]
     subprocess.run(apply, check=True, capture_output=True)
     server = start_server(sync_interval=0.2)  # the default poll interval
     server.wait_synced(1)

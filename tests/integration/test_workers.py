@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.server.app import TenantgateServer
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 
 
 def free_port() -> int:
@@ -58,7 +57,7 @@ def wait_serving(target: str, timeout: float = 20.0) -> None:
 
 
 def test_more_than_one_worker_on_memory_counters_is_refused(registry_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "tenantgate", "serve", "--registry", f"sqlite://{registry_path}",
+    result = subprocess.run([TENANTGATE, "serve", "--registry", f"sqlite://{registry_path}",
                              "--workers", "2", "--snapshot-file", ""], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "admit up to 2 times every limit" in result.stderr and "--quota-backend redis://" in result.stderr
@@ -71,7 +70,7 @@ def test_workers_share_the_port_and_one_limit(tmp_path: Path, registry_path: Pat
     target = f"127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tenantgate", "serve", "--registry", f"sqlite://{registry_path}", "--listen", target,
+        [TENANTGATE, "serve", "--registry", f"sqlite://{registry_path}", "--listen", target,
          "--admin-listen", f"127.0.0.1:{admin_port}", "--snapshot-file", "", "--workers", "4",
          "--quota-backend", redis_url, "--quota-prefix", redis_prefix], stdout=log, stderr=subprocess.STDOUT)
     try:
