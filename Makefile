@@ -13,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 WHEELS := build/wheels
 TEST_VENV := build/installed-venv
 
-.PHONY: venv run test lint protos bench soak certs clean
+.PHONY: venv run test lint protos bench soak certs clean mutate
 SOAK_SECONDS ?= 600
 
 venv: $(INSTALLED)
@@ -71,3 +71,15 @@ certs: venv
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Mutation testing of the decision code (engines/, policy.py, globs.py, counters/memory.py) against the fast tests
+# that exercise it, with mutmut as configured under [tool.mutmut] in pyproject.toml: prints the kill rate per module
+# and writes benchmarks/results/mutation.json with the survivors. Slow (over an hour on two cores): MUTATE_CHILDREN
+# sets the parallelism, MUTANTS narrows the run to some mutants (e.g. MUTANTS='tenantgate.engines.access*').
+MUTATE_CHILDREN ?= 2
+MUTANTS ?=
+mutate: venv
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutate]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN) $(MUTANTS)
+	$(BIN)/python benchmarks/mutation_report.py

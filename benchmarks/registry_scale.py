@@ -90,7 +90,7 @@ def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey, 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0", admin_listen="", snapshot_file="")
+    config = ServeConfig(registry=registry_url, listen="127.0.0.1:0", admin_listen="", snapshot_file="")
 
     async def start() -> TenantgateServer:
         server = TenantgateServer(config, master_key)

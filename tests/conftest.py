@@ -271,10 +271,17 @@ def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., Runni
     started: list[RunningServer] = []
 
     def start(master_key: MasterKey | None = None, **settings: Any) -> RunningServer:
-        registry_url = settings.pop("registry_url", None) or request.getfixturevalue("registry_url")
+        registry_url = settings.pop("registry_url", None)
+        if registry_url is None:
+            # The test's own registry, created as an admin creates one before the first server starts (a server
+            # never creates its registry). A test that names a registry sets it up itself.
+            registry_url = request.getfixturevalue("registry_url")
+            created = open_store(registry_url)
+            created.current_revision()
+            created.close()
         settings.setdefault("trust_caller_metadata", True)
         settings.setdefault("admins", (ADMIN,))
-        config = ServeConfig(registry_url=registry_url, listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
+        config = ServeConfig(registry=registry_url, listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                              snapshot_file=settings.pop("snapshot_file", ""),
                              sync_interval=settings.pop("sync_interval", 0.05), **settings)
         server = RunningServer(config, master_key)

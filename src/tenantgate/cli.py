@@ -98,17 +98,25 @@ def _add_serve_settings(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", default=os.environ.get("TENANTGATE_CONFIG", ""),
         help="a YAML file of settings (env TENANTGATE_CONFIG); environment variables and flags override it")
-    add("--registry", dest="registry_url", help=f"registry URL (env TENANTGATE_REGISTRY; default {DEFAULT_REGISTRY})")
+    add("--registry", help=f"registry URL (env TENANTGATE_REGISTRY; default {DEFAULT_REGISTRY})")
     add("--master-key-file", help="file holding the base64 master key (env TENANTGATE_MASTER_KEY_FILE)")
     add("--listen", help=f"decision API address (default {DEFAULT_LISTEN})")
     add("--admin-listen", help=f"the Admin API's address (default {DEFAULT_ADMIN_LISTEN}; empty: not served)")
     add("--metrics-listen", help="Prometheus metrics HTTP address, e.g. 127.0.0.1:9464 (default: not served)")
     add("--metrics-port", type=int, help="shorthand for --metrics-listen 127.0.0.1:PORT")
+    add("--health-listen", help="plaintext grpc.health.v1-only address for probes, e.g. 0.0.0.0:50053; allowed "
+                                "without TLS on any address (default: not served)")
     add("--snapshot-file", help=f"last-known-good registry copy (default {DEFAULT_SNAPSHOT_FILE}; empty: none)")
+    add("--replace-snapshot-file", action="store_true", default=None,
+        help="let the registry replace a snapshot file of another registry or of a later revision (once, after "
+             "moving to a new registry or restoring a backup)")
     add("--max-staleness", type=float, help="fail closed once the registry is unread this many seconds (0: never)")
     add("--sync-interval", type=float, help="registry poll interval in seconds (default 0.2)")
     add("--max-concurrent-rpcs", type=int, help="calls in flight beyond this are refused (default 1000)")
-    add("--grace-period", type=float, help="seconds in-flight calls get to finish on SIGTERM (default 5)")
+    add("--drain-delay", type=float, help="seconds the server keeps answering after SIGTERM while it reports "
+                                          "NOT_SERVING, before it refuses new calls (default 5)")
+    add("--grace-period", type=float, help="seconds in-flight calls get to finish once new calls are refused "
+                                           "(default 5)")
     add("--quota-backend", help="quota counters: memory:// (one process) or redis://HOST:6379/0 (shared)")
     add("--quota-prefix", help="prefix of the Redis keys (default tg:)")
     add("--quota-on-backend-error", choices=("deny", "allow"),
@@ -285,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _serve_config(args)
-    configure_logging(config.log_level, config.log_format, background=True)
+    # A parent that forks workers stays single-threaded (it logs little, synchronously); each worker starts
+    # its own writer thread, since a fork copies none.
+    configure_logging(config.log_level, config.log_format, background=config.workers <= 1)
     master_key = master_key_from(config.master_key_file)
     if master_key is None:
         logging.getLogger("tenantgate").warning(
@@ -432,8 +442,16 @@ def _audit(args: argparse.Namespace) -> int:
             return EXIT_DENIED
         for entry in registry.audit_entries(tenant_id=args.tenant, after_seq=args.after, limit=args.limit):
             print(f"{entry.seq:>6} {entry.at} {entry.actor:<16} {entry.action:<18} {entry.tenant_id or '-':<12} "
-                  f"{entry.detail}")
+                  f"{_digests(entry.before_digest, entry.after_digest):<26} {entry.detail}")
     return EXIT_OK
+
+
+def _digests(before: str, after: str) -> str:
+    """The tenant document's digests before and after a change, by their first 12 hex digits ("none" where
+    the tenant did not exist); "-" for entries that change no document."""
+    if not before and not after:
+        return "-"
+    return f"{before[:12] or 'none'}->{after[:12] or 'none'}"
 
 
 def _settings(args: argparse.Namespace) -> int:

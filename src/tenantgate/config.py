@@ -25,14 +25,22 @@ DEFAULT_REGISTRY = "sqlite://.tenantgate/registry.db"
 
 @dataclass(frozen=True)
 class ServeConfig:
-    registry_url: str = DEFAULT_REGISTRY
+    # The registry URL: sqlite://, postgresql:// (flag --registry, variable TENANTGATE_REGISTRY).
+    registry: str = DEFAULT_REGISTRY
     listen: str = DEFAULT_LISTEN
     # The Admin API's own listener; empty: not served by this process.
     admin_listen: str = DEFAULT_ADMIN_LISTEN
     # Prometheus metrics over HTTP; empty: not served.
     metrics_listen: str = ""
+    # A plaintext listener serving grpc.health.v1 only, for probes that cannot present a client certificate
+    # (Kubernetes gRPC probes); allowed on any address without TLS, as it answers nothing but health.
+    # Empty: not served.
+    health_listen: str = ""
     # The last-known-good copy of the registry for a cold start while it is down; empty: none.
     snapshot_file: str = DEFAULT_SNAPSHOT_FILE
+    # Let the registry replace a snapshot file that holds another registry or a later revision (after moving
+    # to a new registry, or restoring one from a backup); otherwise such a file is kept and the server says so.
+    replace_snapshot_file: bool = False
     # Fail closed (UNAVAILABLE) once the registry has not been read for this many seconds; 0: never.
     max_staleness: float = 0.0
     quota_backend: str = "memory://"
@@ -49,7 +57,13 @@ class ServeConfig:
     max_concurrent_rpcs: int = 1000
     max_message_bytes: int = 4 * 1024 * 1024
     token_cache_size: int = 100_000
-    # Seconds in-flight calls get to finish on shutdown.
+    # Idempotency answers the memory quota backend keeps, the least recently used forgotten first (Redis
+    # keeps each for its TTL): what bounds the memory a flood of distinct idempotency keys can take.
+    idempotency_cache_size: int = 100_000
+    # On SIGTERM: seconds the server keeps answering while it reports NOT_SERVING, so that load balancers
+    # (Kubernetes endpoints, client-side balancers) stop sending it calls before it refuses any.
+    drain_delay: float = 5.0
+    # Seconds in-flight calls get to finish on shutdown, once new calls are refused.
     grace_period: float = 5.0
     # TLS: the server's certificate chain and key (PEM files); with client_ca, callers must present a
     # certificate signed by it (mutual TLS), and that certificate names them.
@@ -74,8 +88,10 @@ class ServeConfig:
     def __post_init__(self) -> None:
         problems = [f"{name} address {address!r} is not HOST:PORT"
                     for name, address in (("listen", self.listen), ("admin listen", self.admin_listen),
-                                          ("metrics listen", self.metrics_listen))
+                                          ("metrics listen", self.metrics_listen),
+                                          ("health listen", self.health_listen))
                     if (address or name == "listen") and not _host_port(address)]
+        problems.extend(_shared_port_problems(self))
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if self.client_ca and not self.tls_cert:
@@ -96,8 +112,14 @@ class ServeConfig:
                             "--quota-backend redis://HOST:6379/0, or run one worker")
         if self.max_staleness < 0:
             problems.append(f"max staleness must not be negative, got {self.max_staleness}")
+        if self.drain_delay < 0:
+            problems.append(f"drain delay must not be negative, got {self.drain_delay}")
+        if self.grace_period < 0:
+            problems.append(f"grace period must not be negative, got {self.grace_period}")
         if self.sync_interval <= 0:
             problems.append(f"sync interval must be positive, got {self.sync_interval}")
+        if self.idempotency_cache_size <= 0:
+            problems.append(f"idempotency cache size must be positive, got {self.idempotency_cache_size}")
         if self.max_concurrent_rpcs <= 0:
             problems.append(f"max concurrent RPCs must be positive, got {self.max_concurrent_rpcs}")
         if self.log_format not in ("json", "text"):
@@ -108,6 +130,18 @@ class ServeConfig:
             problems.append(f"decision log sample must be between 0 and 1, got {self.decision_log_sample}")
         if problems:
             raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _shared_port_problems(config: ServeConfig) -> list[str]:
+    """The health listener on the port of a gRPC listener would, with --workers (SO_REUSEPORT), share it and
+    split its connections between two servers instead of failing to bind."""
+    if not config.health_listen or not _host_port(config.health_listen):
+        return []
+    port = int(config.health_listen.rpartition(":")[2])
+    return [f"health listen address {config.health_listen!r} uses the port of the {name} address {address!r}; "
+            "give it a port of its own"
+            for name, address in (("listen", config.listen), ("admin listen", config.admin_listen))
+            if port != 0 and address and _host_port(address) and int(address.rpartition(":")[2]) == port]
 
 
 def _host_port(address: str) -> bool:
@@ -138,13 +172,14 @@ def master_key_from(path: str = "", environ: Mapping[str, str] | None = None) ->
     return None
 
 
-# Settings whose environment variable is not TENANTGATE_<NAME>.
-ENV_NAMES = {"registry_url": "TENANTGATE_REGISTRY"}
+# Settings a configuration file may still name by an older name: refused with the name to use, so that a
+# file never sets one setting under two names.
+RENAMED = {"registry_url": "registry"}
 _SECRET_QUERY = re.compile(r"(password=)[^&\s]+", re.IGNORECASE)
 
 
 def env_name(field: str) -> str:
-    return ENV_NAMES.get(field, f"TENANTGATE_{field.upper()}")
+    return f"TENANTGATE_{field.upper()}"
 
 
 def _convert(field: str, kind: Any, value: Any, source: str) -> Any:
@@ -193,6 +228,9 @@ def load_serve_config(file: str = "", environ: Mapping[str, str] | None = None,
             raise ConfigurationError(f"{file}: expected a mapping of settings")
         for key, value in loaded.items():
             field = str(key).replace("-", "_")
+            if field in RENAMED:
+                problems.append(f"{file}: setting {key!r} is now called {RENAMED[field]!r}; rename it")
+                continue
             if field not in names:
                 problems.append(f"{file}: unknown setting {key!r}")
                 continue

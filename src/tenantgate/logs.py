@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 
@@ -15,9 +17,15 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, fields: Mapping[str, object] | None = None) -> None:
+        """``fields`` go into every line (a worker process's index and pid)."""
+        super().__init__()
+        self._fields = dict(fields or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+                 "level": record.levelname.lower(), "logger": record.name, **self._fields,
+                 "message": record.getMessage()}
         entry.update({key: value for key, value in record.__dict__.items() if key not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -57,10 +65,33 @@ def in_background(handler: logging.Handler, maxsize: int = 10_000) -> logging.Ha
     return front
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", *, background: bool = False) -> None:
+def configure_logging(level: str = "INFO", fmt: str = "json", *, background: bool = False,
+                      worker: int | None = None) -> None:
+    """Send every record to stderr. ``background``: through a writer thread started here, in this process
+    (a fork copies no thread: a forked worker calls this again for its own). ``worker``: tag each line with
+    the worker's index and pid."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(None if worker is None else {"worker": worker, "pid": os.getpid()}))
+    else:
+        tag = "" if worker is None else f"[worker {worker} pid {os.getpid()}] "
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [in_background(handler) if background else handler]
     root.setLevel(level.upper())
+
+
+def flush_logs() -> None:
+    """Write every record the writer thread still holds, and log synchronously from here on: for a process
+    about to end with ``os._exit``, which skips the atexit flush (a worker's last words are its crash)."""
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = []
+    for handler in root.handlers:
+        if isinstance(handler, _DroppingQueueHandler) and handler.listener is not None:
+            targets = handler.listener.handlers
+            handler.close()
+            handlers.extend(targets)
+        else:
+            handler.flush()
+            handlers.append(handler)
+    root.handlers[:] = handlers

@@ -1,37 +1,20 @@
 """Access rules compiled for the hot path: built once per snapshot, matched without allocation.
 
-A rule is ``action:resource-glob`` where ``*`` matches any run of characters (``/`` included) and ``?``
-one character; a lone ``*`` is every action on every resource. Exact and prefix globs avoid regexes.
+A rule is ``action:resource-glob``; a lone ``*`` is every action on every resource. Globs are matched in
+time linear in the resource (see ``tenantgate.globs``).
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from tenantgate.globs import ResourceMatcher, compile_glob
 from tenantgate.model import AccessSpec, Role
 
-ResourceMatcher = Callable[[str], bool]
 NO_ENVIRONMENT = ""
-
-
-def _always(_: str) -> bool:
-    return True
-
-
-def compile_glob(glob: str) -> ResourceMatcher:
-    if glob == "*":
-        return _always
-    if "*" not in glob and "?" not in glob:
-        return glob.__eq__
-    if glob.endswith("*") and "*" not in glob[:-1] and "?" not in glob:
-        prefix = glob[:-1]
-        return lambda resource: resource.startswith(prefix)
-    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
-    fullmatch = re.compile(pattern, re.DOTALL).fullmatch
-    return lambda resource: fullmatch(resource) is not None
+GROUP = "group:"  # the subject kind that names a group of the tenant; never a caller's identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +122,23 @@ def compile_policy(access: AccessSpec, environments: Iterable[str]) -> CompiledP
     shared between tenants whose manifests define them alike."""
     envs = tuple(sorted(set(environments)))
     # Each principal's bindings: its own, plus those of every group it belongs to. A "group:" subject
-    # is expanded to its members and never matched itself, so no caller can act as a whole group.
+    # is expanded to its members and never becomes a key itself, so no caller can act as a whole group;
+    # a group listed inside a group (refused by manifest validation) is skipped, not expanded.
     bound: dict[str, list[tuple[Role, frozenset[str] | None]]] = {}
     for binding in access.bindings:
-        principals = (access.groups.get(binding.subject[6:], ()) if binding.subject.startswith("group:")
+        principals = (access.groups.get(binding.subject[len(GROUP):], ()) if binding.subject.startswith(GROUP)
                       else (binding.subject,))
         for principal in principals:
+            if principal.startswith(GROUP):
+                continue
             bound.setdefault(principal, []).extend((access.roles[role], binding.environments)
                                                    for role in binding.roles)
     subjects = {principal: _per_environment(tuple(held), envs) for principal, held in bound.items()}
 
     grants: dict[tuple[str, str], list[Rule]] = {}
     for index, grant in enumerate(access.grants):
+        if grant.subject.startswith(GROUP):  # refused by manifest validation: groups do not cross tenants
+            continue
         grants.setdefault((grant.tenant, grant.subject), []).extend(
             compile_rules(grant.allow, f"grants/{index}/allow"))
 

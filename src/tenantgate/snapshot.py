@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import jwt
 
+from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.model import IssuerSpec, KeyState, TenantSpec, TenantState
 from tenantgate.policy import CompiledPolicy, compile_policy
 
@@ -81,12 +83,18 @@ def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> Compile
 
 
 class TenantView:
-    """One tenant in a snapshot. Its id, revision, state and issuers are read eagerly; the rest is built
-    from the stored document when a request first needs it, then kept, so a snapshot of many tenants
-    loads fast and holds little for tenants nobody asks about. The result depends only on the document,
-    so the view is as immutable as if it were built up front."""
+    """One tenant in a snapshot. Its id, revision, state and issuers are read eagerly; the rest is compiled
+    from the stored document once, then kept, so a snapshot of many tenants loads fast and holds little for
+    tenants nobody asks about. The result depends only on the document, so the view is as immutable as if
+    it were built up front.
 
-    __slots__ = ("_compiled", "_load", "id", "issuer_urls", "revision", "state")
+    Compiling parses, validates and unwraps keys: milliseconds. The server never does it on its event loop:
+    the syncer compiles the tenants a change touched before it swaps the snapshot in, and the servicers
+    hand any other tenant a call needs to ``SnapshotHolder.compile`` first. ``built`` is the test they make:
+    None until compiled. A tenant whose document cannot be compiled stays None and says why in ``problem``.
+    """
+
+    __slots__ = ("_load", "built", "id", "issuer_urls", "problem", "revision", "state")
 
     def __init__(self, tenant_id: str, revision: int, state: TenantState, issuer_urls: tuple[str, ...],
                  load: Callable[[], CompiledTenant]) -> None:
@@ -94,34 +102,61 @@ class TenantView:
         self.revision = revision  # the revision that last changed this tenant
         self.state = state
         self.issuer_urls = issuer_urls
+        # Compiles the tenant; raises a TenantgateError (logged by the loader) when it cannot.
         self._load: Callable[[], CompiledTenant] | None = load
-        self._compiled: CompiledTenant | None = None
+        self.built: CompiledTenant | None = None
+        self.problem = ""
+
+    def compile(self) -> CompiledTenant | None:
+        """The compiled tenant, compiling it now if no one has (from any thread: one compiles, the others
+        wait); None when it cannot be compiled, with the reason in ``problem``."""
+        built = self.built
+        if built is not None or self.problem:
+            return built
+        with _COMPILING[hash(self.id) % len(_COMPILING)]:
+            if self._load is not None:
+                try:
+                    self.built = self._load()
+                except TenantgateError as error:
+                    self.problem = error.message
+                self._load = None  # drop the document text it closed over
+        return self.built
 
     @property
     def compiled(self) -> CompiledTenant:
-        compiled = self._compiled
-        if compiled is None:
-            assert self._load is not None
-            compiled = self._compiled = self._load()
-            self._load = None  # drop the document text it closed over
-        return compiled
+        """The compiled tenant; FailedPrecondition when it cannot be compiled."""
+        built = self.built or self.compile()
+        if built is None:
+            raise FailedPrecondition(self.problem)
+        return built
 
     # The parts below are read on every call: one property call each, not two, once compiled.
     @property
     def spec(self) -> TenantSpec:
-        return (self._compiled or self.compiled).spec
+        return (self.built or self.compiled).spec
 
     @property
     def policy(self) -> CompiledPolicy:
-        return (self._compiled or self.compiled).policy
+        return (self.built or self.compiled).policy
 
     @property
     def issuers(self) -> tuple[CompiledIssuer, ...]:
-        return (self._compiled or self.compiled).issuers
+        return (self.built or self.compiled).issuers
 
     @property
     def keys(self) -> Mapping[str, tuple[KeyVersion, ...]]:
-        return (self._compiled or self.compiled).keys
+        return (self.built or self.compiled).keys
+
+
+# Held while a tenant compiles, so that it is compiled once whichever threads ask for it; striped by tenant
+# id, so that a thread compiling many tenants (the syncer) seldom makes another wait for an unrelated one.
+_COMPILING = tuple(threading.Lock() for _ in range(64))
+
+
+def compile_all(views: Iterable[TenantView]) -> None:
+    """Compile each of ``views`` that is not yet (blocking: run it in a worker thread)."""
+    for view in views:
+        view.compile()
 
 
 def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
@@ -133,49 +168,68 @@ def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = (
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     revision: int
+    # By id: the one index (a token's home tenant is found from the token's claims, see engines/tokens.py).
     tenants: Mapping[str, TenantView]
-    # issuer URL -> ids of the tenants that trust it, for routing a token to its home tenant
-    issuers: Mapping[str, tuple[str, ...]]
     built_at: float
     # True while served from the last-known-good file because the registry cannot be read.
     stale: bool = False
 
 
 def build_snapshot(revision: int, tenants: Iterable[TenantView], built_at: float) -> Snapshot:
-    by_id = {tenant.id: tenant for tenant in tenants}
-    issuers: dict[str, list[str]] = {}
-    for tenant in by_id.values():
-        for url in tenant.issuer_urls:
-            issuers.setdefault(url, []).append(tenant.id)
-    return Snapshot(revision, by_id, {url: tuple(sorted(ids)) for url, ids in issuers.items()}, built_at)
+    return Snapshot(revision, {tenant.id: tenant for tenant in tenants}, built_at)
 
 
 def with_changes(base: Snapshot, revision: int, changed: Mapping[str, TenantView | None],
                  built_at: float) -> Snapshot:
     """The next snapshot: ``base`` with the changed tenants replaced (None removes one)."""
     tenants = dict(base.tenants)
-    issuers = {url: list(ids) for url, ids in base.issuers.items()}
     for tenant_id, view in changed.items():
-        old = tenants.pop(tenant_id, None)
-        if old is not None:
-            for url in old.issuer_urls:
-                issuers[url].remove(tenant_id)
-        if view is not None:
+        if view is None:
+            tenants.pop(tenant_id, None)
+        else:
             tenants[tenant_id] = view
-            for url in view.issuer_urls:
-                issuers.setdefault(url, []).append(tenant_id)
-    return Snapshot(revision, tenants, {url: tuple(sorted(ids)) for url, ids in issuers.items() if ids},
-                    built_at)
+    return Snapshot(revision, tenants, built_at)
 
 
 class SnapshotHolder:
-    """The one mutable reference: readers take ``current``; the syncer calls ``swap``."""
+    """The one mutable reference: readers take ``current``; the syncer calls ``swap``; servicers await
+    ``compile`` for tenants of it that a call needs and that are not compiled yet."""
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
         # Wall-clock time the registry was last read successfully (or the last-known-good file was saved).
         self.confirmed_at = 0.0
         self._swapped = asyncio.Event()
+        # Views being compiled in a worker thread, and the compilation that each waits for.
+        self._compiling: dict[TenantView, asyncio.Future[None]] = {}
+
+    async def compile(self, views: Iterable[TenantView]) -> None:
+        """Compile ``views`` in one worker thread, never on the event loop; a view that calls compile
+        already is waited for, not compiled again. Returns when each is compiled or known not to compile."""
+        waiting: set[asyncio.Future[None]] = set()
+        start: dict[TenantView, None] = {}
+        for view in views:
+            if view.built is not None or view.problem:
+                continue
+            running = self._compiling.get(view)
+            if running is not None:
+                waiting.add(running)
+            else:
+                start[view] = None
+        if start:
+            started = asyncio.get_running_loop().run_in_executor(None, compile_all, list(start))
+            for view in start:
+                self._compiling[view] = started
+
+            def finished(_: asyncio.Future[None]) -> None:
+                for view in start:
+                    del self._compiling[view]
+
+            started.add_done_callback(finished)
+            waiting.add(started)
+        for future in waiting:
+            # Shielded: a caller that gives up leaves the compilation running for the others.
+            await asyncio.shield(future)
 
     def swap(self, snapshot: Snapshot) -> None:
         self.current = snapshot

@@ -130,7 +130,7 @@ def test_settings_and_max_tenants(server: RunningServer) -> None:
 
 def test_watch_changes_resumes_after_a_disconnect(server: RunningServer) -> None:
     received: list[pb.Change] = []
-    stream = server.admin.WatchChanges(pb.WatchChangesRequest(from_revision=0))
+    stream = server.admin.WatchChanges(pb.WatchChangesRequest(from_revision=0), timeout=10)
     for change in stream:
         received.append(change)
         if len(received) == 3:
@@ -141,9 +141,9 @@ def test_watch_changes_resumes_after_a_disconnect(server: RunningServer) -> None
     def later_changes() -> None:
         for plan in ("a", "b", "c"):
             server.admin.ApplyManifests(pb.ApplyManifestsRequest(files=[manifest(
-                tenant_doc("globex", plan=plan, environments=["prod"]))]))
+                tenant_doc("globex", plan=plan, environments=["prod"]))]), timeout=10)
 
-    writer = threading.Thread(target=later_changes)
+    writer = threading.Thread(target=later_changes, daemon=True)
     resumed = server.admin.WatchChanges(pb.WatchChangesRequest(from_revision=received[-1].revision), timeout=10)
     writer.start()
     for change in resumed:
@@ -151,6 +151,6 @@ def test_watch_changes_resumes_after_a_disconnect(server: RunningServer) -> None
         if change.revision == 4:
             break
     resumed.cancel()
-    writer.join()
+    writer.join(10)
     assert [(c.revision, c.tenant_id, c.action) for c in received[3:]] == [
         (2, "globex", "update"), (3, "globex", "update"), (4, "globex", "update")]

@@ -5,20 +5,24 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantgate.config import ServeConfig
+from tenantgate.engines.quota import MAX_ITEMS
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.sqlite import SQLiteStore
+from tenantgate.server.requests import MAX_IDEMPOTENCY_KEY
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
-from tests.conftest import EXAMPLES, RunningServer
+from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
 
 ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
@@ -29,21 +33,34 @@ number = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**3
 big = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**62, 2**63, 2**64 - 1]))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server for the module (the property tests send it thousands of requests)."""
-
-    path = tmp_path_factory.mktemp("bad-input") / "registry.db"
+def serve(directory: Path, *documents: dict[str, Any], **settings: Any) -> RunningServer:
+    """A server of its own on a new registry: the example tenants and ``documents``."""
+    path = directory / "registry.db"
     master = MasterKey(os.urandom(32))
     store = SQLiteStore(path)
-    documents = {d.tenant.id: d.document for d in load_manifests([EXAMPLES])}
-    store.apply(documents, key_factory=tenant_key_factory(master))
+    tenants = {d.tenant.id: d.document for d in load_manifests([EXAMPLES])}
+    store.apply({**tenants, **{d["metadata"]["id"]: d for d in documents}}, key_factory=tenant_key_factory(master))
     store.close()
-    config = ServeConfig(registry_url=f"sqlite://{path}", listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
+    config = ServeConfig(registry=f"sqlite://{path}", listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                          snapshot_file="", trust_caller_metadata=True, admins=("user:ops",),
-                         max_message_bytes=64 * 1024)
+                         max_message_bytes=64 * 1024, **settings)
     running = RunningServer(config, master)
     running.wait_synced(1)
+    return running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module (the property tests send it thousands of requests). Tests on it change no
+    tenant; a test that may (the Admin API's) has a server of its own, so the order of tests never matters."""
+    running = serve(tmp_path_factory.mktemp("bad-input"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = serve(tmp_path)
     yield running
     running.stop()
 
@@ -109,9 +126,10 @@ def test_every_decision_rpc_answers_random_input_with_a_status(server: RunningSe
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(call=admin_requests)
-def test_every_admin_rpc_answers_random_input_with_a_status(server: RunningServer, call: tuple[str, Any]) -> None:
+def test_every_admin_rpc_answers_random_input_with_a_status(own_server: RunningServer,
+                                                           call: tuple[str, Any]) -> None:
     method, request = call
-    answered(lambda: getattr(server.admin, method)(request, timeout=5))
+    answered(lambda: getattr(own_server.admin, method)(request, timeout=5))
 
 
 @pytest.mark.parametrize("payload", [b"\x0a\x03\xff\xfe\xfd", b"\x0a\xff", b"\xff\xff\xff", b"\x12\x05ab"])
@@ -133,19 +151,59 @@ def test_requests_over_the_size_limit_are_resource_exhausted(server: RunningServ
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_the_server_stays_up_and_memory_stays_bounded(server: RunningServer) -> None:
-    """Tokens are cached until they expire, idempotency answers per key: both caches have maximum sizes.
-    A flood of distinct keys and garbage tokens must not grow the process without bound."""
-    def flood(count: int, offset: int) -> None:
-        for i in range(count):
-            server.stub.ConsumeQuota(pb.ConsumeQuotaRequest(
-                tenant_id="acme", idempotency_key=f"k{offset + i}", items=[pb.QuotaItem(quota="users", amount=0)]))
-            server.stub.CheckAccess(pb.CheckAccessRequest(tenant_id="acme", token=f"a.{offset + i}.b", action="r",
-                                                          resource="x"))
+def test_the_server_stays_up_and_memory_stays_bounded(tmp_path: Path) -> None:
+    """Idempotency answers are kept per key up to idempotency_cache_size: a flood of distinct keys, each
+    answer as large as a call can make it (64 items, a 256-character key), must not grow the process past
+    that bound, nor may a flood of garbage tokens. The bound is small here so that a flood can pass it."""
+    cap = 300
+    quotas = {f"q{i}": {"allocation": 10} for i in range(MAX_ITEMS)}
+    running = serve(tmp_path, tenant_doc("flood", quotas=quotas), idempotency_cache_size=cap)
+    items = [pb.QuotaItem(quota=f"q{i}", amount=0) for i in range(MAX_ITEMS)]
 
-    flood(2000, 0)
-    settled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    flood(4000, 10_000)
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - settled
-    assert grown_kib < 30 * 1024, f"peak RSS grew by {grown_kib} KiB over 4000 more distinct requests"
-    assert server.stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="acme")).tenant_id == "acme"
+    def key(n: int) -> str:
+        return f"{n:0>{MAX_IDEMPOTENCY_KEY}}"
+
+    def flood(count: int, offset: int) -> None:
+        for n in range(offset, offset + count):
+            running.stub.ConsumeQuota(pb.ConsumeQuotaRequest(tenant_id="flood", idempotency_key=key(n), items=items),
+                                      timeout=10)
+            running.stub.CheckAccess(pb.CheckAccessRequest(tenant_id="acme", token=f"a.{n}.b", action="r",
+                                                           resource="x"), timeout=10)
+
+    try:
+        flood(2 * cap, 0)  # the cache is full: from here on each new answer replaces the oldest
+        settled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        flood(4000, 10_000)
+        grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - settled
+        # Kept, the 4000 answers would take about 23 MiB (5.7 KiB each).
+        assert grown_kib < 8 * 1024, f"peak RSS grew by {grown_kib} KiB over 4000 more distinct keys"
+        # What bounds it: the oldest answers are forgotten first (the key is free again), the latest still count.
+        another = [pb.QuotaItem(quota="q0", amount=1)]
+        assert running.stub.ConsumeQuota(pb.ConsumeQuotaRequest(tenant_id="flood", idempotency_key=key(0),
+                                                                items=another), timeout=10).allowed
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.ConsumeQuota(pb.ConsumeQuotaRequest(tenant_id="flood", idempotency_key=key(13_999),
+                                                             items=another), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.ABORTED
+        assert running.stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="acme")).tenant_id == "acme"
+    finally:
+        running.stop()
+
+
+def test_a_hostile_jwks_applied_through_the_admin_api_is_invalid_argument(server: RunningServer,
+                                                                          issuer: Issuer) -> None:
+    """Each is a problem naming the file, document and member, and nothing is applied."""
+    key = issuer.jwks()["keys"][0]
+    hostile = {"alg": "none", "kty": ["EC"], "x": "A" * 5000, "crv": "X25519"}
+    for member, value in hostile.items():
+        document = tenant_doc("jwks-probe", tokens={"issuers": [
+            {"issuer": issuer.url, "audience": "tenantgate", "jwks": {"keys": [{**key, member: value}]}}]})
+        with pytest.raises(grpc.RpcError) as caught:
+            server.admin.ApplyManifests(rpb.ApplyManifestsRequest(files=[rpb.ManifestFile(
+                name="probe.yaml", content=yaml.safe_dump(document))]), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (member, caught.value.details())
+        assert f"probe.yaml: document 1: spec.tokens.issuers[0].jwks.keys[0].{member}: " in (
+            caught.value.details() or ""), caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        server.admin.GetTenant(rpb.GetTenantRequest(tenant_id="jwks-probe"))
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -7,10 +7,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from tenantgate.keywrap import MasterKey
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import RegistryStore
-from tests.conftest import EXAMPLES, TENANTGATE, RunningServer, tenant_doc
+from tenantgate.registry.store import RegistryStore, open_store
+from tests.conftest import EXAMPLES, REPO, TENANTGATE, Issuer, RunningServer, tenant_doc
 
 
 def tenantgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -40,6 +42,22 @@ def test_a_bad_manifest_is_refused_with_its_location_and_applies_nothing(tmp_pat
     assert SQLiteStore(registry_path).current_revision() == 0
 
 
+def test_a_jwks_key_of_algorithm_none_is_refused_with_its_location_not_a_traceback(
+        tmp_path: Path, registry_path: Path, issuer: Issuer) -> None:
+    key = issuer.jwks()["keys"][0]
+    documents = [tenant_doc(tenant, tokens={"issuers": [{"issuer": issuer.url, "audience": "tenantgate",
+                                                         "jwks": {"keys": [{**key, "alg": alg}]}}]})
+                 for tenant, alg in (("acme", "none"), ("globex", ["ES256"]))]
+    manifest = tmp_path / "tenants.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents))
+    result = tenantgate("apply", "-f", str(manifest), "--registry", f"sqlite://{registry_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"{manifest}: document 1: spec.tokens.issuers[0].jwks.keys[0].alg: 'none' is not an asymmetric "
+            "signing algorithm for EC keys") in result.stderr
+    assert f"{manifest}: document 2: spec.tokens.issuers[0].jwks.keys[0].alg: expected a string" in result.stderr
+    assert SQLiteStore(registry_path).current_revision() == 0
+
+
 def test_keys_need_a_master_key(registry_path: Path) -> None:
     result = tenantgate("apply", "-f", str(EXAMPLES), "--registry", f"sqlite://{registry_path}",
                         env={"PATH": "/usr/bin:/bin"})
@@ -64,12 +82,18 @@ def test_check_prints_the_decision_and_exits_by_it(registry_url: str, master_key
     assert invalid.returncode == 2 and "INVALID_ARGUMENT: action is required" in invalid.stderr
     consumed = tenantgate("consume", *target, "--tenant", "acme", "--quota", "users=3")
     assert consumed.returncode == 0 and "users: ok limit=25 remaining=22" in consumed.stdout
+    unknown = tenantgate("consume", *target, "--tenant", "acme", "--quota", "concurrent-requests", "--release",
+                         "--lease-id", "nope")
+    assert unknown.returncode == 2
+    assert "NOT_FOUND: lease 'nope' of quota 'concurrent-requests' is not held" in unknown.stderr, unknown.stderr
     resolved = tenantgate("resolve", *target, "--tenant", "acme")
     assert resolved.returncode == 0 and '"plan": "professional"' in resolved.stdout
 
 
 def test_the_registry_commands_through_the_admin_api(registry_url: str, master_key: MasterKey,
                                                      start_server: Callable[..., RunningServer]) -> None:
+    store = open_store(registry_url)
+    store.current_revision()  # a server serves a registry an admin made; it never makes one
     server = start_server(master_key)
     server.wait_synced(0)
     remote = ["--registry", f"grpc://{server.admin_target}", "--actor", "user:ops"]
@@ -91,10 +115,32 @@ def test_the_registry_commands_through_the_admin_api(registry_url: str, master_k
     actions = [line.split()[3] for line in log.stdout.splitlines()]
     assert actions == ["tenant.create", "key.create", "key.create", "tenant.transition", "key.rotate"]
     assert all(line.split()[2] == "user:ops" for line in log.stdout.splitlines())
+    # Each change of the tenant's document shows its digests before and after (12 hex digits each).
+    digests = {line.split()[3]: line.split()[5] for line in log.stdout.splitlines()}
+    created = digests["tenant.create"].removeprefix("none->")
+    assert len(created) == 12 and digests["key.create"] == "-"
+    before, after = digests["tenant.transition"].split("->")
+    assert before == created and after == store.get_tenant("acme").record.digest[:12] != created
+    store.close()
     verified = tenantgate("audit", "verify", *remote)
     assert verified.returncode == 0 and "intact" in verified.stdout
     limited = tenantgate("settings", "--max-tenants", "3", *remote)
     assert limited.stdout.strip() == "max_tenants: 3"
+
+
+def test_the_readme_tour_leaves_acme_active_for_the_mtls_example(registry_path: Path, master_key_file: Path) -> None:
+    """The tour's lifecycle commands in the README's order; the mTLS example after them reads a key of acme,
+    which only an Active tenant is served."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    tour = readme[readme.index("## A short tour"):readme.index("## Callers and keys")]
+    transitions = [line.split("#")[0].split()[1:] for line in tour.splitlines()
+                   if line.startswith("tenantgate tenant transition ")]
+    assert transitions, "the tour no longer shows lifecycle transitions"
+    registry = ["--registry", f"sqlite://{registry_path}", "--master-key-file", str(master_key_file)]
+    assert tenantgate("apply", "-f", str(EXAMPLES), *registry).returncode == 0
+    for transition in transitions:
+        tenantgate(*transition, *registry)  # the tour shows an illegal one refused
+    assert tenantgate("tenant", "get", "acme", *registry).stdout.startswith("acme  Active ")
 
 
 def test_audit_verify_names_the_entry_edited_behind_the_registrys_back(registry_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tenantgate.counters import open_counter_store
 from tenantgate.engines.quota import ConsumeOutcome, CounterStore, QuotaEngine, QuotaRequestItem
-from tenantgate.errors import Aborted
+from tenantgate.errors import Aborted, NotFound
 from tenantgate.snapshot import Snapshot
 from tests.conftest import snapshot_of, tenant_doc
 
@@ -91,6 +91,26 @@ async def test_leases_release_by_id_and_expire(engine: QuotaEngine, snapshot: Sn
     assert (await consume(engine, snapshot, ("conc", 1))).allowed
     await asyncio.sleep(1.1)  # a crashed holder's leases run out
     assert (await consume(engine, snapshot, ("conc", 2))).allowed
+    with pytest.raises(NotFound, match="is not held"):  # its holder learns that it ran out
+        await consume(engine, snapshot, ("conc", 1), release=True, lease=second.items[0].lease_id)
+
+
+async def test_releasing_a_lease_not_held_is_not_found_and_releases_nothing(engine: QuotaEngine,
+                                                                              snapshot: Snapshot) -> None:
+    assert (await consume(engine, snapshot, ("users", 3))).allowed
+    lease = (await consume(engine, snapshot, ("conc", 1))).items[0].lease_id
+    with pytest.raises(NotFound) as caught:
+        await engine.consume(snapshot, "acme", [QuotaRequestItem("users", 2), QuotaRequestItem("conc", 1, "nope")],
+                             release=True)
+    assert caught.value.field == "items[1].lease_id" and "lease 'nope' of quota 'conc' is not held" in str(caught.value)
+    # All or nothing: the allocation released beside it was not released.
+    assert (await consume(engine, snapshot, ("users", 0))).items[0].remaining == 2
+    released = await consume(engine, snapshot, ("conc", 1), release=True, lease=lease, key="r1")
+    assert released.allowed and released.items[0].remaining == 2
+    # A retried release with its idempotency key gets the first answer; without one, the lease is gone.
+    assert await consume(engine, snapshot, ("conc", 1), release=True, lease=lease, key="r1") == released
+    with pytest.raises(NotFound):
+        await consume(engine, snapshot, ("conc", 1), release=True, lease=lease)
 
 
 async def test_idempotency_replays_and_refuses_another_payload(engine: QuotaEngine, snapshot: Snapshot) -> None:

@@ -225,3 +225,32 @@ def test_bad_input_gets_a_clear_status_and_the_server_keeps_serving(server: Runn
     still = server.stub.CheckAccess(pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read",
                                                           resource="x"))
     assert still.allowed
+
+
+def test_a_token_of_another_tenant_gets_only_what_its_grant_allows(
+        store: RegistryStore, master_key: MasterKey, issuer: Issuer,
+        start_server: Callable[..., RunningServer]) -> None:
+    # acme's user:alice is an admin; globex's user:alice may only read acme's reports, by a grant.
+    documents: dict[str, Any] = {doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}
+    documents["globex"]["spec"]["tokens"] = {"issuers": [issuer.issuer_spec()]}
+    documents["acme"]["spec"]["access"]["grants"].append(
+        {"tenant": "globex", "subject": "user:alice", "allow": ["read:reports/*"]})
+    store.apply(documents, key_factory=tenant_key_factory(master_key))
+    running = start_server(master_key)
+    running.wait_synced(1)
+    token = issuer.token("globex", "alice")
+    beyond = pb.CheckAccessRequest(tenant_id="acme", token=token, action="delete", resource="docs/1")
+    granted = pb.CheckAccessRequest(tenant_id="acme", token=token, action="read", resource="reports/q3")
+    for _ in range(2):  # verified, then from the token cache
+        denied = running.stub.CheckAccess(beyond)
+        assert (denied.allowed, denied.reason) == (False, pb.DECISION_REASON_CROSS_TENANT_DENIED)
+        allowed = running.stub.CheckAccess(granted)
+        assert (allowed.allowed, allowed.rule) == (True, "acme/grants/1/allow/0")
+    batch = running.stub.CheckAccessBatch(pb.CheckAccessBatchRequest(items=[
+        pb.CheckAccessBatchItem(check=beyond), pb.CheckAccessBatchItem(check=granted)]))
+    assert [(r.decision.allowed, r.decision.reason) for r in batch.results] == [
+        (False, pb.DECISION_REASON_CROSS_TENANT_DENIED), (True, pb.DECISION_REASON_ALLOWED)]
+    # Claiming acme as the token's home does not make it acme's alice: the token is not acme's.
+    claimed = running.stub.CheckAccess(pb.CheckAccessRequest(tenant_id="acme", subject_tenant_id="acme", token=token,
+                                                             action="delete", resource="docs/1"))
+    assert (claimed.allowed, claimed.reason) == (False, pb.DECISION_REASON_TOKEN_INVALID)

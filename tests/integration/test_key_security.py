@@ -256,3 +256,20 @@ def test_key_material_never_appears_in_logs_errors_audit_or_metrics(
         for form in (secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
                      base64.urlsafe_b64encode(secret).decode(), repr(secret)):
             assert form not in everything
+
+
+def test_a_destroyed_version_is_refused_by_its_state_and_its_data_keys_stay_shut(server: RunningServer) -> None:
+    storage = caller("service:storage")
+    data_key = server.stub.GetDataKey(pb.GetDataKeyRequest(tenant_id="acme", purpose="data"), metadata=storage)
+    server.admin.RotateTenantKey(rpb.RotateTenantKeyRequest(tenant_id="acme", purpose="data"))
+    destroyed = server.admin.UpdateTenantKey(rpb.UpdateTenantKeyRequest(tenant_id="acme", purpose="data", version=1,
+                                                                        state=pb.KEY_STATE_DESTROYED))
+    server.wait_synced(destroyed.revision)
+    code, details = status(lambda: server.stub.GetTenantKey(pb.GetTenantKeyRequest(
+        tenant_id="acme", purpose="data", version=1), metadata=storage))
+    assert (code, details) == (grpc.StatusCode.FAILED_PRECONDITION, "key acme/data/v1 is destroyed")
+    code, details = status(lambda: server.stub.DecryptDataKey(pb.DecryptDataKeyRequest(
+        tenant_id="acme", purpose="data", wrapped=data_key.wrapped), metadata=storage))
+    assert (code, details) == (grpc.StatusCode.FAILED_PRECONDITION, "key acme/data/v1 is destroyed")
+    assert server.stub.GetTenantKey(pb.GetTenantKeyRequest(tenant_id="acme", purpose="data"),
+                                    metadata=storage).version == 2

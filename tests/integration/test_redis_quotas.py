@@ -98,12 +98,18 @@ def _hammer(redis_url: str, prefix: str, callers: int, results: multiprocessing.
 def test_four_processes_of_fifty_callers_admit_exactly_the_limit(redis_url: str, redis_prefix: str) -> None:
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
-    processes = [context.Process(target=_hammer, args=(redis_url, redis_prefix, 50, results)) for _ in range(4)]
-    for process in processes:
-        process.start()
-    admitted = [results.get(timeout=60) for _ in processes]
-    for process in processes:
-        process.join(30)
+    # Daemons, ended below whatever happens: a hung child must not hold the test run up at exit.
+    processes = [context.Process(target=_hammer, args=(redis_url, redis_prefix, 50, results), daemon=True)
+                 for _ in range(4)]
+    try:
+        for process in processes:
+            process.start()
+        admitted = [results.get(timeout=60) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
     assert sum(admitted) == 100, admitted
 
 

@@ -1,10 +1,13 @@
 """The registry goes away while servers run, or before they start: they keep answering from what they
-have, say that it is stale, fail closed past max_staleness, and catch up losing no change."""
+have, say that it is stale, fail closed past max_staleness, and catch up losing no change. A server never
+creates a registry, and never lets another registry, or an older revision, replace its last-known-good file
+unless told to."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,13 +15,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from tenantgate.errors import StorageError
+from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import open_store
+from tenantgate.sync import lastgood
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 from tests.faults import TcpProxy
 
 ALICE = pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read", resource="docs/1")
@@ -30,6 +37,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+
+
+def serving(server: RunningServer) -> bool:
+    health = health_pb2_grpc.HealthStub(server.channel)
+    return bool(health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def stale(server: RunningServer) -> bool:
@@ -63,6 +75,9 @@ class BreakableSQLite:
         store = SQLiteStore(self.spare)
         store.apply({"acme": tenant_doc("acme", access=ACCESS, **changes_while_down)})
         store.close()
+        self.make_unreadable()
+
+    def make_unreadable(self) -> None:
         garbage = self.path.with_name("garbage.db")
         garbage.write_bytes(b"not a database" * 100)
         self._replace_with(garbage)
@@ -117,6 +132,124 @@ def test_cold_start_from_the_last_known_good_file(sqlite_registry: BreakableSQLi
     assert second.stub.CheckAccess(ALICE).allowed
     sqlite_registry.restore()
     wait_until(lambda: not stale(second) and plan(second) == "v2")
+
+
+def test_a_retired_key_version_stays_refused_after_a_cold_start(registry_path: Path, tmp_path: Path,
+                                                                master_key: MasterKey,
+                                                                start_server: Callable[..., RunningServer]) -> None:
+    store = SQLiteStore(registry_path)
+    keys = {"purposes": ["data"], "readers": ["service:storage"]}
+    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
+    store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
+    store.update_key("acme", "data", min_decryption_version=2)  # v1 retired
+    store.close()
+    snapshot_file = tmp_path / "last-known-good.json"
+    registry_url = f"sqlite://{registry_path}"
+    first = start_server(master_key, registry_url=registry_url, snapshot_file=str(snapshot_file))
+    first.wait_synced(3)
+    wait_until(lambda: lastgood.identify(snapshot_file) is not None)
+    BreakableSQLite(registry_path).make_unreadable()
+
+    cold = start_server(master_key, registry_url=registry_url, snapshot_file=str(snapshot_file))
+    wait_until(lambda: serving(cold))
+    assert stale(cold)
+    storage = (("x-tenantgate-caller", "service:storage"),)
+    with pytest.raises(grpc.RpcError) as refused:
+        cold.stub.GetTenantKey(pb.GetTenantKeyRequest(tenant_id="acme", purpose="data", version=1), metadata=storage)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "below the min_decryption_version (2)" in (refused.value.details() or "")
+    primary = cold.stub.GetTenantKey(pb.GetTenantKeyRequest(tenant_id="acme", purpose="data"), metadata=storage)
+    assert primary.version == 2
+
+
+def test_a_server_never_creates_its_registry_and_keeps_its_file_from_another(
+        sqlite_registry: BreakableSQLite, tmp_path: Path, start_server: Callable[..., RunningServer],
+        caplog: pytest.LogCaptureFixture) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    first = start_server(registry_url=f"sqlite://{sqlite_registry.path}", snapshot_file=str(snapshot_file))
+    first.wait_synced(1)
+    wait_until(lambda: lastgood.identify(snapshot_file) is not None)
+    good = snapshot_file.read_bytes()
+
+    # Pointed at a registry nobody has created (a typo, a volume not mounted): the server serves the file.
+    missing = tmp_path / "new" / "registry.db"
+    second = start_server(registry_url=f"sqlite://{missing}", snapshot_file=str(snapshot_file))
+    wait_until(lambda: serving(second))
+    assert stale(second) and plan(second) == "v1"
+    assert f"no registry at sqlite://{missing}: the file does not exist" in caplog.text
+    assert not missing.parent.exists()
+    assert snapshot_file.read_bytes() == good
+
+    # An admin creates it: the server follows it, and keeps the file of the other registry.
+    manifest = tmp_path / "acme.yaml"
+    manifest.write_text(yaml.safe_dump(tenant_doc("acme", access=ACCESS, plan="v2")))
+    subprocess.run([TENANTGATE, "apply", "-f", str(manifest), "--registry", f"sqlite://{missing}"], check=True,
+                   capture_output=True, timeout=60)
+    wait_until(lambda: not stale(second) and plan(second) == "v2")
+    assert second.stub.CheckAccess(ALICE).allowed
+    wait_until(lambda: "keeping the last-known-good snapshot" in caplog.text)
+    assert snapshot_file.read_bytes() == good
+
+    # Told to, a server lets the new registry replace it.
+    third = start_server(registry_url=f"sqlite://{missing}", snapshot_file=str(snapshot_file),
+                         replace_snapshot_file=True)
+    third.wait_synced(1)
+    new_registry = SQLiteStore(missing)
+    wait_until(lambda: lastgood.identify(snapshot_file) == lastgood.Held(new_registry.load().registry_id, 1))
+    new_registry.close()
+
+
+def test_serving_opens_only_a_registry_that_exists(registry_url: str, tmp_path: Path) -> None:
+    served = open_store(registry_url, create=False)
+    with pytest.raises(StorageError, match=r"no registry at .*A server never creates a registry"):
+        served.current_revision()
+    if registry_url.startswith("sqlite://"):
+        assert not Path(registry_url.removeprefix("sqlite://")).exists()
+    else:
+        import psycopg
+
+        with psycopg.connect(registry_url) as conn:  # not even the schema ledger was made
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    admin = open_store(registry_url)
+    admin.apply({"acme": tenant_doc("acme")})
+    assert served.current_revision() == 1  # the same store picks it up once it exists
+    assert served.load().registry_id == admin.load().registry_id
+    served.close()
+    admin.close()
+
+
+def test_serving_takes_an_empty_sqlite_file_for_no_registry(registry_path: Path) -> None:
+    registry_path.touch()
+    served = SQLiteStore(registry_path, create=False)
+    with pytest.raises(StorageError, match="the file holds no registry"):
+        served.current_revision()
+    assert registry_path.stat().st_size == 0
+    served.close()
+
+
+def test_serving_upgrades_a_registry_made_before_it_had_an_identity(registry_url: str) -> None:
+    admin = open_store(registry_url)
+    admin.apply({"acme": tenant_doc("acme")})
+    admin.close()
+    if registry_url.startswith("sqlite://"):
+        import sqlite3
+
+        db = sqlite3.connect(registry_url.removeprefix("sqlite://"))
+        with db:
+            db.execute("DELETE FROM schema_migrations WHERE version = 3")
+            db.execute("DELETE FROM meta WHERE key = 'registry_id'")
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(registry_url) as conn:
+            conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+            conn.execute("DELETE FROM meta WHERE key = 'registry_id'")
+    served = open_store(registry_url, create=False)
+    state = served.load()
+    assert state.revision == 1 and set(state.tenants) == {"acme"}
+    assert len(state.registry_id) == 32
+    served.close()
 
 
 def test_max_staleness_fails_closed(sqlite_registry: BreakableSQLite,

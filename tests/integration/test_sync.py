@@ -27,11 +27,11 @@ def test_an_apply_from_another_process_is_served_within_a_second(
     manifest = tmp_path / "acme.yaml"
     _write_manifest(manifest, "free")
     apply = [TENANTGATE, "apply", "-f", str(manifest), "--registry", registry_url]
-    subprocess.run(apply, check=True, capture_output=True)
+    subprocess.run(apply, check=True, capture_output=True, timeout=60)
     server = start_server(sync_interval=0.2)  # the default poll interval
     server.wait_synced(1)
     _write_manifest(manifest, "gold")
-    subprocess.run(apply, check=True, capture_output=True)
+    subprocess.run(apply, check=True, capture_output=True, timeout=60)
     applied_at = time.monotonic()
     while True:
         plan = server.stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="acme")).plan
@@ -63,7 +63,7 @@ def test_a_decision_never_sees_half_a_change(store: RegistryStore,
             store.apply(documents(generation))
             generation += 1
 
-    writer = threading.Thread(target=keep_applying)
+    writer = threading.Thread(target=keep_applying, daemon=True)
     writer.start()
     batch = pb.CheckAccessBatchRequest(items=[
         pb.CheckAccessBatchItem(check=pb.CheckAccessRequest(tenant_id=t, subject="user:u", action="read",
@@ -78,7 +78,7 @@ def test_a_decision_never_sees_half_a_change(store: RegistryStore,
             revisions.add(response.revision)
     finally:
         stop.set()
-        writer.join()
+        writer.join(30)
     assert len(revisions) > 3  # the readers really raced the writer
 
 

@@ -15,16 +15,16 @@ from tenantgate.logs import JsonFormatter
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     file = tmp_path / "tenantgate.yaml"
     file.write_text("listen: 127.0.0.1:6001\nsync-interval: 1.5\nadmins: [user:a]\nworkers: 1\n"
-                    "registry_url: sqlite:///var/lib/tg.db\n")
+                    "registry: sqlite:///var/lib/tg.db\n")
     environ = {"TENANTGATE_LISTEN": "127.0.0.1:6002", "TENANTGATE_ADMINS": "user:b, user:c",
                "TENANTGATE_REGISTRY": "postgresql://app:secret@db/tg", "TENANTGATE_TRUST_CALLER_METADATA": "true"}
     config = load_serve_config(str(file), environ, {"listen": "127.0.0.1:6003", "max_staleness": None})
     assert config.listen == "127.0.0.1:6003"  # flag over environment over file
     assert config.sync_interval == 1.5  # file, nothing above it
     assert config.admins == ("user:b", "user:c") and config.trust_caller_metadata
-    assert config.registry_url == "postgresql://app:secret@db/tg"
+    assert config.registry == "postgresql://app:secret@db/tg"
     shown = describe(config)
-    assert shown["registry_url"] == "postgresql://app:***@db/tg" and "secret" not in json.dumps(shown)
+    assert shown["registry"] == "postgresql://app:***@db/tg" and "secret" not in json.dumps(shown)
 
 
 def test_every_problem_is_reported_once_each(tmp_path: Path) -> None:
@@ -39,6 +39,19 @@ def test_every_problem_is_reported_once_each(tmp_path: Path) -> None:
     assert any("decision log sample must be between 0 and 1, got 2.0" in line for line in lines)
     assert any("listen address '0.0.0.0:80' is not loopback" in line for line in lines)
     assert len(lines) == 5
+
+
+def test_the_registry_setting_has_one_name_and_the_old_one_is_refused_with_it(tmp_path: Path) -> None:
+    file = tmp_path / "tenantgate.yaml"
+    file.write_text("registry: sqlite:///var/lib/tg.db\n")
+    assert load_serve_config(str(file), {}, {}).registry == "sqlite:///var/lib/tg.db"
+    assert load_serve_config("", {"TENANTGATE_REGISTRY": "sqlite:///b.db"}, {}).registry == "sqlite:///b.db"
+    assert "registry" in describe(load_serve_config("", {}, {}))
+    file.write_text("registry_url: sqlite:///var/lib/tg.db\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_serve_config(str(file), {}, {})
+    assert [line.strip() for line in caught.value.message.splitlines()[1:]] == [
+        f"{file}: setting 'registry_url' is now called 'registry'; rename it"]
 
 
 def test_json_log_lines_carry_the_event_fields() -> None:

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
 
+import pytest
+
+from tenantgate.clock import FakeClock
+from tenantgate.engines.keys import KeyEngine
+from tenantgate.errors import FailedPrecondition
 from tenantgate.keywrap import MasterKey, tenant_key_factory
+from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.registry.store import RegistryStore
 from tenantgate.snapshot import SnapshotHolder
+from tenantgate.sync import lastgood
 from tenantgate.sync.syncer import Syncer
 from tests.conftest import tenant_doc
 
@@ -54,3 +65,136 @@ async def test_waiting_for_a_revision(store: RegistryStore) -> None:
         assert waited is not None and waited.tenants["acme"].spec.plan == "x"
     finally:
         task.cancel()
+
+
+# -- the last-known-good file ------------------------------------------------------------------------------
+
+
+def registry_at(path: Path, revision: int, tenant_id: str = "acme") -> SQLiteStore:
+    """A SQLite registry at ``revision``, one apply per revision."""
+    store = SQLiteStore(path)
+    for plan in range(revision):
+        store.apply({tenant_id: tenant_doc(tenant_id, plan=f"p{plan + 1}")})
+    assert store.current_revision() == revision
+    return store
+
+
+async def save_from(store: SQLiteStore, snapshot_file: Path, *, replace: bool = False) -> None:
+    """A syncer's first sync from ``store`` with ``snapshot_file``, which it saves to when it may."""
+    syncer = Syncer(store, SnapshotHolder(), None, clock=FakeClock(), snapshot_file=snapshot_file,
+                    replace_snapshot_file=replace)
+    await syncer.sync_once()
+
+
+def holds(snapshot_file: Path) -> lastgood.Held | None:
+    return lastgood.identify(snapshot_file)
+
+
+async def test_the_file_follows_its_registry_forward(tmp_path: Path) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    store = registry_at(tmp_path / "registry.db", 1)
+    registry_id = store.load().registry_id
+    await save_from(store, snapshot_file)
+    assert holds(snapshot_file) == lastgood.Held(registry_id, 1)
+    store.apply({"acme": tenant_doc("acme", plan="later")})
+    await save_from(store, snapshot_file)
+    assert holds(snapshot_file) == lastgood.Held(registry_id, 2)
+
+
+async def test_an_older_revision_replaces_the_file_only_when_told(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    live = registry_at(tmp_path / "registry.db", 1)
+    live.close()  # checkpointed into the file: a complete backup is a copy of it
+    shutil.copy(tmp_path / "registry.db", tmp_path / "backup.db")
+    live.apply({"acme": tenant_doc("acme", plan="after the backup")})
+    registry_id = live.load().registry_id
+    await save_from(live, snapshot_file)
+    saved = snapshot_file.read_bytes()
+
+    restored = SQLiteStore(tmp_path / "backup.db")  # the same registry, back at revision 1
+    assert restored.load().registry_id == registry_id
+    await save_from(restored, snapshot_file)
+    assert snapshot_file.read_bytes() == saved
+    assert "behind the file's revision 2: was it restored from a backup?" in caplog.text
+    assert "--replace-snapshot-file" in caplog.text
+
+    await save_from(restored, snapshot_file, replace=True)
+    assert holds(snapshot_file) == lastgood.Held(registry_id, 1)
+
+
+async def test_another_registry_replaces_the_file_only_when_told(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    first = registry_at(tmp_path / "first.db", 1)
+    await save_from(first, snapshot_file)
+    saved = snapshot_file.read_bytes()
+
+    other = registry_at(tmp_path / "other.db", 3, tenant_id="globex")  # ahead, but another registry
+    other_id = other.load().registry_id
+    assert other_id != first.load().registry_id
+    await save_from(other, snapshot_file)
+    assert snapshot_file.read_bytes() == saved
+    assert f"this server follows another registry, {other_id}" in caplog.text
+
+    await save_from(other, snapshot_file, replace=True)
+    assert holds(snapshot_file) == lastgood.Held(other_id, 3)
+
+
+async def test_a_kept_file_removed_as_the_log_advises_is_written_again(tmp_path: Path) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    await save_from(registry_at(tmp_path / "first.db", 1), snapshot_file)
+    other = registry_at(tmp_path / "other.db", 1)
+    clock = FakeClock()
+    syncer = Syncer(other, SnapshotHolder(), None, clock=clock, snapshot_file=snapshot_file)
+    await syncer.sync_once()
+    assert holds(snapshot_file) != lastgood.Held(other.load().registry_id, 1)
+    snapshot_file.unlink()
+    clock.advance(5.0)
+    await syncer.sync_once()
+    assert holds(snapshot_file) == lastgood.Held(other.load().registry_id, 1)
+
+
+async def test_a_file_of_an_older_format_is_replaced(tmp_path: Path) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    snapshot_file.write_text(json.dumps({"format": 2, "revision": 9, "saved_at": 1.0, "tenants": [], "keys": []}))
+    store = registry_at(tmp_path / "registry.db", 1)
+    await save_from(store, snapshot_file)
+    assert holds(snapshot_file) == lastgood.Held(store.load().registry_id, 1)
+
+
+async def test_a_cold_start_keeps_the_key_version_floor(tmp_path: Path, master_key: MasterKey) -> None:
+    snapshot_file = tmp_path / "last-known-good.json"
+    store = SQLiteStore(tmp_path / "registry.db")
+    keys = {"purposes": ["data"], "readers": ["service:storage"]}
+    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
+    store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
+    store.update_key("acme", "data", min_decryption_version=2)
+    await Syncer(store, SnapshotHolder(), master_key, clock=FakeClock(), snapshot_file=snapshot_file).sync_once()
+
+    # Cold, with no registry to read: the snapshot comes from the file alone.
+    holder = SnapshotHolder()
+    missing = SQLiteStore(tmp_path / "missing.db", create=False)
+    task = asyncio.create_task(Syncer(missing, holder, master_key, interval=0.01, clock=FakeClock(),
+                                      snapshot_file=snapshot_file).run())
+    try:
+        snapshot = await holder.wait_for_revision(3, 5.0)
+    finally:
+        task.cancel()
+    assert snapshot is not None and snapshot.stale
+    engine = KeyEngine()
+    with pytest.raises(FailedPrecondition, match="below the min_decryption_version"):
+        engine.get(snapshot, "service:storage", "acme", "data", version=1)
+    assert engine.get(snapshot, "service:storage", "acme", "data").version == 2
+    assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_registry_replaced_under_its_address_is_read_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    registry_at(path, 1, tenant_id="acme").close()
+    holder = SnapshotHolder()
+    syncer = Syncer(SQLiteStore(path), holder, None, clock=FakeClock())
+    assert set((await syncer.sync_once()).tenants) == {"acme"}
+    registry_at(tmp_path / "other.db", 3, tenant_id="globex").close()
+    os.replace(tmp_path / "other.db", path)  # another registry, further on, at the same address
+    assert set((await syncer.sync_once()).tenants) == {"globex"}

@@ -21,6 +21,7 @@ from tenantgate.engines.quota import (
     bucket_level,
     bucket_take,
     calendar_window,
+    unknown_lease,
 )
 from tenantgate.errors import Aborted
 from tenantgate.model import QuotaKind
@@ -88,8 +89,8 @@ class MemoryCounterStore:
                     return remembered[2]
             evaluated = []
             admitted = True
-            for op in ops:
-                result, basis = self._evaluate((tenant_id, op.spec.name), op, now)
+            for index, op in enumerate(ops):
+                result, basis = self._evaluate((tenant_id, op.spec.name), op, now, index)
                 evaluated.append((op, result, basis))
                 if not result.allowed and not op.spec.shadow:
                     admitted = False
@@ -111,8 +112,9 @@ class MemoryCounterStore:
                                                                now + idempotency.ttl, results)
             return results
 
-    def _evaluate(self, key: CounterKey, op: CounterOp, now: float) -> tuple[CounterResult, Basis]:
-        """The answer for ``op``, and what it was read against, which a commit then writes from."""
+    def _evaluate(self, key: CounterKey, op: CounterOp, now: float, index: int) -> tuple[CounterResult, Basis]:
+        """The answer for ``op`` (item ``index`` of its call), and what it was read against, which a commit
+        then writes from."""
         spec = op.spec
         if spec.kind is QuotaKind.RATE:
             bucket = self._buckets.get(key)
@@ -128,7 +130,9 @@ class MemoryCounterStore:
             leases = self._leases.get(key) or _Leases()
             in_use = leases.in_use(now)
             if op.release:
-                held = leases.held.get(op.lease_id, (0, 0.0))[0]
+                if op.lease_id not in leases.held:
+                    raise unknown_lease(op, index)
+                held = leases.held[op.lease_id][0]
                 return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id), (now, 0)
             result = bounded_take(in_use, spec.limit, op.amount,
                                   min((expires for _, expires in leases.held.values()), default=now) - now)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from tenantgate.engines.quota import CounterOp, CounterResult, Idempotency
+from tenantgate.engines.quota import CounterOp, CounterResult, Idempotency, unknown_lease
 from tenantgate.errors import Aborted, StorageError
 from tenantgate.model import QuotaKind
 
@@ -35,6 +36,36 @@ def _awaitable(command: object) -> Awaitable[Any]:
     """A command of the async client. redis-py types some commands for its sync and async clients at once,
     and not alike from one release to the next."""
     return cast(Awaitable[Any], command)
+
+
+log = logging.getLogger("tenantgate.counters")
+FORGETS = ("when it restarts it forgets every counter and admits each limit again; configure AOF (appendonly yes) "
+           "or RDB snapshots (save), see \"Deploying\" in the README")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def persistence_problem(settings: Mapping[Any, Any] | None, info: Mapping[str, Any] | None = None) -> str | None:
+    """Why a Redis keeps no counters across its restarts, or None when it keeps them on disk.
+
+    ``settings``: what CONFIG GET answers for appendonly and save; None where CONFIG is refused (managed
+    Redis, ACLs), and then ``info``, what INFO persistence answers, which shows whether AOF is on but not
+    the RDB schedule, only whether a snapshot has been made since Redis started."""
+    if settings is not None:
+        values = {_text(name): _text(value) for name, value in settings.items()}
+        if values.get("appendonly") == "yes" or values.get("save", "").strip():
+            return None
+        return f"the quota backend Redis keeps nothing on disk (appendonly no, save \"\"): {FORGETS}"
+    if info is None:
+        return None
+    if str(info.get("aof_enabled", "0")) == "1":
+        return None
+    if int(info.get("rdb_saves", 0)) > 0 or int(info.get("rdb_last_bgsave_time_sec", -1)) != -1:
+        return None
+    return ("the quota backend Redis reports AOF off and no RDB snapshot since it started (INFO persistence; "
+            f"CONFIG is refused, so its snapshot schedule is unknown): if it keeps nothing on disk, {FORGETS}")
 
 
 class RedisCounterStore:
@@ -89,6 +120,9 @@ class RedisCounterStore:
         if status == "conflict":
             raise Aborted(f"idempotency key {idempotency.key if idempotency else ''!r} was used with a different "
                           "request", field="idempotency_key")
+        if status == "unknown_lease":
+            index = int(reply[1]) - 1  # Lua counts from 1
+            raise unknown_lease(ops[index], index)
         return [CounterResult(bool(allowed), int(remaining), float(reset), float(retry), str(lease))
                 for allowed, remaining, reset, retry, lease in json.loads(reply[1])]
 
@@ -184,6 +218,25 @@ class RedisCounterStore:
             return False
         self._set_available(True)
         return True
+
+    async def warn_if_not_persistent(self) -> None:
+        """Logs a warning when this Redis keeps nothing on disk. Once at start, beside serving: it never
+        fails the start, and a Redis that refuses CONFIG is asked INFO persistence instead."""
+        try:
+            async with asyncio.timeout(2 * self._timeout):
+                try:
+                    settings: Mapping[Any, Any] | None = {
+                        **await _awaitable(self._redis.config_get("appendonly")),
+                        **await _awaitable(self._redis.config_get("save"))}
+                    info = None
+                except ResponseError:  # CONFIG disabled or not permitted
+                    settings, info = None, await _awaitable(self._redis.info("persistence"))
+            problem = persistence_problem(settings, info)
+        except (RedisError, OSError, TimeoutError, ValueError) as exc:
+            log.info("could not learn whether the quota backend Redis keeps counters on disk: %s", exc)
+            return
+        if problem:
+            log.warning(problem)
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         try:

@@ -6,6 +6,7 @@ Order, for a request on tenant T by subject S of home tenant H:
   3. T's tenant-wide deny overrides everything, cross-tenant grantees included.
   4. H == T: a deny in any role S holds in that environment overrides; then the first allow decides.
      H != T: H must exist and be Active, and T must grant (H, S) explicitly; nothing else crosses.
+A tenant this server cannot compile gives no decision (``Undecided``), never a deny and never an exception.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from enum import IntEnum
 from tenantgate.engines.tokens import TokenProblem, TokenVerifier
 from tenantgate.model import TenantState
 from tenantgate.policy import Rule
-from tenantgate.snapshot import Snapshot
+from tenantgate.snapshot import Snapshot, TenantView
 
 
 class Reason(IntEnum):
@@ -56,6 +57,14 @@ class Decision:
     subject_tenant_id: str = ""
 
 
+@dataclass(slots=True)
+class Undecided:
+    """No decision could be made, and why: a tenant the check needs cannot be compiled by this server (its
+    stored document is one this version cannot read). Never a deny: the caller must see an error."""
+
+    problem: str
+
+
 _LIVE_STATES = (TenantState.ACTIVE, TenantState.SUSPENDED)
 
 
@@ -67,7 +76,20 @@ class AccessEngine:
     def __init__(self, tokens: TokenVerifier) -> None:
         self._tokens = tokens
 
-    def check(self, snapshot: Snapshot, request: AccessRequest) -> Decision:
+    def tenants_to_compile(self, snapshot: Snapshot, request: AccessRequest) -> list[TenantView]:
+        """The tenants ``check`` would read compiled and that are not yet, so that the server compiles them off
+        its event loop first: the resource's tenant, and the tenants that may be a token's home. (A subject's
+        home tenant is read only for its state, which every view holds.)"""
+        tenant = snapshot.tenants.get(request.tenant_id)
+        if tenant is None:
+            return []
+        needed = self._tokens.tenants_to_compile(snapshot, request.token, request.subject_tenant_id) \
+            if request.token else []
+        if tenant.built is None and not tenant.problem and tenant.state in _LIVE_STATES:
+            needed.append(tenant)
+        return needed
+
+    def check(self, snapshot: Snapshot, request: AccessRequest) -> Decision | Undecided:
         tenant = snapshot.tenants.get(request.tenant_id)
         if tenant is None:
             return _deny(Reason.TENANT_NOT_FOUND)
@@ -76,13 +98,19 @@ class AccessEngine:
         if request.token:
             verified = self._tokens.verify(snapshot, request.token, request.subject_tenant_id)
             if verified.token is None:
+                if verified.problem is TokenProblem.TENANT_UNAVAILABLE:
+                    return Undecided(verified.detail)
                 reason = Reason.TOKEN_EXPIRED if verified.problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID
                 return _deny(reason)
             subject, home = verified.token.subject, verified.token.tenant_id
 
         if tenant.state not in _LIVE_STATES:
             return _deny(Reason.TENANT_NOT_ACTIVE, None, subject, home)
-        policy = tenant.policy
+        # Compiled by now in a server (off its event loop); compiled here otherwise (tests, tools).
+        compiled = tenant.built or tenant.compile()
+        if compiled is None:
+            return Undecided(tenant.problem)
+        policy = compiled.policy
         action, resource, environment = request.action, request.resource, request.environment
         if environment and environment not in policy.environments:
             return _deny(Reason.UNKNOWN_ENVIRONMENT, None, subject, home)

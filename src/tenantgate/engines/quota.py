@@ -82,7 +82,8 @@ class CounterStore(Protocol):
     """Counter state behind one atomic call: evaluate every op, then apply all of them or none.
 
     A shadow op never blocks the others. With ``idempotency``, a repeated key with the same payload
-    returns the first results and applies nothing; with another payload it raises ``Aborted``.
+    returns the first results and applies nothing; with another payload it raises ``Aborted``. Releasing a
+    lease that is not held raises ``unknown_lease`` and applies nothing.
     """
 
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
@@ -141,6 +142,13 @@ def payload_digest(tenant_id: str, items: Sequence[QuotaRequestItem], release: b
     text = "\x1f".join([tenant_id, "release" if release else "consume",
                         *(f"{i.quota}\x1e{i.amount}\x1e{i.lease_id}" for i in items)])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def unknown_lease(op: CounterOp, index: int) -> NotFound:
+    """What releasing a lease that is not held answers, in every counter store: never a silent success,
+    which would hide a release made twice or a lease that ran out while its holder still worked."""
+    return NotFound(f"lease {op.lease_id!r} of quota {op.spec.name!r} is not held (released already, expired, or "
+                    "never acquired); nothing was released", field=f"items[{index}].lease_id")
 
 
 def _refuse_repeated_quotas(items: Sequence[QuotaRequestItem]) -> None:

@@ -17,7 +17,7 @@ import cachetools
 import jwt
 
 from tenantgate.clock import Clock, SystemClock
-from tenantgate.snapshot import CompiledIssuer, Snapshot
+from tenantgate.snapshot import CompiledIssuer, Snapshot, TenantView
 
 MAX_TOKEN_BYTES = 16 * 1024
 
@@ -26,6 +26,8 @@ class TokenProblem(IntEnum):
     NONE = 0
     INVALID = 1
     EXPIRED = 2
+    # The tenant the token may belong to cannot be compiled by this server: no answer, not a rejection.
+    TENANT_UNAVAILABLE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +58,50 @@ class TokenVerifier:
         self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=max(0, cache_size))
         self._leeway = leeway
         self._clock = clock or SystemClock()
+        # The token ``tenants_to_compile`` last looked up, its digest and cache entry: the server asks that just
+        # before it verifies the same token, and the verification takes them over instead of looking again.
+        self._looked_up: str | None = None
+        self._looked_up_digest = b""
+        self._looked_up_entry: _CacheEntry | None = None
 
     def verify(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> TokenResult:
         """Verify ``token``; ``home_tenant_id``, when given, is the only tenant it may belong to."""
         if len(token) > MAX_TOKEN_BYTES:
             return _invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
-        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=32).digest()
-        entry = self._cache.get(digest)
-        if entry is not None:
-            tenant = snapshot.tenants.get(entry.token.tenant_id)
-            if (tenant is not None and tenant.issuers is entry.issuers
-                    and (not home_tenant_id or home_tenant_id == entry.token.tenant_id)):
-                if self._clock.now() < entry.token.expires_at + self._leeway:
-                    return TokenResult(entry.token)
-                self._cache.pop(digest, None)
-                return TokenResult(None, TokenProblem.EXPIRED, "token expired")
+        if token is self._looked_up:
+            digest, entry, self._looked_up = self._looked_up_digest, self._looked_up_entry, None
+        else:
+            digest = _digest(token)
+            entry = self._cache.get(digest)
+        if entry is not None and _answers(entry, snapshot, home_tenant_id):
+            if self._clock.now() < entry.token.expires_at + self._leeway:
+                return TokenResult(entry.token)
+            self._cache.pop(digest, None)
+            return TokenResult(None, TokenProblem.EXPIRED, "token expired")
         result, issuers = self._verify_uncached(snapshot, token, home_tenant_id)
         if result.token is not None and issuers is not None and self._cache.maxsize > 0:
             self._cache[digest] = _CacheEntry(result.token, issuers)
         return result
+
+    def tenants_to_compile(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> list[TenantView]:
+        """The tenants whose issuers ``verify`` would read and that are not compiled yet (none for a token it
+        answers from the cache), so that the server compiles them off its event loop first."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return []
+        digest = _digest(token)
+        entry = self._cache.get(digest)
+        self._looked_up, self._looked_up_digest, self._looked_up_entry = token, digest, entry
+        if entry is not None and _answers(entry, snapshot, home_tenant_id):
+            return []
+        try:
+            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return []
+        issuer_url = claims.get("iss")
+        if not isinstance(issuer_url, str):
+            return []
+        views = (snapshot.tenants[t] for t in _candidates(snapshot, issuer_url, claims, home_tenant_id))
+        return [view for view in views if view.built is None and not view.problem]
 
     def _verify_uncached(self, snapshot: Snapshot, token: str,
                          home_tenant_id: str) -> tuple[TokenResult, tuple[CompiledIssuer, ...] | None]:
@@ -86,17 +113,17 @@ class TokenVerifier:
         issuer_url = unverified.get("iss")
         if not isinstance(issuer_url, str):
             return _invalid("token has no iss claim"), None
-        candidates = snapshot.issuers.get(issuer_url, ())
-        if home_tenant_id:
-            candidates = tuple(t for t in candidates if t == home_tenant_id)
-        for tenant_id in candidates:
+        for tenant_id in _candidates(snapshot, issuer_url, unverified, home_tenant_id):
             tenant = snapshot.tenants[tenant_id]
-            for issuer in tenant.issuers:
+            compiled = tenant.built or tenant.compile()
+            if compiled is None:
+                return TokenResult(None, TokenProblem.TENANT_UNAVAILABLE, tenant.problem), None
+            for issuer in compiled.issuers:
                 if issuer.spec.issuer != issuer_url:
                     continue
                 if str(unverified.get(issuer.spec.tenant_claim, "")) != tenant_id:
                     continue
-                return self._verify_with(token, header, issuer, tenant_id), tenant.issuers
+                return self._verify_with(token, header, issuer, tenant_id), compiled.issuers
         return _invalid(f"no tenant{' ' + home_tenant_id if home_tenant_id else ''} trusts issuer "
                         f"{issuer_url!r} for this token's tenant claim"), None
 
@@ -129,6 +156,34 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             return _invalid(f"claim {issuer.spec.subject_claim!r} is not a non-empty string")
         return TokenResult(VerifiedToken(tenant_id, f"user:{subject}", _scopes(claims), float(claims["exp"])))
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+
+
+def _answers(entry: _CacheEntry, snapshot: Snapshot, home_tenant_id: str) -> bool:
+    """Whether a cached verification answers for ``snapshot``: its tenant's issuers are the very ones it was
+    verified against (a tenant not compiled in this snapshot has changed since), and it is the home asked for."""
+    tenant = snapshot.tenants.get(entry.token.tenant_id)
+    compiled = tenant.built if tenant is not None else None
+    return (compiled is not None and compiled.issuers is entry.issuers
+            and (not home_tenant_id or home_tenant_id == entry.token.tenant_id))
+
+
+def _candidates(snapshot: Snapshot, issuer_url: str, claims: dict[str, Any], home_tenant_id: str) -> list[str]:
+    """The tenants that may be the token's home, in id order: each trusts ``issuer_url`` and its id is the value
+    of one of the token's claims (each issuer names the claim that holds the tenant). Found from the token's
+    claims, not by reading every tenant that trusts a shared identity provider."""
+    claimed = {str(value) for value in claims.values()}
+    if home_tenant_id:
+        claimed &= {home_tenant_id}
+    found = []
+    for tenant_id in claimed:
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is not None and issuer_url in tenant.issuer_urls:
+            found.append(tenant_id)
+    return sorted(found)
 
 
 def _invalid(detail: str) -> TokenResult:

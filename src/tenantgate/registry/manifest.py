@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jwt
 import yaml
 
 from tenantgate.errors import InvalidArgument
@@ -32,15 +31,16 @@ from tenantgate.model import (
     TenantSpec,
     TenantState,
 )
+from tenantgate.registry.jwks import jwks_problems
 from tenantgate.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
 API_VERSION = "tenantgate/v1"
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-SUBJECT = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]{0,254}$")
-ACTION = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})$")
-SIGNING_KEY_TYPES = {"RSA", "EC", "OKP"}
+# Anchored with \Z, not $: "$" also matches before a final newline, which would let "acme\n" pass as an id.
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}\Z")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+SUBJECT = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]{0,254}\Z")
+ACTION = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})\Z")
 
 _TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec"}
 _METADATA_FIELDS = {"id", "name", "labels"}
@@ -143,7 +143,11 @@ def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
     tenant = _parse_tenant(raw, problems)
     if problems.items or tenant is None:
         raise ManifestError(problems.items or [f"{where}: not a tenant document"])
-    document = json.loads(canonical_json(raw))
+    try:
+        document = json.loads(canonical_json(raw))
+    except (TypeError, ValueError):
+        raise ManifestError([f"{where}: holds a value JSON cannot represent (a date, binary data, keys of mixed "
+                             "types such as 1 and 'a' in one mapping); quote it"]) from None
     return ManifestDocument(source=where, document=document, tenant=tenant)
 
 
@@ -387,6 +391,9 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
             problems.add(path, f"{group_name!r} is not a valid group name")
             continue
         groups[group_name] = _strings(members, path, problems, SUBJECT, "subject (kind:name)")
+        for j, member in enumerate(groups[group_name]):
+            if member.startswith("group:"):  # never expanded: it would become a subject callers can present
+                problems.add(f"{path}[{j}]", f"{member!r} is a group; a group lists subjects, not other groups")
 
     bindings: list[Binding] = []
     for i, binding_raw in enumerate(_sequence(body.get("bindings"), "spec.access.bindings", problems)):
@@ -417,11 +424,11 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         grant = _fields(grant_raw, path, {"tenant", "subject", "allow"}, problems)
         if grant is None:
             continue
-        grants.append(CrossTenantGrant(
-            _string(grant.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id"),
-            _string(grant.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)"),
-            _rules(grant.get("allow"), f"{path}.allow", problems),
-        ))
+        home = _string(grant.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id")
+        grantee = _string(grant.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
+        if grantee.startswith("group:"):  # groups belong to one tenant and are not expanded across tenants
+            problems.add(f"{path}.subject", f"{grantee!r} is a group; a grant names one subject of the other tenant")
+        grants.append(CrossTenantGrant(home, grantee, _rules(grant.get("allow"), f"{path}.allow", problems)))
 
     return AccessSpec(
         roles=roles,
@@ -450,44 +457,25 @@ def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
             if required not in fields:
                 problems.add(f"{path}.{required}", "required")
         jwks = fields.get("jwks")
-        if jwks is not None:
-            _check_jwks(jwks, f"{path}.jwks", problems)
+        jwks_json = "{}"
+        if jwks is not None and _check_jwks(jwks, f"{path}.jwks", problems):
+            jwks_json = canonical_json(jwks)
         issuers.append(interned(IssuerSpec(
             issuer=_string(fields.get("issuer", ""), f"{path}.issuer", problems),
             audience=_string(fields.get("audience", ""), f"{path}.audience", problems),
-            jwks_json=canonical_json(jwks) if isinstance(jwks, dict) else "{}",
+            jwks_json=jwks_json,
             tenant_claim=_string(fields.get("tenant_claim", "tid"), f"{path}.tenant_claim", problems),
             subject_claim=_string(fields.get("subject_claim", "sub"), f"{path}.subject_claim", problems),
         )))
     return tuple(issuers)
 
 
-def _check_jwks(jwks: Any, path: str, problems: _Problems) -> None:
-    if not isinstance(jwks, dict):
-        problems.add(path, "expected {keys: [...]} with at least one key")
-        return
-    for subpath, message in _jwks_problems(canonical_json(jwks)):
+def _check_jwks(jwks: Any, path: str, problems: _Problems) -> bool:
+    """Whether every key of the JWKS is usable; each problem is added under ``path``."""
+    found = jwks_problems(jwks)
+    for subpath, message in found:
         problems.add(f"{path}{subpath}", message)
-
-
-@functools.lru_cache(maxsize=4096)
-def _jwks_problems(jwks_json: str) -> tuple[tuple[str, str], ...]:
-    """What is wrong with a JWKS, checked once per distinct key set."""
-    jwks = json.loads(jwks_json)
-    if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-        return (("", "expected {keys: [...]} with at least one key"),)
-    found = []
-    for i, key in enumerate(jwks["keys"]):
-        if not isinstance(key, dict) or key.get("kty") not in SIGNING_KEY_TYPES:
-            found.append((f".keys[{i}]", "expected a public signing key (kty RSA, EC or OKP)"))
-        elif any(private in key for private in ("d", "p", "q")):
-            found.append((f".keys[{i}]", "holds private key material; publish only the public key"))
-        else:
-            try:
-                jwt.PyJWK.from_dict(key)
-            except jwt.PyJWTError as exc:
-                found.append((f".keys[{i}]", f"not a usable key: {exc}"))
-    return tuple(found)
+    return not found
 
 
 def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
@@ -503,11 +491,19 @@ def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
     purposes = _strings(body.get("purposes"), "spec.keys.purposes", problems, NAME, "key purpose")
     if len(set(purposes)) != len(purposes):
         problems.add("spec.keys.purposes", "lists a purpose twice")
+    readers: dict[str, tuple[str, ...]] = {}
+    for field in ("readers", "metadata_readers"):
+        readers[field] = _strings(body.get(field), f"spec.keys.{field}", problems, SUBJECT,
+                                  "caller identity (kind:name)")
+        for index, reader in enumerate(readers[field]):
+            # Callers are compared with these names literally: a group name here would be a caller that
+            # names itself so, never the group's members.
+            if reader.startswith("group:"):
+                problems.add(f"spec.keys.{field}[{index}]", f"{reader!r} is a group; list the callers that may "
+                                                            "read keys")
     return KeysSpec(
         purposes=purposes,
-        readers=frozenset(_strings(body.get("readers"), "spec.keys.readers", problems, SUBJECT,
-                                   "caller identity (kind:name)")),
-        metadata_readers=frozenset(_strings(body.get("metadata_readers"), "spec.keys.metadata_readers", problems,
-                                            SUBJECT, "caller identity (kind:name)")),
+        readers=frozenset(readers["readers"]),
+        metadata_readers=frozenset(readers["metadata_readers"]),
         rotate_every=rotate_every,
     )

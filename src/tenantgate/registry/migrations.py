@@ -1,8 +1,12 @@
-"""Versioned schema migrations, one list per SQL dialect; applied in order, each once, on start."""
+"""Versioned schema migrations, one list per SQL dialect; applied in order, each once, on start.
+
+Admin commands create a registry (every migration on an empty database); a server only upgrades one that
+exists, and takes an empty database for a registry not yet created.
+"""
 
 from __future__ import annotations
 
-from tenantgate.errors import ConfigurationError
+from tenantgate.errors import ConfigurationError, StorageError
 
 _COMMON = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,13 +66,30 @@ CREATE TABLE key_policies (
 );
 """
 
+# 3: the registry's identity, random, made with the registry and kept by its copies and backups: a server's
+# last-known-good file names the registry it came from, and is not replaced by another registry's state.
+_IDENTITY = "INSERT INTO meta (key, value) VALUES ('registry_id', {random_hex})"
+
 MIGRATIONS: dict[str, list[str]] = {
-    "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB"), _KEY_POLICIES.format(int="INTEGER")],
+    "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB"), _KEY_POLICIES.format(int="INTEGER"),
+               _IDENTITY.format(random_hex="lower(hex(randomblob(16)))")],
     "postgresql": [_COMMON.format(float="DOUBLE PRECISION", int="BIGINT", bytes="BYTEA"),
-                   _KEY_POLICIES.format(int="BIGINT")],
+                   _KEY_POLICIES.format(int="BIGINT"),
+                   _IDENTITY.format(random_hex="md5(random()::text || clock_timestamp()::text)")],
 }
 
 CREATE_LEDGER = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+
+
+def no_registry(where: str, why: str) -> StorageError:
+    """What a server that never creates a registry says when there is none at ``where`` yet."""
+    return StorageError(f"no registry at {where}: {why}. A server never creates a registry; create it with "
+                        f"`tenantgate apply --registry {where} -f MANIFESTS`")
+
+
+def created(applied: set[int]) -> bool:
+    """Whether a schema ledger with these versions belongs to a registry (the first migration ran)."""
+    return 1 in applied
 
 
 def pending(dialect: str, applied: set[int], where: str) -> list[tuple[int, list[str]]]:

@@ -2,7 +2,9 @@
 
 A write transaction starts by locking the revision row (`SELECT ... FOR UPDATE`), so writers commit one
 after another and revision N+1 is never visible before N. Reads run REPEATABLE READ, so the revision and
-the changes read with it agree. Commits `NOTIFY` followers, which also poll as a fallback.
+the changes read with it agree. Commits `NOTIFY` followers, which also poll as a fallback. Opened without
+``create`` (as a server opens it), a database without a registry schema is a registry not created yet: the
+store upgrades a registry's schema, never makes one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tenantgate.clock import Clock
 from tenantgate.errors import ConfigurationError, StorageError
-from tenantgate.registry.migrations import CREATE_LEDGER, pending
+from tenantgate.registry.migrations import CREATE_LEDGER, created, no_registry, pending
 from tenantgate.registry.sql import SqlRegistry, Tx
 
 CHANNEL = "tenantgate_changes"
@@ -44,8 +46,10 @@ class _PostgresTx:
 
 
 class PostgresBackend:
-    def __init__(self, conninfo: str, *, pool_size: int = 4, connect_timeout: float = 5.0) -> None:
+    def __init__(self, conninfo: str, *, pool_size: int = 4, connect_timeout: float = 5.0,
+                 create: bool = True) -> None:
         self._conninfo = conninfo
+        self._create = create
         self.description = _redacted(conninfo)
         self._timeout = connect_timeout
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False,
@@ -60,6 +64,8 @@ class PostgresBackend:
             return
         with self._migrate_lock, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            if not self._create:
+                self._require_registry(conn)
             conn.execute(CREATE_LEDGER)
             applied = {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
             for version, statements in pending("postgresql", applied, self.description):
@@ -68,6 +74,13 @@ class PostgresBackend:
                 conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
                              (version, datetime.now(UTC).isoformat()))
             self._migrated = True
+
+    def _require_registry(self, conn: psycopg.Connection[Any]) -> None:
+        ledger = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        applied = ({int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+                   if ledger is not None and ledger[0] is not None else set())
+        if not created(applied):
+            raise no_registry(self.description, "the database holds no registry schema")
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Tx]:
@@ -119,18 +132,18 @@ class PostgresBackend:
 
 
 class PostgresStore(SqlRegistry):
-    def __init__(self, conninfo: str, *, pool_size: int = 4, clock: Clock | None = None) -> None:
-        super().__init__(PostgresBackend(conninfo, pool_size=pool_size), clock=clock)
+    def __init__(self, conninfo: str, *, pool_size: int = 4, clock: Clock | None = None, create: bool = True) -> None:
+        super().__init__(PostgresBackend(conninfo, pool_size=pool_size, create=create), clock=clock)
 
 
-def open_postgres(url: str) -> PostgresStore:
+def open_postgres(url: str, *, create: bool = True) -> PostgresStore:
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"bad PostgreSQL registry URL: {exc}") from None
-    return PostgresStore(url)
+    return PostgresStore(url, create=create)
 
 
 def _redacted(conninfo: str) -> str:

@@ -170,16 +170,20 @@ class SqlRegistry:
     def _revision(tx: Tx) -> int:
         return int(tx.rows("SELECT value FROM meta WHERE key = 'revision'")[0][0])
 
+    @staticmethod
+    def _registry_id(tx: Tx) -> str:
+        return str(tx.rows("SELECT value FROM meta WHERE key = 'registry_id'")[0][0])
+
     def load(self) -> RegistryState:
         with self._backend.transaction(write=False) as tx:
-            revision = self._revision(tx)
+            revision, registry_id = self._revision(tx), self._registry_id(tx)
             tenants = {row[0]: self._tenant(row) for row in tx.rows(f"SELECT {_TENANT_COLUMNS} FROM tenants")}
             keys = self._keys(tx.rows(f"{_KEY_SELECT} ORDER BY k.tenant_id, k.purpose, k.version"))
-        return RegistryState(revision, tenants, keys)
+        return RegistryState(revision, tenants, keys, registry_id)
 
     def changes_since(self, revision: int) -> ChangeSet:
         with self._backend.transaction(write=False) as tx:
-            current = self._revision(tx)
+            current, registry_id = self._revision(tx), self._registry_id(tx)
             changed = [row[0] for row in tx.rows(
                 "SELECT DISTINCT tenant_id FROM changes WHERE revision > ? ORDER BY tenant_id", (revision,))]
             tenants: dict[str, TenantRecord | None] = dict.fromkeys(changed)
@@ -189,7 +193,7 @@ class SqlRegistry:
                 tenants[tenant_id] = self._tenant(rows[0]) if rows else None
                 keys.update(self._keys(tx.rows(f"{_KEY_SELECT} WHERE k.tenant_id = ? ORDER BY k.purpose, k.version",
                                                (tenant_id,))))
-        return ChangeSet(current, tenants, keys)
+        return ChangeSet(current, tenants, keys, registry_id)
 
     def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
         with self._backend.transaction(write=False) as tx:

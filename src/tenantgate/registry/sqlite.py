@@ -3,7 +3,8 @@
 WAL mode lets decision servers read while `apply` writes from another process; `BEGIN IMMEDIATE`
 takes the write lock before the first read, so a writer plans against what it commits over and
 revisions are gap-free in commit order. `secure_delete` and a WAL checkpoint after key destruction
-leave no copy of destroyed key bytes in the file.
+leave no copy of destroyed key bytes in the file. Opened without ``create`` (as a server opens it), a
+missing file or one without a registry in it is a registry not reachable yet, never one to make.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ from typing import Any
 
 from tenantgate.clock import Clock
 from tenantgate.errors import ConfigurationError, StorageError
-from tenantgate.registry.migrations import CREATE_LEDGER, pending
+from tenantgate.registry.migrations import CREATE_LEDGER, created, no_registry, pending
 from tenantgate.registry.sql import SqlRegistry, Tx
 
 
@@ -36,12 +38,14 @@ class _SQLiteTx:
 
 
 class SQLiteBackend:
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000, create: bool = True) -> None:
         """Connects on first use, and again after a failure, so a server can start (NOT_SERVING) while
-        the file is unreadable and recover when it is back."""
+        the file is unreadable and recover when it is back. With ``create`` false the file must hold a
+        registry already: until it does, every call fails as if the registry were unreachable."""
         self.path = str(path)
         self.description = f"sqlite://{self.path}"
         self._busy_timeout_ms = int(busy_timeout_ms)
+        self._create = create
         self._db: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -59,12 +63,12 @@ class SQLiteBackend:
         if self._db is not None and self.path != ":memory:" and self._file_identity() != self._identity:
             self._disconnect()
         if self._db is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = self._open()
             try:
                 db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-                db.execute("PRAGMA journal_mode = WAL")
+                if not self._create:
+                    self._require_registry(db)  # before switching to WAL, which writes to the file
+                self._enable_wal(db)
                 # FULL: an acknowledged write survives a power cut, not only a process crash.
                 db.execute("PRAGMA synchronous = FULL")
                 db.execute("PRAGMA secure_delete = ON")
@@ -75,6 +79,39 @@ class SQLiteBackend:
             self._db = db
             self._identity = self._file_identity()
         return self._db
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        """WAL mode is kept in the file, but switching a new file to it needs a moment of exclusive access,
+        and SQLite answers "database is locked" at once, without its busy handler, while another connection
+        is opening the same new file (a server and an apply started together). Wait for it like any other
+        lock: retry within the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
+    def _open(self) -> sqlite3.Connection:
+        if self._create:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if not os.path.exists(self.path):
+            raise no_registry(self.description, "the file does not exist")
+        # mode=rw: open the file only if it is there, never create it (even if it goes away meanwhile).
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=rw"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    def _require_registry(self, db: sqlite3.Connection) -> None:
+        ledger = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+        applied = ({int(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
+                   if ledger.fetchall() else set())
+        if not created(applied):
+            raise no_registry(self.description, "the file holds no registry")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -129,13 +166,17 @@ class SQLiteBackend:
 
 
 class SQLiteStore(SqlRegistry):
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000, clock: Clock | None = None) -> None:
-        super().__init__(SQLiteBackend(path, busy_timeout_ms=busy_timeout_ms), clock=clock)
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000, clock: Clock | None = None,
+                 create: bool = True) -> None:
+        super().__init__(SQLiteBackend(path, busy_timeout_ms=busy_timeout_ms, create=create), clock=clock)
 
 
-def open_sqlite(url: str) -> SQLiteStore:
+def open_sqlite(url: str, *, create: bool = True) -> SQLiteStore:
     """``sqlite:///abs/path.db`` (absolute) or ``sqlite://relative/path.db``."""
     path = url.removeprefix("sqlite://")
     if not path:
         raise ConfigurationError(f"registry URL {url!r} names no file; expected sqlite:///path/registry.db")
-    return SQLiteStore(path)
+    if path == ":memory:" and not create:
+        raise ConfigurationError(f"{url!r} is a new, empty registry in each process; a server follows a registry "
+                                 "file that `tenantgate apply` writes")
+    return SQLiteStore(path, create=create)

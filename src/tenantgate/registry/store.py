@@ -80,6 +80,8 @@ class RegistryState:
     revision: int
     tenants: Mapping[str, TenantRecord]
     keys: Mapping[str, tuple[KeyRecord, ...]]
+    # Created at random with the registry and kept by its copies and backups: which registry this is.
+    registry_id: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class ChangeSet:
     revision: int
     tenants: Mapping[str, TenantRecord | None]
     keys: Mapping[str, tuple[KeyRecord, ...]]
+    registry_id: str
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,10 @@ class RegistryStore(RegistryReader, RegistryAdmin, Protocol):
         ...
 
 
-def open_store(url: str) -> RegistryStore:
-    """The one place a registry URL becomes a store."""
+def open_store(url: str, *, create: bool = True) -> RegistryStore:
+    """The one place a registry URL becomes a store. ``create``: make the registry where there is none (what
+    admin commands do). A server passes False: it never creates a registry, and takes a missing one (no
+    SQLite file, an empty database) for one not reachable yet, until an admin creates it."""
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(f"registry URL {url!r} has no scheme; expected sqlite:///path/registry.db or "
@@ -225,11 +230,11 @@ def open_store(url: str) -> RegistryStore:
     if scheme == "sqlite":
         from tenantgate.registry.sqlite import open_sqlite
 
-        return open_sqlite(url)
+        return open_sqlite(url, create=create)
     if scheme in ("postgresql", "postgres"):
         from tenantgate.registry.postgres import open_postgres
 
-        return open_postgres(url)
+        return open_postgres(url, create=create)
     if scheme == "grpc":
         raise ConfigurationError(f"{url!r} is an Admin API address; a server follows a registry store "
                                  "(sqlite:// or postgresql://)")

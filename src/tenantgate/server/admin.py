@@ -1,4 +1,8 @@
-"""RegistryService, the Admin API: registry changes and reads over gRPC, run against the store in threads."""
+"""RegistryService, the Admin API: registry changes and reads over gRPC.
+
+Everything that touches the store, and the parsing and encoding around it, runs in a worker thread: an apply
+of thousands of tenants takes seconds, and the event loop it would block also answers the decisions.
+"""
 
 from __future__ import annotations
 
@@ -75,27 +79,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         actor = self._admin(context)
         if not request.files:
             raise InvalidArgument("at least one manifest file is required", field="files")
-        documents = parse_manifest_texts((f.name or f"files[{i}]", f.content) for i, f in enumerate(request.files))
-        result = await asyncio.to_thread(
-            self._store.apply, {d.tenant.id: d.document for d in documents}, prune=request.prune,
-            dry_run=request.dry_run, actor=actor, key_factory=self._key_factory)
-        return wire.apply_to_wire(result)
+
+        def apply() -> pb.ApplyManifestsResponse:
+            documents = parse_manifest_texts((f.name or f"files[{i}]", f.content)
+                                             for i, f in enumerate(request.files))
+            result = self._store.apply({d.tenant.id: d.document for d in documents}, prune=request.prune,
+                                       dry_run=request.dry_run, actor=actor, key_factory=self._key_factory)
+            return wire.apply_to_wire(result)
+
+        return await asyncio.to_thread(apply)
 
     @maps_errors
     async def GetTenant(self, request: pb.GetTenantRequest, context: grpc.aio.ServicerContext) -> pb.Tenant:
         self._admin(context)
-        return wire.tenant_to_wire(await asyncio.to_thread(self._store.get_tenant, request.tenant_id))
+        return await asyncio.to_thread(lambda: wire.tenant_to_wire(self._store.get_tenant(request.tenant_id)))
 
     @maps_errors
     async def ListTenants(self, request: pb.ListTenantsRequest,
                           context: grpc.aio.ServicerContext) -> pb.ListTenantsResponse:
         self._admin(context)
         size = _page_size(request.page_size)
-        found = await asyncio.to_thread(
-            self._store.list_tenants, state=wire.state_from_wire(request.state), labels=dict(request.labels),
-            after=_decode_token(request.page_token), limit=size + 1)
-        token = base64.urlsafe_b64encode(found[size - 1].record.id.encode()).decode() if len(found) > size else ""
-        return pb.ListTenantsResponse(tenants=[wire.tenant_to_wire(t) for t in found[:size]], next_page_token=token)
+        state, labels = wire.state_from_wire(request.state), dict(request.labels)
+        after = _decode_token(request.page_token)
+
+        def page() -> pb.ListTenantsResponse:
+            found = self._store.list_tenants(state=state, labels=labels, after=after, limit=size + 1)
+            token = base64.urlsafe_b64encode(found[size - 1].record.id.encode()).decode() if len(found) > size else ""
+            return pb.ListTenantsResponse(tenants=[wire.tenant_to_wire(t) for t in found[:size]],
+                                          next_page_token=token)
+
+        return await asyncio.to_thread(page)
 
     @maps_errors
     async def TransitionTenant(self, request: pb.TransitionTenantRequest,
@@ -130,10 +143,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
     async def ListAuditEntries(self, request: pb.ListAuditEntriesRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
         self._admin(context)
-        entries = await asyncio.to_thread(self._store.audit_entries, tenant_id=request.tenant_id,
-                                          after_seq=_position(request.after_seq, "after_seq"),
-                                          limit=_page_size(request.page_size))
-        return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
+        tenant_id, after_seq = request.tenant_id, _position(request.after_seq, "after_seq")
+        limit = _page_size(request.page_size)
+
+        def page() -> pb.ListAuditEntriesResponse:
+            entries = self._store.audit_entries(tenant_id=tenant_id, after_seq=after_seq, limit=limit)
+            return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
+
+        return await asyncio.to_thread(page)
 
     @maps_errors
     async def VerifyAudit(self, request: pb.VerifyAuditRequest,
@@ -162,9 +179,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         snapshot = self._holder.current
         if snapshot is None:
             raise Unavailable("no snapshot of the registry is loaded yet")
+        tenant = snapshot.tenants.get(request.tenant_id)
+        if tenant is not None and tenant.built is None:
+            await self._holder.compile((tenant,))  # the quotas it declares
         usage = await self._quota.usage(snapshot, request.tenant_id)
         return pb.GetQuotaUsageResponse(quotas=[pb.QuotaUsage(quota=quota, consumed=consumed, denied=denied)
                                                 for quota, (consumed, denied) in usage.items()])
+
+    def _changes(self, after: int) -> list[pb.Change]:
+        """The next changes after revision ``after`` (blocking)."""
+        return [wire.change_to_wire(change) for change in self._store.changes(after, WATCH_BATCH)]
 
     async def WatchChanges(self, request: pb.WatchChangesRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Change]:
@@ -174,9 +198,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
             revision = _position(request.from_revision, "from_revision")
             self._admin(context)
             while True:
-                batch = await asyncio.to_thread(self._store.changes, revision, WATCH_BATCH)
+                batch = await asyncio.to_thread(self._changes, revision)
                 for change in batch:
-                    yield wire.change_to_wire(change)
+                    yield change
                     revision = change.revision
                 if len(batch) < WATCH_BATCH:
                     # Woken by the next snapshot, or after a short poll when this server's syncer lags.

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,11 +25,12 @@ from tenantgate.engines.quota import QuotaEngine
 from tenantgate.engines.tokens import TokenVerifier
 from tenantgate.errors import ConfigurationError, TenantgateError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
+from tenantgate.logs import flush_logs
 from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decision import DecisionServicer
 from tenantgate.server.decisionlog import DecisionLog
-from tenantgate.server.handlers import GenericOnly, service_handler
+from tenantgate.server.handlers import Admission, GenericOnly, service_handler
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer
@@ -42,6 +46,10 @@ QUOTA_BACKEND_HEALTH = "tenantgate.quota_backend"
 # SERVING while the process runs, whatever the registry does: for liveness probes, which must not restart a
 # server that is merely waiting for its registry.
 LIVENESS_HEALTH = "liveness"
+# After the last call being handled has finished, seconds the server keeps refusing before the process ends:
+# an answer written just before a connection closes with unread calls on it can be lost to the reset that
+# the close sends, so the last answers get time to be acknowledged (a retransmission takes 200 ms or more).
+RESPONSE_LINGER = 0.5
 
 
 def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
@@ -90,11 +98,14 @@ class TenantgateServer:
     def __init__(self, config: ServeConfig, master_key: MasterKey | None, store: RegistryStore | None = None) -> None:
         self.config = config
         self.holder = SnapshotHolder()
-        self._store = store or open_store(config.registry_url)
+        # A server never creates a registry: a missing one is unreachable until `tenantgate apply` makes it.
+        self._store = store or open_store(config.registry, create=False)
         self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval,
-                             snapshot_file=Path(config.snapshot_file) if config.snapshot_file else None)
+                             snapshot_file=Path(config.snapshot_file) if config.snapshot_file else None,
+                             replace_snapshot_file=config.replace_snapshot_file)
         self._counters = open_counter_store(config.quota_backend, prefix=config.quota_prefix,
-                                            on_availability=self._quota_backend_changed)
+                                            on_availability=self._quota_backend_changed,
+                                            idempotency_cache_size=config.idempotency_cache_size)
         quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
         tokens = TokenVerifier(cache_size=config.token_cache_size)
         identity = CallerIdentity(trust_metadata=config.trust_caller_metadata,
@@ -107,18 +118,21 @@ class TenantgateServer:
         self._admin = RegistryServicer(self._store, self.holder, self._key_factory, quota, identity,
                                        frozenset(config.admins))
         self.health = health.aio.HealthServicer()
+        self.admission = Admission()
+        self._draining = False
         self._background: set[asyncio.Future[None]] = set()
         self._quota_available = True
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
         self.admin_port = 0
+        self.health_port = 0
 
     async def start(self) -> int:
         """Bind, start serving (NOT_SERVING until the first snapshot) and return the decision port."""
         decision = _grpc_server(self.config)
         decision.add_generic_rpc_handlers((service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name[
-            "DecisionService"]),))
+            "DecisionService"], self.admission),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(decision))
         _enable_reflection(decision, (DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME))
         for service in ("", DECISION_SERVICE):
@@ -135,10 +149,17 @@ class TenantgateServer:
         if self.config.admin_listen:
             admin = _grpc_server(self.config)
             admin.add_generic_rpc_handlers((service_handler(self._admin, registry_pb2.DESCRIPTOR.services_by_name[
-                "RegistryService"]),))
+                "RegistryService"], self.admission),))
             _enable_reflection(admin, (REGISTRY_SERVICE, reflection.SERVICE_NAME))
             self.admin_port = _bind(admin, self.config.admin_listen, credentials)
             servers.append(admin)
+        if self.config.health_listen:
+            # grpc.health.v1 alone, in plaintext, for probes that present no client certificate: the same
+            # servicer as the decision port's, so it reports the same statuses (NOT_SERVING while draining).
+            probes = _grpc_server(self.config)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(probes))
+            self.health_port = _bind(probes, self.config.health_listen, None)
+            servers.append(probes)
         if self.config.metrics_listen:
             from prometheus_client import start_http_server
 
@@ -151,14 +172,22 @@ class TenantgateServer:
                        asyncio.create_task(self._probe_quota_backend())]
         if self._key_factory is not None and self.config.key_rotation_interval > 0:
             self._tasks.append(asyncio.create_task(self._rotate_due_keys(self._key_factory)))
-        log.info("serving DecisionService on %s (port %d)%s", self.config.listen, self.port,
-                 f", the Admin API on {self.config.admin_listen} (port {self.admin_port})" if self.admin_port else "")
+        if not self.config.quota_backend.startswith("memory:"):  # Redis: the only other backend
+            from tenantgate.counters.redis import RedisCounterStore
+
+            if isinstance(self._counters, RedisCounterStore):  # once, beside serving: never delays start
+                self._tasks.append(asyncio.create_task(self._counters.warn_if_not_persistent()))
+        log.info("serving DecisionService on %s (port %d)%s%s", self.config.listen, self.port,
+                 f", the Admin API on {self.config.admin_listen} (port {self.admin_port})" if self.admin_port else "",
+                 f", health for probes on {self.config.health_listen} (port {self.health_port}, plaintext)"
+                 if self.health_port else "")
         return self.port
 
     async def _serve_when_synced(self) -> None:
         await self.holder.wait_for_revision(0, None)
         for service in ("", DECISION_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            if not self._draining:
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def _quota_backend_changed(self, available: bool) -> None:
         """Health (service "tenantgate.quota_backend") and metrics follow the counter backend."""
@@ -194,11 +223,55 @@ class TenantgateServer:
                 log.info("rotated %s/%s to v%d (keys.rotate_every)", result.key.tenant_id, result.key.purpose,
                          result.key.version)
 
+    async def _report_not_serving(self) -> None:
+        """The overall status and DecisionService's turn NOT_SERVING for good (readiness); "liveness" stays
+        SERVING while the process runs, so that a liveness probe never kills a server that drains."""
+        self._draining = True
+        for service in ("", DECISION_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def drain(self, delay: float, grace: float, cut_short: asyncio.Event | None = None) -> None:
+        """Get a process that is about to end ready for it, losing no call.
+
+        Report NOT_SERVING and keep answering for ``delay`` seconds (less if ``cut_short`` is set), while load
+        balancers stop sending calls here; then refuse every new call with UNAVAILABLE before it does any
+        work, give the calls being handled up to ``grace`` seconds, and keep refusing for RESPONSE_LINGER
+        more, so that the last answers reach their callers before the connections close.
+
+        gRPC's own stop is not called: it answers CANCELLED to every call that arrived but that gRPC had not
+        yet handed to the application (grpc/grpc#41785), and grpc.aio takes calls one at a time, so under load
+        many wait there. The process ends instead (``serve``), and its connections close with it: a call that
+        never reached a handler did no work, and its caller sees UNAVAILABLE."""
+        loop = asyncio.get_running_loop()
+        await self._report_not_serving()
+        log.info("shutting down: NOT_SERVING, answering calls for %.1f s more", delay)
+        if cut_short is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut_short.wait(), delay)
+        self.admission.refuse()
+        log.info("refusing new calls (UNAVAILABLE); %d being handled get up to %.1f s",
+                 self.admission.in_flight, grace)
+        deadline = loop.time() + grace
+        while self.admission.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.admission.in_flight:
+            log.warning("%d calls still being handled after the grace period (%.1f s) are cut off",
+                        self.admission.in_flight, grace)
+        await asyncio.sleep(RESPONSE_LINGER)
+
     async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""
-        await self.health.enter_graceful_shutdown()
+        """Stop within a process that goes on (tests, embedding): report NOT_SERVING, let in-flight calls
+        finish within the grace period with gRPC's own stop, then close. Calls that gRPC had received but not
+        yet handed to the application are answered CANCELLED: ``serve`` drains without that."""
+        await self._report_not_serving()
         period = self.config.grace_period if grace is None else grace
         await asyncio.gather(*(server.stop(period) for server in self._servers))
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the background tasks and close the counters, the registry store and the decision log."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -210,14 +283,39 @@ class TenantgateServer:
             self._decision_log.close()
 
 
-async def serve(config: ServeConfig, master_key: MasterKey | None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+async def serve(config: ServeConfig, master_key: MasterKey | None, *,
+                on_listening: Callable[[], None] | None = None) -> NoReturn:
+    """Serve until SIGTERM or SIGINT, drain (``TenantgateServer.drain``; a SIGINT while draining cuts the drain
+    delay short), then end the process with status 0 (1 if closing failed). ``on_listening`` is called once every
+    listener is bound (a worker process tells its supervisor so).
+
+    The process ends here, with ``os._exit`` once the logs are written, while the gRPC servers still run:
+    returning would let their destructors call gRPC's stop, which answers CANCELLED to the calls queued in
+    gRPC (see ``drain``)."""
     server = TenantgateServer(config, master_key)
     await server.start()
-    stopping = asyncio.Event()
+    if on_listening is not None:
+        on_listening()
+    stopping, hurried = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        # Only SIGINT hurries: a worker may get each SIGTERM twice (systemd signals every process of the unit,
+        # and the parent passes the signal on), and must not take the second for an operator in a hurry.
+        if stopping.is_set() and signum == signal.SIGINT:
+            hurried.set()
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     await stopping.wait()
-    log.info("shutting down: draining in-flight calls for up to %.1f s", config.grace_period)
-    await server.stop()
+    code = 0
+    try:
+        await server.drain(config.drain_delay, config.grace_period, cut_short=hurried)
+        await server.close()
+        log.info("drained: exiting")
+    except Exception:
+        log.exception("the shutdown failed")
+        code = 1
+    flush_logs()
+    os._exit(code)

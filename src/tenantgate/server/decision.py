@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
-from tenantgate.engines.access import AccessEngine, Reason
+from tenantgate.engines.access import AccessEngine, AccessRequest, Reason, Undecided
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.quota import ConsumeOutcome, QuotaEngine
 from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifier
@@ -24,7 +24,7 @@ from tenantgate.server import requests
 from tenantgate.server.decisionlog import DecisionLog
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
-from tenantgate.snapshot import KeyVersion, Snapshot, SnapshotHolder
+from tenantgate.snapshot import KeyVersion, Snapshot, SnapshotHolder, TenantView
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
@@ -48,6 +48,13 @@ class DecisionIds:
 
     def next(self) -> str:
         return f"{self._prefix}-{next(self._counter):x}"
+
+
+def _set_error(target: pb.CheckError, error: TenantgateError) -> None:
+    """A check of a batch that could not be decided: its status, as the call would have had alone."""
+    target.code = status_code(error).value[0]
+    target.message = error.message
+    target.field = error.field
 
 
 def _set_duration(target: Duration, seconds: float) -> None:
@@ -144,11 +151,11 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                                      field="min_revision")
         return self._snapshot()
 
-    def _decide(self, snapshot: Snapshot, request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse,
-                batch_index: int | None = None) -> None:
-        """Decide ``request`` and write the answer into ``answer`` (a batch fills its results in place)."""
-        access_request = requests.access_request(request, snapshot.tenants, batch_index)
+    def _decide(self, snapshot: Snapshot, access_request: AccessRequest, answer: pb.CheckAccessResponse) -> None:
+        """Decide ``access_request`` and write the answer into ``answer`` (a batch fills its results in place)."""
         decision = self._access.check(snapshot, access_request)
+        if isinstance(decision, Undecided):
+            raise FailedPrecondition(decision.problem)
         decision_id = self._ids.next()
         if self._decision_log is not None:
             self._decision_log.record(decision_id, access_request, decision, snapshot.revision)
@@ -173,8 +180,14 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         snapshot = self._snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
+        access_request = requests.access_request(request, snapshot.tenants)
+        tenant = snapshot.tenants.get(access_request.tenant_id)
+        if (tenant is not None and tenant.built is None) or access_request.token:
+            needed = self._access.tenants_to_compile(snapshot, access_request)
+            if needed:
+                await self._holder.compile(needed)
         answer = pb.CheckAccessResponse()
-        self._decide(snapshot, request, answer)
+        self._decide(snapshot, access_request, answer)
         return answer
 
     @maps_errors
@@ -186,16 +199,31 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         snapshot = self._snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
-        response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
+        checks: list[AccessRequest | TenantgateError] = []
+        needed: list[TenantView] = []
         for index, item in enumerate(request.items):
+            try:
+                access_request = requests.access_request(item.check, snapshot.tenants, index)
+            except TenantgateError as error:
+                checks.append(error)
+                continue
+            checks.append(access_request)
+            tenant = snapshot.tenants.get(access_request.tenant_id)
+            if (tenant is not None and tenant.built is None) or access_request.token:
+                needed += self._access.tenants_to_compile(snapshot, access_request)
+        if needed:
+            await self._holder.compile(needed)  # every tenant the batch needs, in one worker thread
+        response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
+        for item, check in zip(request.items, checks, strict=True):
             result = response.results.add()
             result.correlation_id = item.correlation_id
+            if isinstance(check, TenantgateError):
+                _set_error(result.error, check)
+                continue
             try:
-                self._decide(snapshot, item.check, result.decision, index)
+                self._decide(snapshot, check, result.decision)
             except TenantgateError as error:
-                result.error.code = status_code(error).value[0]
-                result.error.message = error.message
-                result.error.field = error.field
+                _set_error(result.error, error)
         return response
 
     @maps_errors
@@ -203,6 +231,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
         snapshot = self._snapshot()
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is not None and tenant.built is None:
+            await self._holder.compile((tenant,))
         outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
                                             release=request.release, idempotency_key=request.idempotency_key)
         self._metering.record(tenant_id, outcome, release=request.release)
@@ -225,6 +256,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is not None and tenant.built is None:
+            await self._holder.compile((tenant,))
         outcome = "OK"
         try:
             return read(snapshot, caller, tenant_id, purpose)
@@ -277,7 +311,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                             context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
         snapshot = self._snapshot()
         token = requests.require_text(request.token, "token", MAX_TOKEN_BYTES)
-        result = self._tokens.verify(snapshot, token, requests.tenant_id(request.tenant_id, required=False))
+        home_tenant_id = requests.tenant_id(request.tenant_id, required=False)
+        needed = self._tokens.tenants_to_compile(snapshot, token, home_tenant_id)
+        if needed:
+            await self._holder.compile(needed)
+        result = self._tokens.verify(snapshot, token, home_tenant_id)
+        if result.problem is TokenProblem.TENANT_UNAVAILABLE:
+            raise FailedPrecondition(result.detail)
         if result.token is None:
             reason = pb.DECISION_REASON_TOKEN_EXPIRED if result.problem is TokenProblem.EXPIRED \
                 else pb.DECISION_REASON_TOKEN_INVALID
@@ -300,6 +340,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         tenant = snapshot.tenants.get(tenant_id)
         if tenant is None:
             raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
+        if tenant.built is None:
+            await self._holder.compile((tenant,))
         spec = tenant.spec
         return pb.ResolveTenantResponse(
             tenant_id=spec.id, name=spec.name, state=state_to_wire(spec.state), plan=spec.plan,

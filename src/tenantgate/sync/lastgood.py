@@ -1,39 +1,141 @@
 """The last-known-good copy of the registry on disk, for a cold start while the registry is unreachable.
 
-It holds what the registry holds (documents and wrapped keys, never plaintext), written to a temporary
-file and renamed, so a reader sees the old file or the new one, never half of one.
+It holds the whole registry state (every field of every record: documents, states, wrapped keys but never
+plaintext, key version floors) and the identity of the registry it came from, written to a temporary file
+and renamed, so a reader sees the old file or the new one, never half of one.
+
+Records are written field by field from their dataclass fields and read back strictly: a file that lacks
+a field, or names one this version does not know, is refused, never read with a default (a missing key
+version floor would serve retired key versions). A file of an older format is refused for the same reason;
+the server then waits for the registry.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import dataclasses
 import json
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tenantgate.errors import StorageError
 from tenantgate.registry.store import KeyRecord, RegistryState, TenantRecord
 
-FORMAT = 2
+# 3: every field of every record (format 2 lost KeyRecord.min_decryption_version) and the registry's identity.
+FORMAT = 3
+
+_SCALARS = (str, int, float, bytes)
+_Record = TypeVar("_Record", TenantRecord, KeyRecord)
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, type], ...]:
+    """(name, type) of each field of a record; only the types the file can hold exactly."""
+    hints = typing.get_type_hints(cls)
+    fields = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+    for name, kind in fields:
+        if kind not in _SCALARS:
+            raise TypeError(f"{cls.__name__}.{name} is a {kind}; the last-known-good file holds str, int, float and "
+                            "bytes fields: give it a codec here")
+    return fields
+
+
+_FIELDS = {cls: _fields_of(cls) for cls in (TenantRecord, KeyRecord)}
+
+
+def _encode(record: TenantRecord | KeyRecord) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for name, kind in _FIELDS[type(record)]:
+        value = getattr(record, name)
+        encoded[name] = base64.b64encode(value).decode("ascii") if kind is bytes else value
+    return encoded
+
+
+def _decode(cls: type[_Record], raw: Any) -> _Record:
+    if not isinstance(raw, dict):
+        raise ValueError(f"a {cls.__name__} is not an object")
+    kinds = dict(_FIELDS[cls])
+    missing, unknown = kinds.keys() - raw.keys(), raw.keys() - kinds.keys()
+    if missing or unknown:
+        problems = [f"{what} field(s) {', '.join(sorted(names))}"
+                    for what, names in (("missing", missing), ("unknown", unknown)) if names]
+        raise ValueError(f"a {cls.__name__} with {'; '.join(problems)}")
+    return cls(**{name: _value(raw[name], kind, f"{cls.__name__}.{name}") for name, kind in kinds.items()})
+
+
+def _value(value: Any, kind: type, where: str) -> Any:
+    """``value`` as read from JSON, checked to be of ``kind`` (JSON's true and false are not numbers)."""
+    if not isinstance(value, bool):
+        if (kind is str and isinstance(value, str)) or (kind is int and isinstance(value, int)):
+            return value
+        if kind is float and isinstance(value, (int, float)):
+            return float(value)
+        if kind is bytes and isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"{where} is not base64: {exc}") from None
+    raise ValueError(f"{where} should be {kind.__name__}, not {type(value).__name__}")
+
+
+def encode(state: RegistryState, saved_at: float) -> dict[str, Any]:
+    """The file's content: ``state`` and when it was saved."""
+    return {
+        "format": FORMAT,
+        "registry_id": state.registry_id,
+        "revision": state.revision,
+        "saved_at": saved_at,
+        "tenants": [_encode(record) for record in state.tenants.values()],
+        "keys": {tenant_id: [_encode(key) for key in keys] for tenant_id, keys in state.keys.items()},
+    }
+
+
+def decode(body: Any) -> tuple[RegistryState, float]:
+    """The state and save time in a file's content; ValueError when it is not exactly what ``encode`` writes."""
+    if not isinstance(body, dict):
+        raise ValueError("not a last-known-good file")
+    found = body.get("format")
+    if found != FORMAT:
+        if isinstance(found, int) and not isinstance(found, bool) and found < FORMAT:
+            raise ValueError(f"written by an older tenantgate (format {found}, this one reads {FORMAT}) that did not "
+                             "save every field, key version floors among them; not used, as it could serve retired "
+                             "key versions")
+        if isinstance(found, int) and not isinstance(found, bool):
+            raise ValueError(f"written by a newer tenantgate (format {found}, this one reads {FORMAT})")
+        raise ValueError("not a last-known-good file (no format)")
+    tenants: dict[str, TenantRecord] = {}
+    for raw in _list(body.get("tenants"), "tenants"):
+        record = _decode(TenantRecord, raw)
+        if record.id in tenants:
+            raise ValueError(f"tenant {record.id!r} twice")
+        tenants[record.id] = record
+    grouped = body.get("keys")
+    if not isinstance(grouped, dict):
+        raise ValueError("keys is not an object")
+    keys: dict[str, tuple[KeyRecord, ...]] = {}
+    for tenant_id, raw_keys in grouped.items():
+        keys[tenant_id] = tuple(_decode(KeyRecord, raw) for raw in _list(raw_keys, f"keys of {tenant_id!r}"))
+        if any(key.tenant_id != tenant_id for key in keys[tenant_id]):
+            raise ValueError(f"a key of another tenant among the keys of {tenant_id!r}")
+    state = RegistryState(_value(body.get("revision"), int, "revision"), tenants, keys,
+                          _value(body.get("registry_id"), str, "registry_id"))
+    return state, _value(body.get("saved_at"), float, "saved_at")
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} is not a list")
+    return value
 
 
 def save(path: Path, state: RegistryState, saved_at: float) -> None:
-    body = {
-        "format": FORMAT,
-        "revision": state.revision,
-        "saved_at": saved_at,
-        "tenants": [{"id": r.id, "document": r.document_json, "digest": r.digest, "revision": r.revision,
-                     "state": r.state, "state_since": r.state_since} for r in state.tenants.values()],
-        "keys": [{"tenant_id": k.tenant_id, "purpose": k.purpose, "version": k.version,
-                  "wrapped": base64.b64encode(k.wrapped).decode(), "algorithm": k.algorithm, "state": k.state,
-                  "created_at": k.created_at} for keys in state.keys.values() for k in keys],
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(body, handle, separators=(",", ":"))
+        json.dump(encode(state, saved_at), handle, separators=(",", ":"))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -42,17 +144,67 @@ def save(path: Path, state: RegistryState, saved_at: float) -> None:
 def load(path: Path) -> tuple[RegistryState, float]:
     """The saved state and when it was saved; StorageError when there is none to use."""
     try:
-        body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if body.get("format") != FORMAT:
-            raise StorageError(f"{path}: unknown last-known-good format {body.get('format')!r}")
-        tenants = {t["id"]: TenantRecord(t["id"], t["document"], t["digest"], int(t["revision"]), t["state"],
-                                         float(t["state_since"])) for t in body["tenants"]}
-        keys: dict[str, list[KeyRecord]] = {}
-        for k in body["keys"]:
-            keys.setdefault(k["tenant_id"], []).append(KeyRecord(
-                k["tenant_id"], k["purpose"], int(k["version"]), base64.b64decode(k["wrapped"]), k["algorithm"],
-                int(k["state"]), float(k["created_at"])))
-        state = RegistryState(int(body["revision"]), tenants, {t: tuple(v) for t, v in keys.items()})
-        return state, float(body["saved_at"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StorageError(f"cannot use the last-known-good snapshot {path}: {exc}") from exc
+        return decode(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise StorageError(f"cannot use the last-known-good snapshot {path}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """What a last-known-good file holds, as far as replacing it goes."""
+
+    registry_id: str = ""
+    revision: int = 0
+    # Written by an older tenantgate: of no use to this one, and replaced by it.
+    outdated: bool = False
+    # Why this version cannot read it, when it cannot (a newer format, a damaged file): kept unless told.
+    unreadable: str = ""
+
+
+def identify(path: Path) -> Held | None:
+    """What the file at ``path`` holds; None when there is no file (blocking: reads the whole file)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return Held(unreadable=str(exc))
+    found = body.get("format") if isinstance(body, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found < FORMAT:
+        return Held(outdated=True)
+    try:
+        state, _ = decode(body)
+    except ValueError as exc:
+        return Held(unreadable=str(exc))
+    return Held(state.registry_id, state.revision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a file must not be replaced by a state, and what an operator can do about it."""
+
+    reason: str
+    advice: str
+
+
+def refusal(held: Held | None, state: RegistryState) -> Refusal | None:
+    """Why ``state`` must not replace a file that holds ``held``; None when it may: no file, a file of an older
+    format, or one of the same registry at the same or an earlier revision."""
+    if held is None or held.outdated:
+        return None
+    if held.unreadable:
+        return Refusal(f"this tenantgate cannot read it ({held.unreadable})",
+                       "Remove it, or start once with --replace-snapshot-file, to let this server write it.")
+    if held.registry_id != state.registry_id:
+        return Refusal(f"it holds registry {held.registry_id} at revision {held.revision}, and this server follows "
+                       f"another registry, {state.registry_id} (at revision {state.revision})",
+                       f"A cold start meanwhile serves registry {held.registry_id}. If registry {state.registry_id} "
+                       "replaces it for good, remove the file or start once with --replace-snapshot-file.")
+    if state.revision < held.revision:
+        return Refusal(f"registry {state.registry_id} is at revision {state.revision}, behind the file's revision "
+                       f"{held.revision}: was it restored from a backup?",
+                       f"A cold start meanwhile serves revision {held.revision}. If the registry is meant to be at "
+                       f"revision {state.revision}, remove the file or start once with --replace-snapshot-file (the "
+                       f"file is replaced by itself once the registry passes revision {held.revision}); if not, "
+                       "restore a later backup of the registry.")
+    return None

@@ -1,9 +1,9 @@
 """Follows the registry's change feed and keeps the snapshot holder current.
 
 Waits for a change (NOTIFY where the store has it, else the poll interval), reads every changed tenant
-in one transaction, builds their views beside the current snapshot and swaps one reference. When the
-registry cannot be read it keeps serving what it has and says so (``stale``); started cold while the
-registry is down, it serves the last-known-good file.
+in one transaction, builds and compiles their views beside the current snapshot (in a worker thread, never
+on the event loop) and swaps one reference. When the registry cannot be read it keeps serving what it has
+and says so (``stale``); started cold while the registry is down, it serves the last-known-good file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.keywrap import KeyProvider
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.manifest import tenant_from_document
-from tenantgate.registry.store import KeyRecord, RegistryReader, RegistryState, TenantRecord
+from tenantgate.registry.store import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
 from tenantgate.snapshot import (
     CompiledTenant,
     KeyVersion,
@@ -29,6 +29,7 @@ from tenantgate.snapshot import (
     SnapshotHolder,
     TenantView,
     build_snapshot,
+    compile_all,
     compile_tenant,
     with_changes,
 )
@@ -38,11 +39,15 @@ log = logging.getLogger("tenantgate.sync")
 
 
 def issuer_urls(document_json: str) -> tuple[str, ...]:
-    """The token issuers a stored document trusts, without building the rest of the tenant."""
+    """The token issuers a stored document trusts, without building the rest of the tenant (none for a
+    document it cannot read: compiling that tenant reports the problem)."""
     if '"tokens"' not in document_json:
         return ()
-    issuers = json.loads(document_json).get("spec", {}).get("tokens", {}).get("issuers") or []
-    return tuple(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
+    try:
+        issuers = json.loads(document_json).get("spec", {}).get("tokens", {}).get("issuers") or []
+        return tuple(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
+    except (ValueError, AttributeError, TypeError):
+        return ()
 
 
 class Syncer:
@@ -56,7 +61,10 @@ class Syncer:
         clock: Clock | None = None,
         snapshot_file: Path | None = None,
         snapshot_file_interval: float = 5.0,
+        replace_snapshot_file: bool = False,
     ) -> None:
+        """``replace_snapshot_file``: let the registry followed replace a last-known-good file that holds
+        another registry, or a later revision of this one (otherwise such a file is kept, and logged)."""
         self._store = store
         self._holder = holder
         self._master_key = master_key
@@ -64,15 +72,21 @@ class Syncer:
         self._clock = clock or SystemClock()
         self._snapshot_file = snapshot_file
         self._snapshot_file_interval = snapshot_file_interval
+        self._replace_snapshot_file = replace_snapshot_file
+        self._registry_id = ""  # of the registry last read in full
         # What the registry holds, mirrored for the last-known-good file (only kept when there is one).
         self._mirror: RegistryState | None = None
         self._from_file = False
-        self._saved_revision = -1
-        self._saved_at = 0.0
+        # What the file holds (None: no file), once read; then what this syncer last wrote to it.
+        self._held: lastgood.Held | None = None
+        self._held_known = False
+        self._next_save_at = 0.0  # the file is written at most every snapshot_file_interval
+        self._logged = ""  # the last complaint about the file, so that it is logged once, not every poll
 
     def build_full(self) -> Snapshot:
         """Read the whole registry and build a snapshot of it (blocking)."""
         state = self._store.load()
+        self._registry_id = state.registry_id
         if self._snapshot_file is not None:
             self._mirror = state
         return self._build(state, stale=False)
@@ -87,25 +101,37 @@ class Syncer:
         if self._store.current_revision() == base.revision:
             return base
         changes = self._store.changes_since(base.revision)
+        if changes.registry_id != self._registry_id:
+            log.warning("the registry is now registry %s, no longer %s (replaced under the same address); "
+                        "rebuilding the snapshot", changes.registry_id, self._registry_id)
+            return self.build_full()
         if changes.revision < base.revision:
             log.warning("registry revision went back from %d to %d; rebuilding the snapshot",
                         base.revision, changes.revision)
             return self.build_full()
         changed = {tenant_id: None if record is None else self._view(record, changes.keys.get(tenant_id, ()))
                    for tenant_id, record in changes.tenants.items()}
-        if self._mirror is not None:
-            tenants = dict(self._mirror.tenants)
-            keys = dict(self._mirror.keys)
-            for tenant_id, record in changes.tenants.items():
-                if record is None:
-                    tenants.pop(tenant_id, None)
-                else:
-                    tenants[tenant_id] = record
-                keys.pop(tenant_id, None)
-                if changes.keys.get(tenant_id):
-                    keys[tenant_id] = changes.keys[tenant_id]
-            self._mirror = RegistryState(changes.revision, tenants, keys)
+        # Compiled here, in the syncer's thread, so that the first call after a change finds them ready. (A
+        # full build leaves compiling to first use: a registry of 100,000 tenants would take twice the memory.)
+        compile_all(view for view in changed.values() if view is not None)
+        self._mirror_changes(changes)
         return with_changes(base, changes.revision, changed, self._clock.now())
+
+    def _mirror_changes(self, changes: ChangeSet) -> None:
+        """The mirror kept for the last-known-good file, brought up to ``changes``."""
+        if self._mirror is None:
+            return
+        tenants = dict(self._mirror.tenants)
+        keys = dict(self._mirror.keys)
+        for tenant_id, record in changes.tenants.items():
+            if record is None:
+                tenants.pop(tenant_id, None)
+            else:
+                tenants[tenant_id] = record
+            keys.pop(tenant_id, None)
+            if changes.keys.get(tenant_id):
+                keys[tenant_id] = changes.keys[tenant_id]
+        self._mirror = RegistryState(changes.revision, tenants, keys, changes.registry_id)
 
     async def sync_once(self) -> Snapshot:
         """One read of the registry; raises when it cannot be read."""
@@ -130,39 +156,70 @@ class Syncer:
         metrics.SNAPSHOT_STALE.set(1 if snapshot.stale else 0)
 
     async def _save_last_good(self, *, force: bool = False) -> None:
-        if self._snapshot_file is None or self._mirror is None or self._mirror.revision == self._saved_revision:
+        """Write the mirror to the last-known-good file after a change, at most every interval (at once the
+        first time, and when ``force``d), never over a file of another registry or of a later revision unless
+        told to replace it."""
+        path, state = self._snapshot_file, self._mirror
+        if path is None or state is None:
+            return
+        written = lastgood.Held(state.registry_id, state.revision)
+        if self._held_known and self._held == written:
             return
         now = self._clock.now()
-        if not force and now - self._saved_at < self._snapshot_file_interval and self._saved_revision >= 0:
+        if not force and now < self._next_save_at:
             return
-        state = self._mirror
+        self._next_save_at = now + self._snapshot_file_interval
+        if not self._held_known:
+            self._held = await asyncio.to_thread(lastgood.identify, path)
+            self._held_known = True
+            if self._held is not None and self._held.outdated:
+                log.warning("the last-known-good snapshot %s was written by an older tenantgate; replacing it", path)
+        refusal = lastgood.refusal(self._held, state)
+        if refusal is not None and not self._replace_snapshot_file:
+            self._log_once(logging.ERROR, f"keeping the last-known-good snapshot {path}: {refusal.reason}. "
+                                          f"{refusal.advice}")
+            self._held_known = False  # read it again next time: an operator may have removed it meanwhile
+            return
         try:
-            await asyncio.to_thread(lastgood.save, self._snapshot_file, state, now)
-            self._saved_revision, self._saved_at = state.revision, now
+            await asyncio.to_thread(lastgood.save, path, state, now)
         except OSError as exc:
-            log.error("cannot write the last-known-good snapshot %s: %s", self._snapshot_file, exc)
+            self._log_once(logging.ERROR, f"cannot write the last-known-good snapshot {path}: {exc}")
+            return
+        if refusal is not None:
+            log.warning("replaced the last-known-good snapshot %s, as replace_snapshot_file allows: %s", path,
+                        refusal.reason)
+        self._held, self._logged = written, ""
 
-    def _fall_back(self) -> None:
-        """The registry cannot be read: keep serving, and say so."""
+    def _log_once(self, level: int, message: str) -> None:
+        if message != self._logged:
+            log.log(level, "%s", message)
+            self._logged = message
+
+    async def _fall_back(self) -> None:
+        """The registry cannot be read: keep serving, and say so; cold, serve the last-known-good file."""
         current = self._holder.current
         if current is not None:
             if not current.stale:
                 self._swap(dataclasses.replace(current, stale=True))
             return
-        if self._snapshot_file is None or not self._snapshot_file.exists():
+        path = self._snapshot_file
+        if path is None or not path.exists():
+            self._log_once(logging.WARNING, "no last-known-good snapshot to serve: NOT_SERVING until the registry "
+                                            "can be read")
             return
         try:
-            state, saved_at = lastgood.load(self._snapshot_file)
+            state, saved_at = await asyncio.to_thread(lastgood.load, path)
         except TenantgateError as exc:
-            log.error("%s", exc.message)
+            self._log_once(logging.ERROR, f"{exc.message}; NOT_SERVING until the registry can be read")
             return
+        snapshot = await asyncio.to_thread(self._build, state, stale=True)
         self._mirror = state
-        self._saved_revision = state.revision
+        self._held, self._held_known = lastgood.Held(state.registry_id, state.revision), True
         self._from_file = True
         self._holder.confirmed_at = saved_at
-        self._swap(self._build(state, stale=True))
-        log.warning("registry unreachable: serving the last-known-good snapshot at revision %d from %s",
-                    state.revision, self._snapshot_file)
+        self._swap(snapshot)
+        log.warning("registry unreachable: serving the last-known-good snapshot of registry %s at revision %d "
+                    "from %s", state.registry_id, state.revision, path)
 
     async def run(self) -> None:
         """Sync until cancelled; registry errors are logged and retried, the last snapshot stays served."""
@@ -180,29 +237,35 @@ class Syncer:
                     if not failing:
                         log.error("cannot read the registry: %s", exc.message)
                     failing = True
-                    self._fall_back()
+                    await self._fall_back()
                 await asyncio.to_thread(self._store.wait_for_change, self._interval)
         finally:
             await self._save_last_good(force=True)
 
     def _view(self, record: TenantRecord, keys: Iterable[KeyRecord]) -> TenantView:
-        """A view that parses and compiles the tenant when a request first needs it."""
+        """A view that parses the tenant, compiles it and unwraps its keys when it is first compiled."""
         tenant_id, revision, text, wrapped = record.id, record.revision, record.document_json, tuple(keys)
 
         def load() -> CompiledTenant:
+            # A stored document this version cannot read or compile: that tenant's calls are refused (the
+            # view keeps the reason), rather than decided on a guess; every other tenant is served.
             try:
                 spec = tenant_from_document(json.loads(text))
             except (TenantgateError, ValueError) as exc:
-                # A stored document this version cannot read: refuse to decide rather than guess.
                 detail = exc.message if isinstance(exc, TenantgateError) else str(exc)
                 log.error("tenant %s at revision %d is not loadable: %s", tenant_id, revision, detail)
-                raise FailedPrecondition(f"tenant {tenant_id!r} at revision {revision} cannot be loaded by this "
-                                         "server; see its log") from None
-            return compile_tenant(spec, [self._unwrap(key) for key in wrapped])
+                raise _not_loadable(tenant_id, revision) from None
+            try:
+                return compile_tenant(spec, [self._unwrap(key) for key in wrapped])
+            except Exception:
+                log.exception("tenant %s at revision %d does not compile", tenant_id, revision)
+                raise _not_loadable(tenant_id, revision) from None
 
         return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load)
 
     def _unwrap(self, key: KeyRecord) -> KeyVersion:
+        """The key with its material, unwrapped under the master key (blocking: run when the tenant compiles,
+        in a worker thread); a key that does not unwrap is kept with the reason it is unavailable."""
         material, unavailable = b"", ""
         if key.state == KeyState.DESTROYED:
             unavailable = "destroyed"
@@ -217,3 +280,8 @@ class Syncer:
                 log.error("%s", exc.message)
         return KeyVersion(key.tenant_id, key.purpose, key.version, key.algorithm, KeyState(key.state),
                           key.created_at, material, unavailable, key.min_decryption_version)
+
+
+def _not_loadable(tenant_id: str, revision: int) -> FailedPrecondition:
+    return FailedPrecondition(f"tenant {tenant_id!r} at revision {revision} cannot be loaded by this server; "
+                              "see its log")

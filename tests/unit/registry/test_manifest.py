@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jwt
 import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tenantgate.model import CalendarPeriod, QuotaKind, TenantState
 from tenantgate.registry.manifest import ManifestError, load_manifests, parse_document
@@ -50,9 +56,12 @@ def _problems(document: dict) -> list[str]:
          "spec.access.bindings[0].environments", "unknown environment 'qa'"),
         ({"state": "Paused"}, "spec.state", "not one of"),
         ({"keys": {"readers": ["storage"]}}, "spec.keys.readers[0]", "not a valid caller identity"),
+        ({"keys": {"readers": ["service:a", "group:ops"]}}, "spec.keys.readers[1]", "is a group"),
+        ({"keys": {"metadata_readers": ["group:ops"]}}, "spec.keys.metadata_readers[0]", "is a group"),
+        ({"keys": {"readers": ["service:storage\n"]}}, "spec.keys.readers[0]", "not a valid caller identity"),
         ({"tokens": {"issuers": [{"issuer": "https://i", "audience": "a",
                                   "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}}]}},
-         "spec.tokens.issuers[0].jwks.keys[0]", "public signing key"),
+         "spec.tokens.issuers[0].jwks.keys[0].kty", "is not a public signing key type"),
     ],
 )
 def test_bad_fields_are_reported_with_file_document_and_path(spec: dict, path: str, message: str) -> None:
@@ -66,6 +75,11 @@ def test_bad_tenant_id_and_unknown_top_level_field() -> None:
     problems = _problems(document)
     assert any("metadata.id: 'Acme_Corp' is not a valid tenant id" in p for p in problems)
     assert any(": extra: unknown field" in p for p in problems)
+
+
+@pytest.mark.parametrize("tenant_id", ["acme\n", "acme\r\n", "ac\nme"])
+def test_a_newline_never_passes_as_part_of_a_tenant_id(tenant_id: str) -> None:
+    assert any("is not a valid tenant id" in p for p in _problems(tenant_doc(tenant_id)))
 
 
 def test_every_problem_of_a_run_is_reported_together(tmp_path: Path) -> None:
@@ -85,3 +99,89 @@ def test_every_problem_of_a_run_is_reported_together(tmp_path: Path) -> None:
 def test_missing_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no such file"):
         load_manifests([tmp_path / "nope.yaml"])
+
+
+def _ec_jwk(**members: object) -> dict:
+    return {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())),
+            **members}
+
+
+def _issuer_with(*keys: object) -> dict:
+    return tenant_doc("acme", tokens={"issuers": [{"issuer": "https://i", "audience": "a",
+                                                   "jwks": {"keys": list(keys)}}]})
+
+
+@pytest.mark.parametrize(
+    ("key", "member", "message"),
+    [
+        (_ec_jwk(alg="none"), ".alg", "'none' is not an asymmetric signing algorithm for EC keys"),
+        (_ec_jwk(alg="HS256"), ".alg", "'HS256' is not an asymmetric signing algorithm"),
+        (_ec_jwk(alg="XX999"), ".alg", "'XX999' is not an asymmetric signing algorithm"),
+        (_ec_jwk(alg="RS256"), ".alg", "for EC keys (one of ES256, ES256K, ES384, ES512)"),
+        (_ec_jwk(alg=["ES256"]), ".alg", "expected a string, got list"),
+        (_ec_jwk(alg=None), ".alg", "expected a string, got nothing"),
+        (_ec_jwk(alg="ES384"), ".crv", "'P-256' does not match alg ES384 (which signs with P-384)"),
+        (_ec_jwk(crv="P-999"), ".crv", "'P-999' is not a signing curve"),
+        (_ec_jwk(kty="FOO"), ".kty", "'FOO' is not a public signing key type (RSA, EC or OKP)"),
+        (_ec_jwk(kty=["EC"]), ".kty", "expected a string, got list"),
+        ({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}, ".kty", "'oct' is not a public signing key type"),
+        (_ec_jwk(d="c2VjcmV0"), "", "holds private key material"),
+        (_ec_jwk(use="enc"), ".use", "must be signing keys (use: sig)"),
+        (_ec_jwk(kid=7), ".kid", "expected a string, got int"),
+        (_ec_jwk(kid=""), ".kid", "must be 1 to 256 characters"),
+        (_ec_jwk(x=5), ".x", "expected a string, got int"),
+        (_ec_jwk(x="A" * 5000), ".x", "is 5000 characters long; at most 2731"),
+        ({"kty": "RSA", "n": "A" * 100_000, "e": "AQAB"}, ".n", "is 100000 characters long"),
+        ({"kty": "RSA", "n": "AQAB"}, "", "not a usable key"),
+        ({"kty": "OKP", "crv": "X25519", "x": "AAAA"}, ".crv", "'X25519' is not a signing curve"),
+        ({"kty": "EC", "crv": "P-256"}, "", "not a usable key"),
+        ("a key", "", "expected a public signing key"),
+    ],
+)
+def test_a_jwks_key_that_cannot_verify_signatures_is_refused_naming_its_member(
+        key: object, member: str, message: str) -> None:
+    problems = _problems(_issuer_with(key))
+    where = f"t.yaml: document 1: spec.tokens.issuers[0].jwks.keys[0]{member}: "
+    assert any(p.startswith(where) and message in p for p in problems), problems
+    assert all(len(p) < 300 for p in problems), "a problem must not echo a huge value"
+
+
+def test_a_jwks_too_large_or_with_a_kid_twice_is_refused() -> None:
+    twice = _problems(_issuer_with(_ec_jwk(kid="a"), _ec_jwk(kid="a")))
+    assert twice == ["t.yaml: document 1: spec.tokens.issuers[0].jwks.keys[1].kid: 'a' is also the kid of keys[0]"]
+    many = _problems(_issuer_with(*[_ec_jwk(kid=f"k{i}") for i in range(101)]))
+    assert many == ["t.yaml: document 1: spec.tokens.issuers[0].jwks.keys: holds 101 keys; a JWKS may hold at most 100"]
+    huge = _problems(_issuer_with(_ec_jwk(kid="a", comment="x" * 300_000)))
+    assert len(huge) == 1 and "jwks: is 300" in huge[0] and "a JWKS may be at most 262144" in huge[0]
+
+
+def test_values_json_cannot_hold_are_problems_not_crashes(tmp_path: Path) -> None:
+    (tmp_path / "date.yaml").write_text(yaml.safe_dump(_issuer_with(_ec_jwk(kid="KID"))).replace("KID", "2024-01-01"))
+    (tmp_path / "labels.yaml").write_text("apiVersion: tenantgate/v1\nkind: Tenant\n"
+                                          "metadata: {id: globex, labels: {1: a, b: c}}\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([tmp_path])
+    date, labels = caught.value.problems
+    assert date.startswith(f"{tmp_path / 'date.yaml'}: document 1: spec.tokens.issuers[0].jwks: holds a value JSON "
+                           "cannot represent")
+    assert labels.startswith(f"{tmp_path / 'labels.yaml'}: document 1: holds a value JSON cannot represent")
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                                     st.text(max_size=20), st.sampled_from(["EC", "RSA", "OKP", "oct", "none", "ES256",
+                                                                            "P-256", "Ed25519", "sig", "AQAB"])),
+                           lambda children: st.one_of(st.lists(children, max_size=3),
+                                                      st.dictionaries(st.text(max_size=5), children, max_size=3)),
+                           max_leaves=8)
+members = st.sampled_from(["kty", "alg", "use", "kid", "crv", "n", "e", "x", "y", "d", "key_ops"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.dictionaries(members, json_values, max_size=4), base=st.sampled_from(["ec", "rsa", "empty"]))
+def test_any_jwks_content_is_a_key_or_a_problem_never_an_exception(changes: dict, base: str) -> None:
+    key = {"ec": _ec_jwk(), "rsa": {"kty": "RSA", "n": "sXchVAL5Ee0xWpLyTi2RfDzEeNOZC2Xa", "e": "AQAB"},
+           "empty": {}}[base]
+    try:
+        parse_document(_issuer_with({**key, **changes}), "t.yaml: document 1")
+    except ManifestError as exc:
+        assert all(p.startswith("t.yaml: document 1: spec.tokens.issuers[0].jwks") for p in exc.problems), exc.problems

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -207,7 +209,9 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
     writers, per_writer = 4, 8
     errors: list[BaseException] = []
     seen_revisions: list[int] = []
-    done = threading.Event()
+    writing_over = threading.Event()
+    # Bounded whatever happens: a failed writer ends the follow at once, and nothing waits past the deadline.
+    deadline = time.monotonic() + 60
 
     def write(worker: int) -> None:
         own = open_store(registry_url)
@@ -216,6 +220,7 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
                 own.apply({f"w{worker}": tenant_doc(f"w{worker}", plan=str(n))})
         except BaseException as exc:  # reported below
             errors.append(exc)
+            writing_over.set()
         finally:
             own.close()
 
@@ -224,7 +229,8 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
         reader = open_store(registry_url)
         revision = 0
         try:
-            while not done.is_set() or revision < writers * per_writer:
+            while ((not writing_over.is_set() or revision < writers * per_writer) and not errors
+                   and time.monotonic() < deadline):
                 changes = reader.changes(revision)
                 for change in changes:
                     assert change.revision in (revision, revision + 1), (revision, change.revision)
@@ -235,21 +241,54 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
         finally:
             reader.close()
 
-    threads: list[threading.Thread] = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    follower = threading.Thread(target=follow)
+    threads = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(writers)]
+    follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    done.set()
-    follower.join(30)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    writing_over.set()
+    follower.join(max(0.0, deadline - time.monotonic()))
     assert not errors, errors
+    assert not any(t.is_alive() for t in [*threads, follower]), "writers or follower still running at the deadline"
     assert [c.revision for c in store.changes(0)] == list(range(1, writers * per_writer + 1))
     final = store.load()
     assert {t: r.document["spec"]["plan"] for t, r in final.tenants.items()} == {
         f"w{w}": str(per_writer - 1) for w in range(writers)}
     assert seen_revisions[-1] == writers * per_writer
+
+
+def test_a_new_registry_opened_by_several_at_once_is_read_by_all(registry_url: str, tmp_path: Path) -> None:
+    """A server and an apply started together on a registry that does not exist yet: each waits for the
+    other (within the busy timeout), none fails with "database is locked". SQLite: many new files, since
+    the race lasts only while a file is new."""
+    if registry_url.startswith("sqlite://"):
+        urls = [f"sqlite://{tmp_path / f'new-{n}.db'}" for n in range(60)]
+    else:
+        urls = [registry_url]
+    for url in urls:
+        stores = [open_store(url) for _ in range(4)]
+        together = threading.Barrier(len(stores))
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_read_at_once, args=(opened, together, errors), daemon=True)
+                   for opened in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for opened in stores:
+            opened.close()
+        assert not errors, (url, errors)
+        assert not any(thread.is_alive() for thread in threads)
+
+
+def _read_at_once(store: RegistryStore, together: threading.Barrier, errors: list[BaseException]) -> None:
+    try:
+        together.wait(10)
+        store.current_revision()
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
 
 
 def test_registry_urls() -> None:
@@ -281,6 +320,9 @@ def raw_execute(registry_url: str, sql: str) -> None:
     ("UPDATE audit SET actor = 'mallory' WHERE seq = 2", 2, "content does not match"),
     ("DELETE FROM audit WHERE seq = 3", 3, "entry 3 is missing"),
     ("UPDATE audit SET detail = 'nothing to see', hash = 'f' WHERE seq = 4", 4, "content does not match"),
+    # Only the link: entry 3 now claims entry 1 as its predecessor, its own content and hash untouched.
+    ("UPDATE audit SET prev_hash = (SELECT hash FROM audit WHERE seq = 1) WHERE seq = 3", 3,
+     "link to the previous entry does not match"),
 ])
 def test_audit_verify_names_the_first_entry_edited_behind_the_registrys_back(
         registry_url: str, store: RegistryStore, tampering: str, broken: int, problem: str) -> None:

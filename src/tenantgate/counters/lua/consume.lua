@@ -6,7 +6,8 @@
 -- ARGV[1] item count, ARGV[2] '1' when idempotent, ARGV[3] payload digest, ARGV[4] idempotency TTL (ms),
 -- then per item: kind, amount, release, lease id, limit, per_seconds, burst, period, lease TTL (ms),
 -- shadow, quota name.
--- Returns {'ok', json} | {'replay', json} | {'conflict'}; json is [[allowed, remaining, reset, retry, lease], ...].
+-- Returns {'ok', json} | {'replay', json} | {'conflict'} | {'unknown_lease', item index} (a release of a lease
+-- that is not held: nothing applied); json is [[allowed, remaining, reset, retry, lease], ...].
 
 local FIELDS = 11
 local count = tonumber(ARGV[1])
@@ -76,8 +77,9 @@ for i = 1, count do
     local in_use = 0
     for _, held in ipairs(redis.call('HVALS', item.aux)) do in_use = in_use + tonumber(held) end
     if item.release then
-      local held = tonumber(redis.call('HGET', item.aux, item.lease) or '0')
-      result = {1, item.limit - math.max(0, in_use - held), 0, 0, item.lease}
+      local held = redis.call('HGET', item.aux, item.lease)
+      if not held then return {'unknown_lease', i} end
+      result = {1, item.limit - math.max(0, in_use - tonumber(held)), 0, 0, item.lease}
     else
       local earliest = redis.call('ZRANGE', item.key, 0, 0, 'WITHSCORES')
       local retry = 0
