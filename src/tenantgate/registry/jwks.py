@@ -14,6 +14,8 @@ from typing import Any
 
 import jwt
 
+from tenantgate.registry.bounds import fits
+
 # Algorithms per key type: asymmetric signatures only. "none" and the HMAC algorithms are refused.
 ALGORITHMS = {
     "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
@@ -37,6 +39,8 @@ def jwks_problems(jwks: Any) -> tuple[tuple[str, str], ...]:
     """(member path below the JWKS, what is wrong) for each problem; empty when every key is usable."""
     if not isinstance(jwks, dict):
         return (("", "expected {keys: [...]} with at least one key"),)
+    if not fits(jwks, MAX_JWKS_BYTES):
+        return (("", f"is too large; a JWKS may be at most {MAX_JWKS_BYTES} bytes"),)
     try:
         text = json.dumps(jwks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):

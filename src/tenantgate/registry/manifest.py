@@ -31,6 +31,7 @@ from tenantgate.model import (
     TenantSpec,
     TenantState,
 )
+from tenantgate.registry.bounds import fits
 from tenantgate.registry.jwks import jwks_problems
 from tenantgate.units import parse_duration, parse_rate, parse_size
 
@@ -42,6 +43,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 SUBJECT = re.compile(r"^[a-z][a-z0-9_-]*:[^\s:][^\s]{0,254}\Z")
 ACTION = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})\Z")
 
+# A tenant document, aliases expanded, is refused past this size before anything reads it (registry/bounds.py).
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+# libyaml's safe loader where PyYAML was built with it: the same documents, parsed several times faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec"}
 _METADATA_FIELDS = {"id", "name", "labels"}
 _SPEC_FIELDS = {
@@ -116,12 +121,16 @@ def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] |
     documents: list[ManifestDocument] = []
     for name, text in texts:
         try:
-            loaded = list(yaml.safe_load_all(text))
+            loaded = list(yaml.load_all(text, Loader=_YAML_LOADER))
         except yaml.YAMLError as exc:
             problems.append(f"{name}: cannot read YAML: {exc}")
             continue
         for index, raw_doc in enumerate(loaded, start=1):
             if raw_doc is None:
+                continue
+            if not fits(raw_doc, MAX_DOCUMENT_BYTES):
+                problems.append(f"{name}: document {index}: larger than {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB "
+                                "once its YAML aliases are expanded")
                 continue
             try:
                 documents.append(parse_document(raw_doc, f"{name}: document {index}"))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tenantgate.model import CalendarPeriod, QuotaKind, TenantState
-from tenantgate.registry.manifest import ManifestError, load_manifests, parse_document
+from tenantgate.registry.manifest import ManifestError, load_manifests, parse_document, parse_manifest_texts
 from tests.conftest import EXAMPLES, tenant_doc
 
 
@@ -152,7 +152,7 @@ def test_a_jwks_too_large_or_with_a_kid_twice_is_refused() -> None:
     many = _problems(_issuer_with(*[_ec_jwk(kid=f"k{i}") for i in range(101)]))
     assert many == ["t.yaml: document 1: spec.tokens.issuers[0].jwks.keys: holds 101 keys; a JWKS may hold at most 100"]
     huge = _problems(_issuer_with(_ec_jwk(kid="a", comment="x" * 300_000)))
-    assert len(huge) == 1 and "jwks: is 300" in huge[0] and "a JWKS may be at most 262144" in huge[0]
+    assert len(huge) == 1 and "jwks: is too large; a JWKS may be at most 262144 bytes" in huge[0]
 
 
 def test_values_json_cannot_hold_are_problems_not_crashes(tmp_path: Path) -> None:
@@ -185,3 +185,28 @@ def test_any_jwks_content_is_a_key_or_a_problem_never_an_exception(changes: dict
         parse_document(_issuer_with({**key, **changes}), "t.yaml: document 1")
     except ManifestError as exc:
         assert all(p.startswith("t.yaml: document 1: spec.tokens.issuers[0].jwks") for p in exc.problems), exc.problems
+
+
+def _alias_bomb(where: str, levels: int = 7) -> str:
+    """A few hundred bytes of YAML that name one list 9**levels times over through aliases."""
+    lines = ["defs:", "  - &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, "apiVersion: tenantgate/v1", "kind: Tenant", "metadata: {id: bomb}",
+                      f"spec: {{{where}}}", ""])
+
+
+@pytest.mark.parametrize("where", ["retention: *a7", "quotas: {q: {rate: *a7}}", "state: *a7",
+                                   "tokens: {issuers: [{issuer: i, audience: a, jwks: {keys: *a7}}]}"])
+def test_a_yaml_alias_bomb_is_refused_before_anything_expands_it(where: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest_texts([("bomb.yaml", _alias_bomb(where))])
+    assert caught.value.problems == ["bomb.yaml: document 1: larger than 4 MiB once its YAML aliases are expanded"]
+
+
+def test_yaml_aliases_within_the_size_limit_still_work() -> None:
+    text = ("apiVersion: tenantgate/v1\nkind: Tenant\nmetadata: {id: anchors}\nspec:\n"
+            "  environments: &envs [dev, prod]\n"
+            "  access:\n    roles: {viewer: {allow: ['read:*']}}\n"
+            "    bindings: [{subject: 'user:a', roles: [viewer], environments: *envs}]\n")
+    [document] = parse_manifest_texts([("anchors.yaml", text)])
+    assert document.tenant.environments == ("dev", "prod")
