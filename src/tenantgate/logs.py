@@ -37,13 +37,18 @@ class _DroppingQueueHandler(QueueHandler):
     are dropped (and counted) rather than growing memory or blocking the event loop."""
 
     def __init__(self, maxsize: int) -> None:
-        super().__init__(queue.Queue(maxsize))
+        self.records: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize)
+        super().__init__(self.records)
         self.dropped = 0
         self.listener: QueueListener | None = None
 
     def close(self) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued, then stop the writer (saying how many records were dropped, if any)."""
         if self.listener is not None:
+            if self.dropped:
+                self.records.put(logging.makeLogRecord({
+                    "name": "tenantgate.logs", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "msg": f"{self.dropped} log records were dropped: the log writer fell behind"}))
             self.listener.stop()
             self.listener = None
         super().close()
@@ -55,11 +60,22 @@ class _DroppingQueueHandler(QueueHandler):
             self.dropped += 1
 
 
+class _Writer(QueueListener):
+    def __init__(self, records: queue.Queue[logging.LogRecord | None], handler: logging.Handler) -> None:
+        super().__init__(records, handler, respect_handler_level=True)
+        self.records = records
+
+    def enqueue_sentinel(self) -> None:
+        # Waits for room: the standard listener puts its stop mark without waiting, which raises queue.Full
+        # when the queue is full, and the records in it would never be written.
+        self.records.put(getattr(self, "_sentinel", None))
+
+
 def in_background(handler: logging.Handler, maxsize: int = 10_000) -> logging.Handler:
     """``handler`` fed from a queue by a writer thread, so a slow disk or pipe never stalls serving.
     Closing the returned handler flushes the queue."""
     front = _DroppingQueueHandler(maxsize)
-    front.listener = QueueListener(front.queue, handler, respect_handler_level=True)
+    front.listener = _Writer(front.records, handler)
     front.listener.start()
     atexit.register(front.close)
     return front

@@ -198,3 +198,20 @@ async def test_a_registry_replaced_under_its_address_is_read_afresh(tmp_path: Pa
     registry_at(tmp_path / "other.db", 3, tenant_id="globex").close()
     os.replace(tmp_path / "other.db", path)  # another registry, further on, at the same address
     assert set((await syncer.sync_once()).tenants) == {"globex"}
+
+
+@pytest.mark.parametrize("stored", ["[]", "{\"spec\": 1}", "not json", "null"])
+async def test_a_stored_document_of_any_shape_makes_its_tenant_unloadable_not_an_error(
+        sqlite_store: SQLiteStore, registry_path: Path, stored: str) -> None:
+    import sqlite3
+
+    sqlite_store.apply({"acme": tenant_doc("acme"), "globex": tenant_doc("globex")})
+    with sqlite3.connect(registry_path) as db:
+        db.execute("UPDATE tenants SET document = ? WHERE id = 'acme'", (stored,))
+    db.close()
+    snapshot = await Syncer(sqlite_store, SnapshotHolder(), None).sync_once()
+    acme = snapshot.tenants["acme"]
+    assert acme.compile() is None and "cannot be loaded" in acme.problem
+    with pytest.raises(FailedPrecondition):
+        acme.compiled  # noqa: B018
+    assert snapshot.tenants["globex"].compile() is not None

@@ -8,6 +8,8 @@ never an exception escaping from the parser.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 from typing import Any
@@ -28,6 +30,8 @@ EC_CURVES = {"ES256": "P-256", "ES256K": "secp256k1", "ES384": "P-384", "ES512":
 OKP_CURVES = ("Ed25519", "Ed448")
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
 MAX_KEYS = 100
+MIN_RSA_BITS, MAX_RSA_BITS = 2048, 8192
+MAX_RSA_EXPONENT = 2**32
 MAX_KEY_ID = 256
 # The longest member a public key needs: a 16,384-bit RSA modulus is 2,731 base64url characters.
 MAX_MEMBER = 2731
@@ -100,6 +104,8 @@ def _key_problems(key: Any) -> list[tuple[str, str]]:
         return [(".crv", f"{_shown(crv)} does not match alg {alg} (which signs with {EC_CURVES[alg]})")]
     if kty == "OKP" and crv not in OKP_CURVES:
         return [(".crv", f"{_shown(crv)} is not a signing curve (one of {', '.join(OKP_CURVES)})")]
+    if kty == "RSA" and (problem := _rsa_cost_problem(key)):
+        return [problem]
     try:
         jwt.PyJWK.from_dict(key)
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
@@ -107,6 +113,23 @@ def _key_problems(key: Any) -> list[tuple[str, str]]:
         # a bad encoding, a missing coordinate).
         return [("", f"not a usable key: {_shown(str(exc), 120, quoted=False)}")]
     return []
+
+
+def _rsa_cost_problem(key: dict[str, Any]) -> tuple[str, str] | None:
+    """Verifying a signature costs more the longer the modulus and the larger the public exponent, and a
+    token naming a key is verified before it can be refused: keep both to what identity providers use (a
+    3072-bit key with a huge exponent cost 30 times a normal one per token)."""
+    try:
+        modulus, exponent = (int.from_bytes(base64.urlsafe_b64decode(key[member] + "=" * (-len(key[member]) % 4)),
+                                            "big") for member in ("n", "e"))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None  # not a usable key at all: PyJWK says why
+    if not MIN_RSA_BITS <= modulus.bit_length() <= MAX_RSA_BITS:
+        return (".n", f"is a {modulus.bit_length()}-bit modulus; RSA signing keys must be {MIN_RSA_BITS} to "
+                      f"{MAX_RSA_BITS} bits")
+    if not 3 <= exponent <= MAX_RSA_EXPONENT or exponent % 2 == 0:
+        return (".e", "must be an odd public exponent from 3 to 2**32 (identity providers use 65537, AQAB)")
+    return None
 
 
 def _kind(value: Any) -> str:

@@ -45,6 +45,10 @@ ACTION = re.compile(r"^(\*|[A-Za-z0-9_.-]{1,64})\Z")
 
 # A tenant document, aliases expanded, is refused past this size before anything reads it (registry/bounds.py).
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+# What one rule may cost a check (globs.py): a run between stars that holds a ? is searched at every
+# position of the resource, so its length bounds the work per resource character.
+MAX_GLOB = 256
+MAX_WILD_RUN = 16
 # libyaml's safe loader where PyYAML was built with it: the same documents, parsed several times faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec"}
@@ -245,7 +249,17 @@ def rule_problem(rule: str) -> str:
         return f"{rule!r} is not a rule (expected \"action:resource-glob\" or \"*\")"
     if not ACTION.match(action):
         return f"{rule!r} has a bad action {action!r} (a name or *)"
+    if len(resource) > MAX_GLOB:
+        return f"{_cut(rule)} has a resource glob of {len(resource)} characters; at most {MAX_GLOB}"
+    for run in resource.split("*"):
+        if "?" in run and len(run) > MAX_WILD_RUN:
+            return (f"{_cut(rule)} has {_cut(run)} between stars: with a ? in it, such a run may be at most "
+                    f"{MAX_WILD_RUN} characters (its cost is its length times the resource's)")
     return ""
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 def _parse_tenant(raw: Any, problems: _Problems) -> TenantSpec | None:

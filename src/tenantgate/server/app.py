@@ -317,5 +317,7 @@ async def serve(config: ServeConfig, master_key: MasterKey | None, *,
     except Exception:
         log.exception("the shutdown failed")
         code = 1
-    flush_logs()
-    os._exit(code)
+    try:
+        flush_logs()
+    finally:
+        os._exit(code)

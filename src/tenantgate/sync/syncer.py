@@ -251,8 +251,8 @@ class Syncer:
             # view keeps the reason), rather than decided on a guess; every other tenant is served.
             try:
                 spec = tenant_from_document(json.loads(text))
-            except (TenantgateError, ValueError) as exc:
-                detail = exc.message if isinstance(exc, TenantgateError) else str(exc)
+            except Exception as exc:  # any stored text: not JSON, JSON but not a document, a bad document
+                detail = exc.message if isinstance(exc, TenantgateError) else f"{type(exc).__name__}: {exc}"
                 log.error("tenant %s at revision %d is not loadable: %s", tenant_id, revision, detail)
                 raise _not_loadable(tenant_id, revision) from None
             try:

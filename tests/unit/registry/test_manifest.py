@@ -49,6 +49,10 @@ def _problems(document: dict) -> list[str]:
         ({"access": {"roles": {"a": {"allow": ["*"]}}, "bindings": [{"subject": "user:x", "roles": ["b"]}]}},
          "spec.access.bindings[0].roles[0]", "unknown role 'b'"),
         ({"access": {"roles": {"a": {"allow": ["read"]}}}}, "spec.access.roles.a.allow[0]", "not a rule"),
+        # What one rule may cost a check is bounded: a ? run between stars is searched at every position.
+        ({"access": {"roles": {"a": {"allow": ["read:*" + "a?" * 8 + "b*"]}}}}, "spec.access.roles.a.allow[0]",
+         "such a run may be at most 16 characters"),
+        ({"access": {"deny": ["read:" + "x" * 257]}}, "spec.access.deny[0]", "at most 256"),
         ({"access": {"roles": {"a": {}}}, "bindings": []}, "spec.bindings", "unknown field"),
         ({"environments": ["prod"], "access": {"roles": {"a": {"allow": ["*"]}},
                                                "bindings": [{"subject": "user:x", "roles": ["a"],
@@ -210,3 +214,26 @@ def test_yaml_aliases_within_the_size_limit_still_work() -> None:
             "    bindings: [{subject: 'user:a', roles: [viewer], environments: *envs}]\n")
     [document] = parse_manifest_texts([("anchors.yaml", text)])
     assert document.tenant.environments == ("dev", "prod")
+
+
+def _rsa_jwk(bits: int, exponent: int = 65537) -> dict:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def b64(number: int) -> str:
+        import base64
+
+        return base64.urlsafe_b64encode(number.to_bytes((number.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+    modulus = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key().public_numbers().n
+    return {"kty": "RSA", "alg": "RS256", "kid": "r", "n": b64(modulus), "e": b64(exponent)}
+
+
+def test_rsa_keys_that_make_every_token_check_slow_are_refused() -> None:
+    """A token naming a key is verified before it can be refused, so a key's verification cost is a cost any
+    caller can make the server pay."""
+    parse_document(_issuer_with(_rsa_jwk(2048)), "t.yaml: document 1")
+    where = "t.yaml: document 1: spec.tokens.issuers[0].jwks.keys[0]"
+    huge_exponent = _rsa_jwk(2048)
+    huge_exponent["e"] = huge_exponent["n"][:-4] + "AAAB"
+    assert any(p.startswith(f"{where}.e: ") for p in _problems(_issuer_with(huge_exponent)))
+    assert any(p.startswith(f"{where}.n: ") and "1024-bit" in p for p in _problems(_issuer_with(_rsa_jwk(1024))))
