@@ -74,8 +74,8 @@ clean:
 
 # Mutation testing of the decision code (engines/, policy.py, globs.py, counters/memory.py) against the fast tests
 # that exercise it, with mutmut as configured under [tool.mutmut] in pyproject.toml: prints the kill rate per module
-# and writes benchmarks/results/mutation.json with the survivors. Slow (over an hour on two cores): MUTATE_CHILDREN
-# sets the parallelism, MUTANTS narrows the run to some mutants (e.g. MUTANTS='tenantgate.engines.access*').
+# and writes benchmarks/results/mutation.json with the survivors. Slow (about half an hour on two cores):
+# MUTATE_CHILDREN sets the parallelism, MUTANTS narrows the run to some mutants (e.g. MUTANTS='tenantgate.globs*').
 MUTATE_CHILDREN ?= 2
 MUTANTS ?=
 mutate: venv

@@ -237,6 +237,8 @@ def test_a_caller_presenting_a_group_name_is_never_allowed_as_that_group(engine:
         ("*report*", "report-q3", True),
         ("docs/*/v?/*.pdf", "docs/x/v1/a.pdf", True),
         ("docs/*/v?/*.pdf", "docs/x/v12/a.pdf", False),
+        ("a?*b*bc", "axbc", False),  # with "?" too, a middle part may not reach into the suffix
+        ("a?*b*bc", "axbbc", True),
     ],
 )
 def test_rule_globs_at_their_edges(engine: AccessEngine, glob: str, resource: str, allowed: bool) -> None:

@@ -185,3 +185,11 @@ def test_a_cached_token_of_a_tenant_gone_from_the_registry_is_refused(issuer: Is
     assert verifier.verify(_snapshot(issuer, globex=[issuer]), token).token is not None
     gone = verifier.verify(_snapshot(issuer), token)  # globex deleted: only acme is left
     assert (gone.token, gone.problem) == (None, TokenProblem.INVALID)
+
+
+def test_an_identity_provider_listed_twice_is_tried_with_each_tenant_claim(issuer: Issuer) -> None:
+    # The same provider under another tenant claim first (as while a tenant moves from one claim to another).
+    by_org = {**issuer.issuer_spec(), "tenant_claim": "org"}
+    snapshot = snapshot_of(tenant_doc("acme", tokens={"issuers": [by_org, issuer.issuer_spec()]}))
+    verified = TokenVerifier().verify(snapshot, issuer.token("acme", "alice"))  # names acme in "tid" only
+    assert verified.token is not None and verified.token.tenant_id == "acme"
