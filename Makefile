@@ -28,9 +28,9 @@ run: venv
 	@test -f $(MASTER_KEY) || { $(BIN)/tenantgate master-key $(MASTER_KEY) && \
 		echo "(a development master key: for real deployments make your own and keep it out of the data directory)"; }
 	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate apply -f examples/manifests --registry $(REGISTRY)
-	@echo "(development mode: loopback only, callers named by x-tenantgate-caller, the Admin API open to you)"
+	@echo "(development mode: loopback only, callers named by x-tenantgate-caller, the Admin API open to you, Ctrl-C stops at once)"
 	TENANTGATE_MASTER_KEY_FILE=$(MASTER_KEY) $(BIN)/tenantgate serve --registry $(REGISTRY) --listen $(LISTEN) \
-		--trust-caller-metadata --admin "cli:$$($(BIN)/python -c 'import getpass; print(getpass.getuser())')"
+		--drain-delay 0 --trust-caller-metadata --admin "cli:$$($(BIN)/python -c 'import getpass; print(getpass.getuser())')"
 
 test: venv
 	$(BIN)/python -m pytest -q tests/unit
