@@ -21,7 +21,7 @@ import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import EXAMPLES, REPO, TENANTGATE
+from tests.conftest import EXAMPLES, REPO, REQUIRE_SERVICES, TENANTGATE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -205,7 +205,7 @@ def test_the_server_warns_at_start_when_its_redis_keeps_nothing_on_disk(
         tmp_path: Path, redis_url: str, redis_prefix: str, servers: list[Server]) -> None:
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
         if not _keeps_nothing(client):
-            pytest.skip("the test Redis keeps counters on disk; run it with --save '' --appendonly no")
+            _refuse_a_persistent_redis()
     server, health = _serve_on_redis(tmp_path, redis_url, redis_prefix, servers)
     server.wait_until(lambda: _health(health) == SERVING, "serving")
     warning = server.wait_until(
@@ -227,7 +227,7 @@ def test_a_redis_that_refuses_the_check_never_stops_the_start(
     user, password = f"tgtest-{os.getpid()}-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
         if not _keeps_nothing(client):
-            pytest.skip("the test Redis keeps counters on disk; run it with --save '' --appendonly no")
+            _refuse_a_persistent_redis()
         client.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all", *refused.split())
         try:
             host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs[
@@ -238,3 +238,12 @@ def test_a_redis_that_refuses_the_check_never_stops_the_start(
             server.wait_until(lambda: logged in server.output(), f"{logged!r} is logged", timeout=10)
         finally:
             client.execute_command("ACL", "DELUSER", user)
+
+
+def _refuse_a_persistent_redis() -> None:
+    """These tests need a Redis that keeps nothing on disk: skip without one, fail under
+    TENANTGATE_REQUIRE_SERVICES=1 as every missing service does."""
+    message = "the test Redis keeps counters on disk; run it with --save '' --appendonly no"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + "; TENANTGATE_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(message)

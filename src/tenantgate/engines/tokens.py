@@ -58,21 +58,13 @@ class TokenVerifier:
         self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=max(0, cache_size))
         self._leeway = leeway
         self._clock = clock or SystemClock()
-        # The token ``tenants_to_compile`` last looked up, its digest and cache entry: the server asks that just
-        # before it verifies the same token, and the verification takes them over instead of looking again.
-        self._looked_up: str | None = None
-        self._looked_up_digest = b""
-        self._looked_up_entry: _CacheEntry | None = None
 
     def verify(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> TokenResult:
         """Verify ``token``; ``home_tenant_id``, when given, is the only tenant it may belong to."""
         if len(token) > MAX_TOKEN_BYTES:
             return _invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
-        if token is self._looked_up:
-            digest, entry, self._looked_up = self._looked_up_digest, self._looked_up_entry, None
-        else:
-            digest = _digest(token)
-            entry = self._cache.get(digest)
+        digest = _digest(token)
+        entry = self._cache.get(digest)
         if entry is not None and _answers(entry, snapshot, home_tenant_id):
             if self._clock.now() < entry.token.expires_at + self._leeway:
                 return TokenResult(entry.token)
@@ -88,9 +80,7 @@ class TokenVerifier:
         answers from the cache), so that the server compiles them off its event loop first."""
         if len(token) > MAX_TOKEN_BYTES:
             return []
-        digest = _digest(token)
-        entry = self._cache.get(digest)
-        self._looked_up, self._looked_up_digest, self._looked_up_entry = token, digest, entry
+        entry = self._cache.get(_digest(token))
         if entry is not None and _answers(entry, snapshot, home_tenant_id):
             return []
         try:

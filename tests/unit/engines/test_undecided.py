@@ -89,7 +89,7 @@ def test_a_check_names_the_tenants_it_needs_compiled(issuer: Issuer) -> None:
     compiled = [name for name in names if snapshot.tenants[name].built is not None]
     assert compiled == ["t001", "t049"]  # verifying the token read no other tenant of the shared issuer
     assert engine.tenants_to_compile(snapshot, by_token) == []  # compiled, and the token is cached
-    # The look-up made to find that is reused by the verification that follows, which still checks the home.
+    # A verification answered from the cache still checks the home tenant asked for.
     assert verifier.verify(snapshot, token, "t001").problem is TokenProblem.INVALID
     assert verifier.tenants_to_compile(snapshot, token, "t001") == []
     assert verifier.verify(snapshot, token, "t049").token is not None
