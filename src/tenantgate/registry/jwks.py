@@ -39,20 +39,23 @@ MAX_JWKS_BYTES = 256 * 1024
 _STRING_MEMBERS = ("kty", "alg", "use", "kid", "crv", "n", "e", "x", "y")
 
 
-def jwks_problems(jwks: Any) -> tuple[tuple[str, str], ...]:
-    """(member path below the JWKS, what is wrong) for each problem; empty when every key is usable."""
+def jwks_problems(jwks: Any) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(member path below the JWKS, what is wrong) for each problem, empty when every key is usable; and the
+    JWKS as the canonical JSON it is stored as (made once here, for the check and for storage), "" when it
+    has problems."""
     if not isinstance(jwks, dict):
-        return (("", "expected {keys: [...]} with at least one key"),)
+        return (("", "expected {keys: [...]} with at least one key"),), ""
     if not fits(jwks, MAX_JWKS_BYTES):
-        return (("", f"is too large; a JWKS may be at most {MAX_JWKS_BYTES} bytes"),)
+        return (("", f"is too large; a JWKS may be at most {MAX_JWKS_BYTES} bytes"),), ""
     try:
-        text = json.dumps(jwks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(jwks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # canonical_json's form
     except (TypeError, ValueError):
-        return (("", "holds a value JSON cannot represent (a date, binary data, keys of mixed types); quote it"),)
+        return (("", "holds a value JSON cannot represent (a date, binary data, keys of mixed types); quote it"),), ""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_JWKS_BYTES:
-        return (("", f"is {size} bytes long; a JWKS may be at most {MAX_JWKS_BYTES}"),)
-    return _problems_of(text)
+        return (("", f"is {size} bytes long; a JWKS may be at most {MAX_JWKS_BYTES}"),), ""
+    found = _problems_of(text)
+    return found, "" if found else text
 
 
 @functools.lru_cache(maxsize=256)  # at most 64 MiB of key sets held, however many are applied

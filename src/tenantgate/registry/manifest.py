@@ -480,9 +480,7 @@ def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
             if required not in fields:
                 problems.add(f"{path}.{required}", "required")
         jwks = fields.get("jwks")
-        jwks_json = "{}"
-        if jwks is not None and _check_jwks(jwks, f"{path}.jwks", problems):
-            jwks_json = canonical_json(jwks)
+        jwks_json = (_checked_jwks(jwks, f"{path}.jwks", problems) if jwks is not None else "") or "{}"
         issuers.append(interned(IssuerSpec(
             issuer=_string(fields.get("issuer", ""), f"{path}.issuer", problems),
             audience=_string(fields.get("audience", ""), f"{path}.audience", problems),
@@ -493,12 +491,13 @@ def _parse_tokens(raw: Any, problems: _Problems) -> tuple[IssuerSpec, ...]:
     return tuple(issuers)
 
 
-def _check_jwks(jwks: Any, path: str, problems: _Problems) -> bool:
-    """Whether every key of the JWKS is usable; each problem is added under ``path``."""
-    found = jwks_problems(jwks)
+def _checked_jwks(jwks: Any, path: str, problems: _Problems) -> str:
+    """The JWKS as stored (canonical JSON) when every key of it is usable, else "" with each problem added
+    under ``path``."""
+    found, text = jwks_problems(jwks)
     for subpath, message in found:
         problems.add(f"{path}{subpath}", message)
-    return not found
+    return text
 
 
 def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:

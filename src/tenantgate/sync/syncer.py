@@ -80,6 +80,9 @@ class Syncer:
         # What the file holds (None: no file), once read; then what this syncer last wrote to it.
         self._held: lastgood.Held | None = None
         self._held_known = False
+        # When the file was kept rather than replaced: its (inode, mtime, size), to notice an operator removing
+        # or replacing it without reading and decoding the whole file again.
+        self._kept_stat: tuple[int, int, int] | None = None
         self._next_save_at = 0.0  # the file is written at most every snapshot_file_interval
         self._logged = ""  # the last complaint about the file, so that it is logged once, not every poll
 
@@ -169,6 +172,8 @@ class Syncer:
         if not force and now < self._next_save_at:
             return
         self._next_save_at = now + self._snapshot_file_interval
+        if self._kept_stat is not None and await asyncio.to_thread(_file_stat, path) != self._kept_stat:
+            self._held_known, self._kept_stat = False, None
         if not self._held_known:
             self._held = await asyncio.to_thread(lastgood.identify, path)
             self._held_known = True
@@ -178,7 +183,7 @@ class Syncer:
         if refusal is not None and not self._replace_snapshot_file:
             self._log_once(logging.ERROR, f"keeping the last-known-good snapshot {path}: {refusal.reason}. "
                                           f"{refusal.advice}")
-            self._held_known = False  # read it again next time: an operator may have removed it meanwhile
+            self._kept_stat = await asyncio.to_thread(_file_stat, path)  # looked at again after an interval
             return
         try:
             await asyncio.to_thread(lastgood.save, path, state, now)
@@ -188,7 +193,7 @@ class Syncer:
         if refusal is not None:
             log.warning("replaced the last-known-good snapshot %s, as replace_snapshot_file allows: %s", path,
                         refusal.reason)
-        self._held, self._logged = written, ""
+        self._held, self._logged, self._kept_stat = written, "", None
 
     def _log_once(self, level: int, message: str) -> None:
         if message != self._logged:
@@ -285,3 +290,12 @@ class Syncer:
 def _not_loadable(tenant_id: str, revision: int) -> FailedPrecondition:
     return FailedPrecondition(f"tenant {tenant_id!r} at revision {revision} cannot be loaded by this server; "
                               "see its log")
+
+
+def _file_stat(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is removed, replaced or rewritten; zeros when there is none."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
