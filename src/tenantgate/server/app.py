@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -28,8 +30,11 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.logs import flush_logs
 from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
 from tenantgate.server.admin import RegistryServicer
+from tenantgate.server.decider import Decider
 from tenantgate.server.decision import DecisionServicer
 from tenantgate.server.decisionlog import DecisionLog
+from tenantgate.server.envoy.authz import AuthorizationServicer
+from tenantgate.server.envoy.ratelimit import RateLimitServicer
 from tenantgate.server.handlers import Admission, GenericOnly, service_handler
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.snapshot import SnapshotHolder
@@ -40,6 +45,8 @@ log = logging.getLogger("tenantgate.server")
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+AUTHORIZATION = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
+RATE_LIMIT = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"]
 
 
 QUOTA_BACKEND_HEALTH = "tenantgate.quota_backend"
@@ -112,8 +119,11 @@ class TenantgateServer:
                                   client_certificates=bool(config.client_ca))
         self._decision_log = (DecisionLog(config.decision_log, sample=config.decision_log_sample)
                               if config.decision_log else None)
-        self._decisions = DecisionServicer(self.holder, tokens, AccessEngine(tokens), quota, KeyEngine(), identity,
-                                           max_staleness=config.max_staleness, decision_log=self._decision_log)
+        decider = Decider(self.holder, tokens, AccessEngine(tokens), quota, max_staleness=config.max_staleness,
+                          decision_log=self._decision_log)
+        self._decisions = DecisionServicer(decider, KeyEngine(), identity)
+        self._authorization = AuthorizationServicer(decider)
+        self._rate_limits = RateLimitServicer(decider)
         self._key_factory = tenant_key_factory(master_key) if master_key is not None else None
         self._admin = RegistryServicer(self._store, self.holder, self._key_factory, quota, identity,
                                        frozenset(config.admins))
@@ -131,10 +141,15 @@ class TenantgateServer:
     async def start(self) -> int:
         """Bind, start serving (NOT_SERVING until the first snapshot) and return the decision port."""
         decision = _grpc_server(self.config)
-        decision.add_generic_rpc_handlers((service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name[
-            "DecisionService"], self.admission),))
+        # Envoy's ext_authz and rate limit services share the decision port, its credentials and its drain.
+        decision.add_generic_rpc_handlers((
+            service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name["DecisionService"],
+                            self.admission),
+            service_handler(self._authorization, AUTHORIZATION, self.admission),
+            service_handler(self._rate_limits, RATE_LIMIT, self.admission)))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(decision))
-        _enable_reflection(decision, (DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME))
+        _enable_reflection(decision, (DECISION_SERVICE, AUTHORIZATION.full_name, RATE_LIMIT.full_name,
+                                      HEALTH_SERVICE, reflection.SERVICE_NAME))
         for service in ("", DECISION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)

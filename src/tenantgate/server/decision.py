@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from tenantgate import metrics
-from tenantgate.clock import Clock, SystemClock
-from tenantgate.engines.access import AccessEngine, AccessRequest, Reason, Undecided
+from tenantgate.engines.access import AccessRequest, Reason
 from tenantgate.engines.keys import KeyEngine
-from tenantgate.engines.quota import ConsumeOutcome, QuotaEngine
-from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem, TokenVerifier
-from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError, Unavailable
+from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.wire import state_to_wire, timestamp
 from tenantgate.server import requests
-from tenantgate.server.decisionlog import DecisionLog
+from tenantgate.server.decider import Decider
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
-from tenantgate.snapshot import KeyVersion, Snapshot, SnapshotHolder, TenantView
+from tenantgate.snapshot import KeyVersion, Snapshot, TenantView
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 
@@ -37,17 +32,6 @@ DEFAULT_REVISION_WAIT = 5.0
 _REASONS = {reason: cast(pb.DecisionReason, pb.DecisionReason.Value(f"DECISION_REASON_{reason.name}"))
             for reason in Reason}
 _KEY_STATES = {state: cast(pb.KeyState, pb.KeyState.Value(f"KEY_STATE_{state.name}")) for state in KeyState}
-
-
-class DecisionIds:
-    """Unique without coordination: a random per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter):x}"
 
 
 def _set_error(target: pb.CheckError, error: TenantgateError) -> None:
@@ -88,86 +72,23 @@ class KeyAnswers:
         return response
 
 
-class QuotaMetering:
-    """Consumed and denied units per tenant and quota, with each series' counter looked up once."""
-
-    def __init__(self) -> None:
-        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
-
-    def record(self, tenant_id: str, outcome: ConsumeOutcome, *, release: bool) -> None:
-        if outcome.degraded:
-            metrics.QUOTA_BACKEND_ERRORS.inc()
-        for item in outcome.items:
-            counters = self._counters.get((tenant_id, item.quota))
-            if counters is None:
-                label = metrics.tenant_label(tenant_id)
-                counters = (metrics.QUOTA_CONSUMED.labels(label, item.quota),
-                            metrics.QUOTA_DENIED.labels(label, item.quota))
-                if len(self._counters) < 100_000:
-                    self._counters[(tenant_id, item.quota)] = counters
-            if item.allowed and outcome.allowed and not release:
-                counters[0].inc(item.amount)
-            elif not item.allowed:
-                counters[1].inc(item.amount)
-
-
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
-    def __init__(self, holder: SnapshotHolder, tokens: TokenVerifier, access: AccessEngine, quota: QuotaEngine,
-                 keys: KeyEngine, identity: CallerIdentity, *, max_staleness: float = 0.0,
-                 clock: Clock | None = None, decision_log: DecisionLog | None = None) -> None:
-        self._decision_log = decision_log
-        self._decision_counters: dict[tuple[str, Reason], Any] = {}
-        self._metering = QuotaMetering()
+    def __init__(self, decider: Decider, keys: KeyEngine, identity: CallerIdentity) -> None:
+        self._decider = decider
         self._identity = identity
-        self._holder = holder
-        self._max_staleness = max_staleness
-        self._clock = clock or SystemClock()
-        self._tokens = tokens
-        self._access = access
-        self._quota = quota
         self._keys = keys
-        self._ids = DecisionIds()
         self._key_answers = KeyAnswers()
-
-    def _snapshot(self) -> Snapshot:
-        """The snapshot to answer from, unless there is none yet or it is older than the max staleness."""
-        snapshot = self._holder.current
-        if snapshot is None:
-            raise Unavailable("no snapshot of the registry is loaded yet")
-        if self._max_staleness and self._clock.now() - self._holder.confirmed_at > self._max_staleness:
-            raise Unavailable(f"the registry was last read {self._clock.now() - self._holder.confirmed_at:.0f} s ago, "
-                              f"longer than the configured max staleness ({self._max_staleness:g} s); failing closed")
-        return snapshot
 
     async def _snapshot_at(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
         """A snapshot at ``min_revision`` or later, waiting for the syncer until just before the deadline."""
         remaining = context.time_remaining()
         # Answer a little before the caller's deadline, so it gets FAILED_PRECONDITION, not a timeout.
         wait = DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - max(0.05, remaining / 20))
-        waited = await self._holder.wait_for_revision(min_revision, wait)
-        if waited is None:
-            current = self._holder.current.revision if self._holder.current else 0
-            raise FailedPrecondition(f"the snapshot is at revision {current}, older than min_revision {min_revision}",
-                                     field="min_revision")
-        return self._snapshot()
+        return await self._decider.snapshot_at(min_revision, wait)
 
     def _decide(self, snapshot: Snapshot, access_request: AccessRequest, answer: pb.CheckAccessResponse) -> None:
         """Decide ``access_request`` and write the answer into ``answer`` (a batch fills its results in place)."""
-        decision = self._access.check(snapshot, access_request)
-        if isinstance(decision, Undecided):
-            raise FailedPrecondition(decision.problem)
-        decision_id = self._ids.next()
-        if self._decision_log is not None:
-            self._decision_log.record(decision_id, access_request, decision, snapshot.revision)
-        counter = self._decision_counters.get((access_request.tenant_id, decision.reason))
-        if counter is None:
-            # Unknown tenant ids share one label: callers must not be able to mint series.
-            label = ("_unknown" if decision.reason is Reason.TENANT_NOT_FOUND
-                     else metrics.tenant_label(access_request.tenant_id))
-            counter = metrics.DECISIONS.labels(label, decision.reason.name)
-            if len(self._decision_counters) < 100_000:
-                self._decision_counters[(access_request.tenant_id, decision.reason)] = counter
-        counter.inc()
+        decision, decision_id = self._decider.decide(snapshot, access_request)
         answer.allowed = decision.allowed
         answer.reason = _REASONS[decision.reason]
         answer.rule = decision.rule
@@ -177,15 +98,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def CheckAccess(self, request: pb.CheckAccessRequest,
                           context: grpc.aio.ServicerContext) -> pb.CheckAccessResponse:
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
         access_request = requests.access_request(request, snapshot.tenants)
-        tenant = snapshot.tenants.get(access_request.tenant_id)
-        if (tenant is not None and tenant.built is None) or access_request.token:
-            needed = self._access.tenants_to_compile(snapshot, access_request)
-            if needed:
-                await self._holder.compile(needed)
+        needed = self._decider.to_compile(snapshot, access_request)
+        if needed:
+            await self._decider.compile(needed)
         answer = pb.CheckAccessResponse()
         self._decide(snapshot, access_request, answer)
         return answer
@@ -196,7 +115,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         if len(request.items) > requests.MAX_BATCH:
             raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(request.items)}",
                                   field="items")
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
         checks: list[AccessRequest | TenantgateError] = []
@@ -208,11 +127,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                 checks.append(error)
                 continue
             checks.append(access_request)
-            tenant = snapshot.tenants.get(access_request.tenant_id)
-            if (tenant is not None and tenant.built is None) or access_request.token:
-                needed += self._access.tenants_to_compile(snapshot, access_request)
+            needed += self._decider.to_compile(snapshot, access_request)
         if needed:
-            await self._holder.compile(needed)  # every tenant the batch needs, in one worker thread
+            await self._decider.compile(needed)  # every tenant the batch needs, in one worker thread
         response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
         for item, check in zip(request.items, checks, strict=True):
             result = response.results.add()
@@ -229,14 +146,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
-        tenant = snapshot.tenants.get(tenant_id)
-        if tenant is not None and tenant.built is None:
-            await self._holder.compile((tenant,))
-        outcome = await self._quota.consume(snapshot, tenant_id, requests.quota_items(request),
-                                            release=request.release, idempotency_key=request.idempotency_key)
-        self._metering.record(tenant_id, outcome, release=request.release)
+        outcome = await self._decider.consume(snapshot, tenant_id, requests.quota_items(request),
+                                              release=request.release, idempotency_key=request.idempotency_key)
         response = pb.ConsumeQuotaResponse(allowed=outcome.allowed, revision=outcome.revision)
         for item in outcome.items:
             result = response.results.add(quota=item.quota, allowed=item.allowed, limit=item.limit,
@@ -252,13 +165,11 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                         read: Callable[[Snapshot, str, str, str], T]) -> T:
         """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
         and what they got, never the material."""
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
-        tenant = snapshot.tenants.get(tenant_id)
-        if tenant is not None and tenant.built is None:
-            await self._holder.compile((tenant,))
+        await self._decider.compile_tenant(snapshot, tenant_id)
         outcome = "OK"
         try:
             return read(snapshot, caller, tenant_id, purpose)
@@ -309,13 +220,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
                             context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         token = requests.require_text(request.token, "token", MAX_TOKEN_BYTES)
         home_tenant_id = requests.tenant_id(request.tenant_id, required=False)
-        needed = self._tokens.tenants_to_compile(snapshot, token, home_tenant_id)
-        if needed:
-            await self._holder.compile(needed)
-        result = self._tokens.verify(snapshot, token, home_tenant_id)
+        result = await self._decider.verify_token(snapshot, token, home_tenant_id)
         if result.problem is TokenProblem.TENANT_UNAVAILABLE:
             raise FailedPrecondition(result.detail)
         if result.token is None:
@@ -335,13 +243,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ResolveTenant(self, request: pb.ResolveTenantRequest,
                             context: grpc.aio.ServicerContext) -> pb.ResolveTenantResponse:
-        snapshot = self._snapshot()
+        snapshot = self._decider.snapshot()
         tenant_id = requests.tenant_id(request.tenant_id)
         tenant = snapshot.tenants.get(tenant_id)
         if tenant is None:
             raise NotFound(f"unknown tenant {tenant_id!r}", field="tenant_id")
-        if tenant.built is None:
-            await self._holder.compile((tenant,))
+        await self._decider.compile_tenant(snapshot, tenant_id)
         spec = tenant.spec
         return pb.ResolveTenantResponse(
             tenant_id=spec.id, name=spec.name, state=state_to_wire(spec.state), plan=spec.plan,

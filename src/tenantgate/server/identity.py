@@ -25,14 +25,26 @@ def identity_from_certificate(pem: bytes) -> str:
         names = None
     if names is not None:
         for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
-            head, sep, name = uri.rpartition("/service/")
-            if sep and head and name and "/" not in name:
+            name = _service_in_uri(uri)
+            if name:
                 return f"service:{name}"
         dns = names.get_values_for_type(x509.DNSName)
         if dns:
             return f"service:{dns[0]}"
     common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return f"service:{common[0].value!s}" if common else ""
+
+
+def _service_in_uri(uri: str) -> str:
+    head, sep, name = uri.rpartition("/service/")
+    return name if sep and head and name and "/" not in name else ""
+
+
+def identity_from_principal(principal: str) -> str:
+    """A peer principal as Envoy reports it (the certificate's URI SAN, else its DNS SAN or subject) named as
+    a certificate's caller is: ``service:<name>`` for a URI ending ``/service/<name>``, else
+    ``service:<principal>``."""
+    return f"service:{_service_in_uri(principal) or principal}"
 
 
 class CallerIdentity:

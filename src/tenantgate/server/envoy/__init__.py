@@ -1,0 +1,1 @@
+"""Envoy's external authorization and rate limit services, translated to the engines DecisionService uses."""

@@ -1,0 +1,190 @@
+"""Envoy's rate limit service (``envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit``) as one
+ConsumeQuota: each descriptor names a tenant and one of its quotas with the entries ``tenant_id`` and
+``quota``; all the descriptors of one request are consumed together, all or nothing, through the decider
+(same counters, failure policy and metering as ConsumeQuota). Nothing is decided here.
+
+What a request gets (the README's "Behind Envoy" documents the same):
+- an unknown tenant, a malformed tenant id, a tenant that is not Active, descriptors naming more than one
+  tenant, or an amount ConsumeQuota refuses: OVER_LIMIT, never OK;
+- a quota the tenant does not declare, or a descriptor without both entries: OK for that descriptor with no
+  limit, as envoyproxy/ratelimit answers a descriptor it has no limit for;
+- no snapshot, or one staler than ``--max-staleness``: UNAVAILABLE, and the filter's failure mode decides."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from tenantgate.engines.quota import ItemOutcome, QuotaRequestItem
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
+from tenantgate.server import requests
+from tenantgate.server.decider import Decider
+from tenantgate.server.status import maps_errors
+from tenantgate.snapshot import Snapshot
+
+OK = rls_pb2.RateLimitResponse.OK
+OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
+_Unit = rls_pb2.RateLimitResponse.RateLimit
+_UNITS_BY_SECONDS = {1: _Unit.SECOND, 60: _Unit.MINUTE, 3600: _Unit.HOUR, 86400: _Unit.DAY}
+_UNITS_BY_PERIOD = {CalendarPeriod.DAY: _Unit.DAY, CalendarPeriod.WEEK: _Unit.WEEK, CalendarPeriod.MONTH: _Unit.MONTH}
+_PERIOD_SECONDS = {CalendarPeriod.DAY: 86400, CalendarPeriod.WEEK: 7 * 86400}
+_UINT32_MAX = (1 << 32) - 1
+_REFUSALS = {InvalidArgument: "INVALID_REQUEST", NotFound: "TENANT_NOT_FOUND", FailedPrecondition: "TENANT_NOT_ACTIVE"}
+
+
+@dataclass(slots=True)
+class Named:
+    """What one descriptor asks for."""
+
+    tenant_id: str
+    quota: str
+    amount: int
+
+
+class Refused(Exception):
+    """Not an error: the answer is OVER_LIMIT, with why in its body."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _named(request: rls_pb2.RateLimitRequest) -> list[Named | None]:
+    default_amount = request.hits_addend or 1
+    named: list[Named | None] = []
+    for descriptor in request.descriptors:
+        tenant_id = quota = None
+        for entry in descriptor.entries:
+            if entry.key == "tenant_id":
+                tenant_id = entry.value
+            elif entry.key == "quota":
+                quota = entry.value
+        amount = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else default_amount
+        named.append(None if tenant_id is None or quota is None else Named(tenant_id, quota, amount))
+    return named
+
+
+class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    def __init__(self, decider: Decider) -> None:
+        self._decider = decider
+
+    @maps_errors
+    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
+                              context: grpc.aio.ServicerContext) -> rls_pb2.RateLimitResponse:
+        snapshot = self._decider.snapshot()
+        named = _named(request)
+        try:
+            return await self._consume(snapshot, named)
+        except Refused as refusal:
+            return _refused(len(named), refusal)
+
+    async def _consume(self, snapshot: Snapshot, named: Sequence[Named | None]) -> rls_pb2.RateLimitResponse:
+        tenants = {each.tenant_id for each in named if each is not None}
+        if not tenants:
+            return rls_pb2.RateLimitResponse(overall_code=OK, statuses=[_unlimited() for _ in named])
+        if len(tenants) > 1:
+            raise Refused("INVALID_REQUEST", "the descriptors of one request must name one tenant, not "
+                                             f"{len(tenants)}")
+        tenant_id = tenants.pop()
+        try:
+            requests.tenant_id(tenant_id, known_tenants=snapshot.tenants)
+        except InvalidArgument as error:
+            raise Refused("INVALID_REQUEST", error.message) from None
+        tenant = snapshot.tenants.get(tenant_id)
+        if tenant is None:
+            raise Refused("TENANT_NOT_FOUND", f"unknown tenant {tenant_id!r}")
+        if tenant.state is not TenantState.ACTIVE:
+            raise Refused("TENANT_NOT_ACTIVE", f"tenant {tenant_id!r} is {tenant.state.value}")
+        await self._decider.compile_tenant(snapshot, tenant_id)
+        if tenant.built is None:
+            raise Unavailable(tenant.problem)
+        declared = tenant.built.spec.quotas
+        amounts: dict[str, int] = {}
+        for each in named:
+            if each is not None and each.quota in declared:
+                amounts[each.quota] = amounts.get(each.quota, 0) + each.amount
+        if not amounts:
+            return rls_pb2.RateLimitResponse(overall_code=OK, statuses=[_unlimited() for _ in named])
+        try:
+            outcome = await self._decider.consume(snapshot, tenant_id, [QuotaRequestItem(quota, amount)
+                                                                         for quota, amount in amounts.items()])
+        except (InvalidArgument, NotFound, FailedPrecondition) as error:
+            raise Refused(_REFUSALS[type(error)], error.message) from None
+        items = {item.quota: item for item in outcome.items}
+        statuses = [_status(declared[each.quota], items[each.quota])
+                    if each is not None and each.quota in items else _unlimited() for each in named]
+        response = rls_pb2.RateLimitResponse(overall_code=OK if outcome.allowed else OVER_LIMIT, statuses=statuses,
+                                             response_headers_to_add=_headers(declared, outcome.items,
+                                                                              outcome.allowed))
+        if not outcome.allowed:
+            exceeded = [item.quota for item in outcome.items if not item.allowed and not item.shadow]
+            response.raw_body = json.dumps({"allowed": False, "reason": "QUOTA_EXCEEDED", "quotas": exceeded,
+                                            "retry_after": _retry_after(outcome.items)}).encode()
+            response.response_headers_to_add.add(key="content-type", value="application/json")
+        return response
+
+
+def _unlimited() -> rls_pb2.RateLimitResponse.DescriptorStatus:
+    return rls_pb2.RateLimitResponse.DescriptorStatus(code=OK)
+
+
+def _refused(descriptors: int, refusal: Refused) -> rls_pb2.RateLimitResponse:
+    return rls_pb2.RateLimitResponse(
+        overall_code=OVER_LIMIT,
+        statuses=[rls_pb2.RateLimitResponse.DescriptorStatus(code=OVER_LIMIT) for _ in range(descriptors)],
+        response_headers_to_add=[base_pb2.HeaderValue(key="content-type", value="application/json")],
+        raw_body=json.dumps({"allowed": False, "reason": refusal.reason, "detail": refusal.detail}).encode())
+
+
+def _duration(seconds: float) -> Duration:
+    whole = int(seconds)
+    return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def _status(spec: QuotaSpec, item: ItemOutcome) -> rls_pb2.RateLimitResponse.DescriptorStatus:
+    unit = (_UNITS_BY_SECONDS.get(spec.per_seconds, _Unit.UNKNOWN) if spec.kind is QuotaKind.RATE
+            else _UNITS_BY_PERIOD[spec.period] if spec.period is not None else _Unit.UNKNOWN)
+    return rls_pb2.RateLimitResponse.DescriptorStatus(
+        code=OK if item.allowed or item.shadow else OVER_LIMIT,
+        current_limit=_Unit(name=spec.name, requests_per_unit=min(spec.limit, _UINT32_MAX), unit=unit),
+        limit_remaining=min(max(item.remaining, 0), _UINT32_MAX),
+        duration_until_reset=_duration(item.reset_after))
+
+
+def _window(spec: QuotaSpec) -> int:
+    """The policy window in seconds (draft-ietf-httpapi-ratelimit-headers ``w``); 0 (left out) for quotas
+    without a fixed one: months vary, and concurrency and allocation quotas have none."""
+    if spec.kind is QuotaKind.RATE:
+        return spec.per_seconds
+    return _PERIOD_SECONDS.get(spec.period, 0) if spec.period is not None else 0
+
+
+def _headers(declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome],
+             allowed: bool) -> list[base_pb2.HeaderValue]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota;
+    Retry-After (whole seconds) when the request is refused."""
+    policies, states = [], []
+    for item in items:
+        spec = declared[item.quota]
+        window = _window(spec)
+        policies.append(f'"{item.quota}";q={spec.limit}' + (f";w={window}" if window else ""))
+        states.append(f'"{item.quota}";r={max(item.remaining, 0)};t={math.ceil(item.reset_after)}')
+    headers = [base_pb2.HeaderValue(key="ratelimit-policy", value=", ".join(policies)),
+               base_pb2.HeaderValue(key="ratelimit", value=", ".join(states))]
+    if not allowed:
+        headers.append(base_pb2.HeaderValue(key="retry-after", value=str(_retry_after(items))))
+    return headers
+
+
+def _retry_after(items: Sequence[ItemOutcome]) -> int:
+    waits = [item.retry_after for item in items if not item.allowed and not item.shadow]
+    return max(1, math.ceil(max(waits, default=1.0)))
