@@ -16,11 +16,11 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
 
 from tenantgate.engines.quota import ItemOutcome, QuotaRequestItem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -76,6 +76,7 @@ def _named(request: rls_pb2.RateLimitRequest) -> list[Named | None]:
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
     def __init__(self, decider: Decider) -> None:
         self._decider = decider
+        self._limits = LimitDescriptions()
 
     @maps_errors
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
@@ -104,9 +105,10 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             raise Refused("TENANT_NOT_FOUND", f"unknown tenant {tenant_id!r}")
         if tenant.state is not TenantState.ACTIVE:
             raise Refused("TENANT_NOT_ACTIVE", f"tenant {tenant_id!r} is {tenant.state.value}")
-        await self._decider.compile_tenant(snapshot, tenant_id)
         if tenant.built is None:
-            raise Unavailable(tenant.problem)
+            await self._decider.compile_tenant(snapshot, tenant_id)
+            if tenant.built is None:
+                raise Unavailable(tenant.problem)
         declared = tenant.built.spec.quotas
         amounts: dict[str, int] = {}
         for each in named:
@@ -120,11 +122,15 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         except (InvalidArgument, NotFound, FailedPrecondition) as error:
             raise Refused(_REFUSALS[type(error)], error.message) from None
         items = {item.quota: item for item in outcome.items}
-        statuses = [_status(declared[each.quota], items[each.quota])
-                    if each is not None and each.quota in items else _unlimited() for each in named]
-        response = rls_pb2.RateLimitResponse(overall_code=OK if outcome.allowed else OVER_LIMIT, statuses=statuses,
-                                             response_headers_to_add=_headers(declared, outcome.items,
-                                                                              outcome.allowed))
+        response = rls_pb2.RateLimitResponse(overall_code=OK if outcome.allowed else OVER_LIMIT)
+        for each in named:
+            status = response.statuses.add()
+            item = items.get(each.quota) if each is not None else None
+            if item is None:
+                status.code = OK
+            else:
+                self._limits.describe(status, declared[item.quota], item)
+        self._limits.add_headers(response.response_headers_to_add, declared, outcome.items, outcome.allowed)
         if not outcome.allowed:
             exceeded = [item.quota for item in outcome.items if not item.allowed and not item.shadow]
             response.raw_body = json.dumps({"allowed": False, "reason": "QUOTA_EXCEEDED", "quotas": exceeded,
@@ -145,19 +151,49 @@ def _refused(descriptors: int, refusal: Refused) -> rls_pb2.RateLimitResponse:
         raw_body=json.dumps({"allowed": False, "reason": refusal.reason, "detail": refusal.detail}).encode())
 
 
-def _duration(seconds: float) -> Duration:
-    whole = int(seconds)
-    return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+class LimitDescriptions:
+    """What a quota's status and headers say that depends on its spec alone (its limit, unit and policy),
+    built once per spec: most of what a ShouldRateLimit answer holds."""
 
+    MAX_SPECS = 10_000
 
-def _status(spec: QuotaSpec, item: ItemOutcome) -> rls_pb2.RateLimitResponse.DescriptorStatus:
-    unit = (_UNITS_BY_SECONDS.get(spec.per_seconds, _Unit.UNKNOWN) if spec.kind is QuotaKind.RATE
-            else _UNITS_BY_PERIOD[spec.period] if spec.period is not None else _Unit.UNKNOWN)
-    return rls_pb2.RateLimitResponse.DescriptorStatus(
-        code=OK if item.allowed or item.shadow else OVER_LIMIT,
-        current_limit=_Unit(name=spec.name, requests_per_unit=min(spec.limit, _UINT32_MAX), unit=unit),
-        limit_remaining=min(max(item.remaining, 0), _UINT32_MAX),
-        duration_until_reset=_duration(item.reset_after))
+    def __init__(self) -> None:
+        self._limits: dict[QuotaSpec, tuple[rls_pb2.RateLimitResponse.RateLimit, str]] = {}
+
+    def _of(self, spec: QuotaSpec) -> tuple[rls_pb2.RateLimitResponse.RateLimit, str]:
+        known = self._limits.get(spec)
+        if known is None:
+            if len(self._limits) >= self.MAX_SPECS:
+                self._limits.clear()
+            unit = (_UNITS_BY_SECONDS.get(spec.per_seconds, _Unit.UNKNOWN) if spec.kind is QuotaKind.RATE
+                    else _UNITS_BY_PERIOD[spec.period] if spec.period is not None else _Unit.UNKNOWN)
+            window = _window(spec)
+            known = self._limits[spec] = (
+                _Unit(name=spec.name, requests_per_unit=min(spec.limit, _UINT32_MAX), unit=unit),
+                f'"{spec.name}";q={spec.limit}' + (f";w={window}" if window else ""))
+        return known
+
+    def describe(self, status: rls_pb2.RateLimitResponse.DescriptorStatus, spec: QuotaSpec,
+                 item: ItemOutcome) -> None:
+        status.code = OK if item.allowed or item.shadow else OVER_LIMIT
+        status.current_limit.CopyFrom(self._of(spec)[0])
+        status.limit_remaining = min(max(item.remaining, 0), _UINT32_MAX)
+        if item.reset_after:
+            whole = int(item.reset_after)
+            status.duration_until_reset.seconds = whole
+            status.duration_until_reset.nanos = int((item.reset_after - whole) * 1e9)
+
+    def add_headers(self, headers: Any, declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome],
+                    allowed: bool) -> None:
+        """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota;
+        Retry-After (whole seconds) when the request is refused."""
+        policies = ", ".join(self._of(declared[item.quota])[1] for item in items)
+        states = ", ".join(f'"{item.quota}";r={max(item.remaining, 0)};t={math.ceil(item.reset_after)}'
+                           for item in items)
+        headers.add(key="ratelimit-policy", value=policies)
+        headers.add(key="ratelimit", value=states)
+        if not allowed:
+            headers.add(key="retry-after", value=str(_retry_after(items)))
 
 
 def _window(spec: QuotaSpec) -> int:
@@ -166,23 +202,6 @@ def _window(spec: QuotaSpec) -> int:
     if spec.kind is QuotaKind.RATE:
         return spec.per_seconds
     return _PERIOD_SECONDS.get(spec.period, 0) if spec.period is not None else 0
-
-
-def _headers(declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome],
-             allowed: bool) -> list[base_pb2.HeaderValue]:
-    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota;
-    Retry-After (whole seconds) when the request is refused."""
-    policies, states = [], []
-    for item in items:
-        spec = declared[item.quota]
-        window = _window(spec)
-        policies.append(f'"{item.quota}";q={spec.limit}' + (f";w={window}" if window else ""))
-        states.append(f'"{item.quota}";r={max(item.remaining, 0)};t={math.ceil(item.reset_after)}')
-    headers = [base_pb2.HeaderValue(key="ratelimit-policy", value=", ".join(policies)),
-               base_pb2.HeaderValue(key="ratelimit", value=", ".join(states))]
-    if not allowed:
-        headers.append(base_pb2.HeaderValue(key="retry-after", value=str(_retry_after(items))))
-    return headers
 
 
 def _retry_after(items: Sequence[ItemOutcome]) -> int:
