@@ -53,6 +53,7 @@ class Scenario:
     metadata: tuple[tuple[str, str], ...] = ()
     decisions_per_call: int = 1
     results: dict[str, Any] = field(default_factory=dict)
+    service: str = SERVICE  # the method's path prefix
 
 
 def free_port() -> int:
@@ -152,7 +153,8 @@ def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connecti
 def verify(target: str, scenario: Scenario) -> bytes:
     """The scenario's request through a real gRPC client: it must answer OK. Returns the response bytes."""
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(f"{SERVICE}{scenario.method}", request_serializer=lambda m: m.SerializeToString(),
+        call = channel.unary_unary(f"{scenario.service}{scenario.method}",
+                                   request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=lambda b: b)
         return bytes(call(scenario.request, timeout=5, metadata=scenario.metadata))
 

@@ -5,6 +5,9 @@ under valgrind's callgrind with instrumentation off until it is warm; then 1,000
 counted. The kernel's share of a call (socket work, about half its CPU on a 2-core VM) is not counted and is
 the same for both servers. The registry is polled every 30 s so that background work stays out of the count.
 Needs valgrind and h2load (Debian packages valgrind, nghttp2-client). Not part of `make bench` (minutes).
+The Envoy adapters (ext_authz Check, rate limit ShouldRateLimit) are compared with their DecisionService twins
+(CheckAccess with the same token, ConsumeQuota of the same quota) on the same tenantgate: what the
+translation costs beyond the decision.
 Usage: python benchmarks/instructions_bench.py [--calls 1000]
 Writes benchmarks/results/instructions.json.
 """
@@ -24,7 +27,9 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from grpc_bench import RESULTS, SERVICE, STORAGE, Scenario, free_port, grpc_frame, verify, wait_ready, write_registry
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from grpc_bench import RESULTS, STORAGE, Scenario, free_port, grpc_frame, verify, wait_ready, write_registry
 
 from tenantgate.v1 import decision_pb2 as pb
 
@@ -38,7 +43,7 @@ def counted_instructions(command: list[str], port: int, scenario: Scenario, body
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     load = ["h2load", "-c4", "-m16", f"--data={body}", "-H", "content-type: application/grpc", "-H",
             "te: trailers", *(arg for name, value in scenario.metadata for arg in ("-H", f"{name}: {value}")),
-            f"http://127.0.0.1:{port}{SERVICE}{scenario.method}"]
+            f"http://127.0.0.1:{port}{scenario.service}{scenario.method}"]
     try:
         wait_ready(f"127.0.0.1:{port}")
         subprocess.run([*load[:1], "-n200", *load[1:]], capture_output=True, timeout=300, check=True)
@@ -60,6 +65,31 @@ def counted_instructions(command: list[str], port: int, scenario: Scenario, body
     raise RuntimeError(f"no totals in {dumps[0]}")
 
 
+def envoy_check(token: str) -> external_auth_pb2.CheckRequest:
+    """What Envoy sends with the shipped bootstrap (allowed_headers: authorization, x-tenant-id and
+    x-tenant-environment; method and path in their own fields)."""
+    request = external_auth_pb2.CheckRequest()
+    attributes = request.attributes
+    attributes.source.address.socket_address.address = "127.0.0.1"
+    attributes.source.address.socket_address.port_value = 40000
+    attributes.destination.address.socket_address.address = "127.0.0.1"
+    attributes.destination.address.socket_address.port_value = 8080
+    http = attributes.request.http
+    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
+        "9e5f1c6a-8d1e-4f3b-9a57-3f0c2b6d7e10", "GET", "/docs/1", "api.example", "http", "HTTP/2")
+    http.headers.update({"authorization": f"Bearer {token}", "x-tenant-id": "t00001"})
+    attributes.request.time.GetCurrentTime()
+    return request
+
+
+def envoy_limit() -> rls_pb2.RateLimitRequest:
+    request = rls_pb2.RateLimitRequest(domain="tenantgate", hits_addend=1)
+    descriptor = request.descriptors.add()
+    descriptor.entries.add(key="tenant_id", value="t00001")
+    descriptor.entries.add(key="quota", value="api")
+    return request
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
@@ -68,8 +98,11 @@ def main() -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install -y valgrind nghttp2-client)", file=sys.stderr)
         return 2
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    idp = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(idp.public_key()))
     jwk.update({"kid": "bench", "alg": "ES256"})
+    token = jwt.encode({"iss": "https://idp.bench", "aud": "tenantgate", "sub": "alice", "tid": "t00001",
+                        "exp": int(time.time()) + 3600}, idp, algorithm="ES256", headers={"kid": "bench"})
     scenarios = [
         Scenario("CheckAccess by subject", "CheckAccess",
                  pb.CheckAccessRequest(tenant_id="t00001", subject="user:alice", action="read", resource="docs/1")),
@@ -77,6 +110,14 @@ def main() -> int:
                  pb.ConsumeQuotaRequest(tenant_id="t00001", items=[pb.QuotaItem(quota="api", amount=1)])),
         Scenario("GetTenantKey", "GetTenantKey", pb.GetTenantKeyRequest(tenant_id="t00001", purpose="data"),
                  metadata=(STORAGE,)),
+    ]
+    twins = [  # (the Envoy call, its DecisionService twin)
+        (Scenario("ext_authz Check (JWT)", "Check", envoy_check(token),
+                  service="/envoy.service.auth.v3.Authorization/"),
+         Scenario("CheckAccess by JWT", "CheckAccess", pb.CheckAccessRequest(tenant_id="t00001", token=token,
+                                                                             action="read", resource="docs/1"))),
+        (Scenario("ShouldRateLimit", "ShouldRateLimit", envoy_limit(),
+                  service="/envoy.service.ratelimit.v3.RateLimitService/"), scenarios[1]),
     ]
     rows = []
     with tempfile.TemporaryDirectory() as scratch_name:
@@ -92,6 +133,8 @@ def main() -> int:
             wait_ready(f"127.0.0.1:{port}")
             for scenario in scenarios:
                 responses[scenario.method] = verify(f"127.0.0.1:{port}", scenario).hex()
+            for envoy, _ in twins:
+                verify(f"127.0.0.1:{port}", envoy)
             probe.terminate()
         responses_file = scratch / "responses.json"
         responses_file.write_text(json.dumps(responses))
@@ -109,9 +152,23 @@ def main() -> int:
                          "baseline_instructions_per_call": round(base), "ratio_baseline_over_ours": base / ours})
             print(f"{scenario.name:24s} {ours / 1000:6.0f}k instructions per call, baseline {base / 1000:4.0f}k, "
                   f"ratio {base / ours:.2f}")
+        adapters = []
+        for envoy, twin in twins:
+            counts = []
+            for scenario in (envoy, twin):
+                body = scratch / f"{scenario.method}.bin"
+                body.write_bytes(grpc_frame(scenario.request.SerializeToString()))
+                port = free_port()
+                counts.append(counted_instructions([*serve, "--listen", f"127.0.0.1:{port}"], port, scenario, body,
+                                                   args.calls, scratch))
+            adapters.append({"scenario": envoy.name, "instructions_per_call": round(counts[0]), "twin": twin.name,
+                             "twin_instructions_per_call": round(counts[1]),
+                             "ratio_twin_over_adapter": counts[1] / counts[0]})
+            print(f"{envoy.name:24s} {counts[0] / 1000:6.0f}k instructions per call, {twin.name} "
+                  f"{counts[1] / 1000:4.0f}k, ratio {counts[1] / counts[0]:.2f}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "instructions.json").write_text(json.dumps(
-        {"cores": os.cpu_count(), "calls": args.calls, "rows": rows}, indent=2) + "\n")
+        {"cores": os.cpu_count(), "calls": args.calls, "rows": rows, "envoy_adapters": adapters}, indent=2) + "\n")
     return 0
 
 

@@ -5,6 +5,7 @@ Envoy's failure modes act on. tests/integration/test_envoy_gateway.py sends real
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,29 @@ def test_what_tenantgate_does_not_limit_is_ok_without_a_limit(ratelimit: Any) ->
 def test_a_shadow_quota_counts_but_never_limits(ratelimit: Any) -> None:
     answer = ratelimit.ShouldRateLimit(limit_request(("acme", "watched")))
     assert answer.overall_code == RLS.OK and answer.statuses[0].code == RLS.OK
+
+
+def test_gateway_decisions_share_the_decision_log_and_metrics_of_check_access(
+        tmp_path: Path, store: RegistryStore, master_key: MasterKey, issuer: Issuer,
+        start_server: Callable[..., RunningServer]) -> None:
+    from prometheus_client import REGISTRY
+
+    store.apply({"solo": tenant_doc("solo", tokens={"issuers": [issuer.issuer_spec()]})},
+                key_factory=tenant_key_factory(master_key))
+    path = tmp_path / "decisions.log"
+    running = start_server(master_key, decision_log=str(path))
+    running.wait_synced(1)
+    before = REGISTRY.get_sample_value("tenantgate_decisions_total", {"tenant": "solo", "reason": "NO_MATCHING_GRANT"})
+    code, body, _ = refusal(check(external_auth_pb2_grpc.AuthorizationStub(running.channel), "/docs/a", "DELETE",
+                                  token=issuer.token("solo", "sam")))
+    assert (code, body["reason"]) == (403, "NO_MATCHING_GRANT")
+    assert REGISTRY.get_sample_value("tenantgate_decisions_total", {"tenant": "solo", "reason": "NO_MATCHING_GRANT"}
+                                     ) == (before or 0) + 1
+    assert REGISTRY.get_sample_value("tenantgate_rpcs_handled_total", {"method": "Check", "code": "OK"})
+    deadline = time.monotonic() + 5
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, "the decision was not logged"
+        time.sleep(0.02)
+    (entry,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (entry["decision_id"], entry["tenant_id"], entry["subject"], entry["action"], entry["resource"],
+            entry["reason"]) == (body["decision_id"], "solo", "user:sam", "delete", "docs/a", "NO_MATCHING_GRANT")

@@ -45,7 +45,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     async def _answer(self, attributes: attribute_context_pb2.AttributeContext) -> GateAnswer:
         snapshot = self._decider.snapshot()
-        request = http_access(attributes)
+        request = http_access(attributes, snapshot.tenants)
         if isinstance(request, Refusal):
             return GateAnswer(401, request.reason, detail=request.detail, token_given=request.token_given)
         if not request.tenant_id:

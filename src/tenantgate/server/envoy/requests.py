@@ -11,7 +11,7 @@ Anything malformed raises InvalidArgument (an HTTP 400): every field is bounded 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from envoy.service.auth.v3 import attribute_context_pb2
@@ -50,15 +50,17 @@ def headers_of(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Mapp
     return found
 
 
-def http_access(attributes: attribute_context_pb2.AttributeContext) -> AccessRequest | Refusal:
+def http_access(attributes: attribute_context_pb2.AttributeContext,
+                known_tenants: Container[str] = ()) -> AccessRequest | Refusal:
     """The access request to decide (its ``tenant_id`` empty when only the token can name the tenant), or
-    a refusal when the request carries no credentials to decide for."""
+    a refusal when the request carries no credentials to decide for. ``known_tenants``: ids already
+    validated (the snapshot's), which skip the pattern match."""
     extensions = attributes.context_extensions
     http = attributes.request.http
     headers = headers_of(http)
     tenant_id = extensions.get("tenant_id") or headers.get(TENANT_HEADER, "")
     if tenant_id:
-        requests.tenant_id(tenant_id, field=TENANT_HEADER)
+        requests.tenant_id(tenant_id, field=TENANT_HEADER, known_tenants=known_tenants)
     action = requests.require_text(extensions.get("action") or action_for_method(http.method), "action",
                                    requests.MAX_ACTION)
     if len(http.path) > requests.MAX_RESOURCE:
