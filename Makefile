@@ -58,7 +58,8 @@ bench: venv
 	$(BIN)/python benchmarks/peers_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/grpc_bench.py && \
-	$(BIN)/python benchmarks/workers_bench.py; \
+	$(BIN)/python benchmarks/workers_bench.py && \
+	$(BIN)/python benchmarks/gateway_bench.py; \
 	else echo "h2load not found: apt-get install -y nghttp2-client for the gRPC load benchmarks"; fi
 
 # Mixed load against a real server for SOAK_SECONDS (default 600); fails on any error or RSS that keeps growing.
