@@ -117,7 +117,8 @@ def _add_serve_settings(parser: argparse.ArgumentParser) -> None:
                                           "NOT_SERVING, before it refuses new calls (default 5)")
     add("--grace-period", type=float, help="seconds in-flight calls get to finish once new calls are refused "
                                            "(default 5)")
-    add("--quota-backend", help="quota counters: memory:// (one process) or redis://HOST:6379/0 (shared)")
+    add("--quota-backend", help="quota counters: memory:// (one process), redis://HOST:6379/0 or "
+        "redis+cluster://HOST:PORT[,HOST:PORT...] (shared)")
     add("--quota-prefix", help="prefix of the Redis keys (default tg:)")
     add("--quota-on-backend-error", choices=("deny", "allow"),
         help="answer for quotas without their own policy while the backend is down (default deny)")

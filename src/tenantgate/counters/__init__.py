@@ -17,8 +17,9 @@ def open_counter_store(url: str, *, prefix: str = "tg:", on_availability: Callab
         from tenantgate.counters.memory import MemoryCounterStore
 
         return MemoryCounterStore(max_idempotency_keys=idempotency_cache_size)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from tenantgate.counters.redis import RedisCounterStore
 
         return RedisCounterStore(url, prefix=prefix, on_availability=on_availability)
-    raise ConfigurationError(f"unsupported quota backend {url!r}; supported: memory://, redis://host:6379/0")
+    raise ConfigurationError(f"unsupported quota backend {url!r}; supported: memory://, redis://host:6379/0, "
+                             "redis+cluster://host:port[,host:port...]")

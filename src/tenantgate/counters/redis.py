@@ -1,8 +1,9 @@
-"""Counters in Redis: exact across processes and replicas.
+"""Counters in Redis or a Redis Cluster: exact across processes and replicas.
 
 Each ConsumeQuota call is one call of a Lua script (``lua/consume.lua``) that evaluates every item and
 applies all or none, on the Redis server's clock. Calls made concurrently in one process are sent
-together in one pipeline: one round trip for many consumes.
+together: one pipeline, one round trip for many consumes (on a cluster, one per node, all at once). How a
+batch reaches Redis is the transport's (``redis_node``, ``redis_cluster``); the rest is written once here.
 """
 
 from __future__ import annotations
@@ -11,32 +12,18 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from importlib import resources
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
+from tenantgate.counters.redis_cluster import SCHEMES as CLUSTER_SCHEMES
+from tenantgate.counters.redis_cluster import ClusterScripts
+from tenantgate.counters.redis_node import NodeScripts
+from tenantgate.counters.scripts import CONSUME_SCRIPT, ScriptTransport
 from tenantgate.engines.quota import CounterOp, CounterResult, Idempotency, unknown_lease
 from tenantgate.errors import Aborted, StorageError
 from tenantgate.model import QuotaKind
-
-
-def _script() -> str:
-    folder = resources.files("tenantgate.counters") / "lua"
-    return (folder / "window.lua").read_text() + "\n" + (folder / "consume.lua").read_text()
-
-
-CONSUME_SCRIPT = _script()
-
-
-def _awaitable(command: object) -> Awaitable[Any]:
-    """A command of the async client. redis-py types some commands for its sync and async clients at once,
-    and not alike from one release to the next."""
-    return cast(Awaitable[Any], command)
-
 
 log = logging.getLogger("tenantgate.counters")
 FORGETS = ("when it restarts it forgets every counter and admits each limit again; configure AOF (appendonly yes) "
@@ -68,30 +55,33 @@ def persistence_problem(settings: Mapping[Any, Any] | None, info: Mapping[str, A
             f"CONFIG is refused, so its snapshot schedule is unknown): if it keeps nothing on disk, {FORGETS}")
 
 
+def _transport(url: str, timeout: float) -> ScriptTransport:
+    if url.partition("://")[0] in CLUSTER_SCHEMES:
+        return ClusterScripts(url, script=CONSUME_SCRIPT, timeout=timeout)
+    return NodeScripts(url, script=CONSUME_SCRIPT, timeout=timeout)
+
+
 class RedisCounterStore:
     def __init__(self, url: str, *, prefix: str = "tg:", timeout: float = 1.0,
                  on_availability: Callable[[bool], None] | None = None) -> None:
-        self._redis = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                        retry_on_timeout=False)
-        # Consumes go over one connection of their own, timed per round trip (see _evaluate).
-        self._connection: AbstractConnection | None = None
+        self._transport = _transport(url, timeout)
         self._timeout = timeout
         self._prefix = prefix
-        self._sha = ""
         self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._flushing = False
-        # The one pipeline sent and not yet answered; consumes arriving meanwhile go in the next one.
+        # The one batch sent and not yet answered; consumes arriving meanwhile go in the next one.
         self._in_flight: asyncio.Future[None] | None = None
         self._on_availability = on_availability
         self.available = True
-        # Consumes sent and round trips made, for the batching benchmark.
+        # Consumes sent, for the batching benchmark (round trips: ``round_trips``).
         self.consumes = 0
-        self.round_trips = 0
+
+    @property
+    def round_trips(self) -> int:
+        return self._transport.round_trips
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.disconnect()
-        await self._redis.aclose()
+        await self._transport.close()
 
     def _key(self, tenant_id: str, suffix: str) -> str:
         # The tenant in braces is the Redis Cluster hash tag: every key of one call shares a slot.
@@ -149,7 +139,7 @@ class RedisCounterStore:
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            replies = await self._evaluate([(keys, args) for keys, args, _ in batch])
+            replies = await self._transport.evaluate([(keys, args) for keys, args, _ in batch])
         except (RedisError, OSError) as exc:
             self._set_available(False)
             error = StorageError(f"the Redis quota backend is unavailable: {exc}")
@@ -157,51 +147,16 @@ class RedisCounterStore:
                 if not future.done():
                     future.set_exception(error)
             return
-        self._set_available(True)
+        self.consumes += len(batch)
+        self._set_available(self._transport.healthy)
         for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
-            if isinstance(reply, Exception):
-                future.set_exception(StorageError(f"the Redis quota script failed: {reply}"))
+            if isinstance(reply, BaseException):
+                # A script error, or (on a cluster) the node owning the call's slot failing.
+                future.set_exception(StorageError(f"the Redis quota backend failed the call: {reply}"))
             else:
                 future.set_result(reply)
-
-    async def _evaluate(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One pipeline of script calls on the store's own connection, under one deadline; loads the
-        script again if the server lost it (a restart).
-
-        Only one pipeline is in flight (_schedule_flush), so it needs no pool, and redis-py's connection
-        layer does the protocol: its pipeline object around it cost about 90 us of CPU per round trip more
-        on the benchmark machine, and a timeout per reply instead of one per round trip."""
-        if self._connection is None:
-            # The client's settings, less the per-read timeout: the round trip has one of its own.
-            pool = self._redis.connection_pool
-            self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-        connection = self._connection
-        if not self._sha:
-            self._sha = await self._redis.script_load(CONSUME_SCRIPT)
-        for _ in range(2):
-            commands = [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]
-            replies: list[Any] = []
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                    for _ in commands:
-                        try:
-                            replies.append(await connection.read_response())
-                        except ResponseError as exc:  # that reply only; the stream stays in step
-                            replies.append(exc)
-            except BaseException:
-                # A reply may still be on its way: the connection is out of step, so it is dropped.
-                await connection.disconnect(nowait=True)
-                raise
-            self.round_trips += 1
-            self.consumes += len(calls)
-            if not any(isinstance(r, NoScriptError) or (isinstance(r, ResponseError) and "NOSCRIPT" in str(r))
-                       for r in replies):
-                return replies
-            self._sha = await self._redis.script_load(CONSUME_SCRIPT)
-        return replies
 
     def _set_available(self, available: bool) -> None:
         if available != self.available:
@@ -212,7 +167,7 @@ class RedisCounterStore:
     async def ping(self) -> bool:
         """Whether Redis answers now; marks the backend available again when it does."""
         try:
-            await _awaitable(self._redis.ping())
+            await self._transport.ping()
         except (RedisError, OSError):
             self._set_available(False)
             return False
@@ -220,27 +175,23 @@ class RedisCounterStore:
         return True
 
     async def warn_if_not_persistent(self) -> None:
-        """Logs a warning when this Redis keeps nothing on disk. Once at start, beside serving: it never
-        fails the start, and a Redis that refuses CONFIG is asked INFO persistence instead."""
+        """Logs a warning for each Redis server (each primary of a cluster) that keeps nothing on disk. Once at
+        start, beside serving: it never fails the start, and a Redis that refuses CONFIG is asked INFO
+        persistence instead."""
         try:
             async with asyncio.timeout(2 * self._timeout):
-                try:
-                    settings: Mapping[Any, Any] | None = {
-                        **await _awaitable(self._redis.config_get("appendonly")),
-                        **await _awaitable(self._redis.config_get("save"))}
-                    info = None
-                except ResponseError:  # CONFIG disabled or not permitted
-                    settings, info = None, await _awaitable(self._redis.info("persistence"))
-            problem = persistence_problem(settings, info)
+                reports = await self._transport.persistence_settings()
         except (RedisError, OSError, TimeoutError, ValueError) as exc:
             log.info("could not learn whether the quota backend Redis keeps counters on disk: %s", exc)
             return
-        if problem:
-            log.warning(problem)
+        for server, settings, info in reports:
+            problem = persistence_problem(settings, info)
+            if problem:
+                log.warning(problem if not server else problem.replace("Redis", f"Redis {server}", 1))
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         try:
-            raw: dict[bytes, bytes] = await _awaitable(self._redis.hgetall(self._key(tenant_id, "usage")))
+            raw = await self._transport.hgetall(self._key(tenant_id, "usage"))
         except (RedisError, OSError) as exc:
             raise StorageError(f"the Redis quota backend is unavailable: {exc}") from exc
         usage: dict[str, list[int]] = {}

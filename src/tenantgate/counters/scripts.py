@@ -1,0 +1,59 @@
+"""The quota script and what the Redis transports share: a transport runs batches of script calls on one Redis
+server (``redis_node``) or on a Redis Cluster (``redis_cluster``); ``RedisCounterStore`` does the rest once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from importlib import resources
+from typing import Any, Protocol, cast
+
+from redis.exceptions import NoScriptError, ResponseError
+
+# (keys, args) of one EVALSHA of the consume script. Every key of a call carries the same hash tag (the tenant),
+# so on a cluster a call runs on the one node that owns its slot.
+ScriptCall = tuple[list[str], list[Any]]
+# (server, CONFIG GET appendonly and save or None, INFO persistence or None)
+PersistenceReport = tuple[str, Mapping[Any, Any] | None, Mapping[str, Any] | None]
+
+
+def _script() -> str:
+    folder = resources.files("tenantgate.counters") / "lua"
+    return (folder / "window.lua").read_text() + "\n" + (folder / "consume.lua").read_text()
+
+
+CONSUME_SCRIPT = _script()
+
+
+def awaitable(command: object) -> Awaitable[Any]:
+    """A command of the async client. redis-py types some commands for its sync and async clients at once,
+    and not alike from one release to the next."""
+    return cast(Awaitable[Any], command)
+
+
+def missing_script(reply: Any) -> bool:
+    """Whether a reply says the server does not have the script (restarted, flushed, or a promoted replica)."""
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and "NOSCRIPT" in str(reply))
+
+
+class ScriptTransport(Protocol):
+    # False once a batch could not reach (part of) the backend; True again once it answers everywhere.
+    healthy: bool
+    round_trips: int
+
+    async def evaluate(self, calls: list[ScriptCall]) -> list[Any]:
+        """Each call's reply, in order; a call that failed gets its exception in its place. Raises RedisError or
+        OSError when no call could be sent."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises RedisError or OSError unless every server answers."""
+        ...
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]: ...
+
+    async def persistence_settings(self) -> list[PersistenceReport]:
+        """For each server that keeps counters: what CONFIG GET answers for appendonly and save, or, where
+        CONFIG is refused, what INFO persistence answers (see ``redis.persistence_problem``)."""
+        ...
+
+    async def close(self) -> None: ...
