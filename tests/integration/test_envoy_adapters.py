@@ -5,6 +5,7 @@ Envoy's failure modes act on. tests/integration/test_envoy_gateway.py sends real
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,6 +198,7 @@ def test_a_shadow_route_lets_everything_through_and_says_what_it_would_have_done
 ])
 def test_malformed_requests_are_400_never_an_error_status(authz: Any, issuer: Issuer, settings: dict[str, Any],
                                                           field: str) -> None:
+    settings = dict(settings)  # the parameter is shared by the test's SQLite and PostgreSQL runs
     path = settings.pop("path", "/docs/a")
     response = check(authz, path, token=issuer.token("acme", "alice"), **settings)
     code, body, _ = refusal(response)
@@ -327,3 +329,98 @@ def test_gateway_decisions_share_the_decision_log_and_metrics_of_check_access(
     (entry,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert (entry["decision_id"], entry["tenant_id"], entry["subject"], entry["action"], entry["resource"],
             entry["reason"]) == (body["decision_id"], "solo", "user:sam", "delete", "docs/a", "NO_MATCHING_GRANT")
+
+
+def test_a_tenant_this_server_cannot_read_is_refused_with_503_not_left_to_envoys_failure_mode(
+        tmp_path: Path, master_key: MasterKey, issuer: Issuer, start_server: Callable[..., RunningServer]) -> None:
+    from tests.integration.test_event_loop import break_stored_document, registry_with
+
+    tokens = {"issuers": [issuer.issuer_spec()]}
+    path = tmp_path / "registry.db"
+    url = registry_with(path, master_key, {"acme": tenant_doc("acme", tokens=tokens),
+                                           "globex": tenant_doc("globex", tokens=tokens,
+                                                                quotas={"api": {"rate": "10/second"}})})
+    break_stored_document(path, "globex")
+    running = start_server(master_key, registry_url=url)
+    running.wait_synced(1)
+    stub = external_auth_pb2_grpc.AuthorizationStub(running.channel)
+    # Named by the route, or only by a token (even a forged one, never verified): a refusal, never a gRPC error
+    # that failure_mode_allow would let through.
+    forged = issuer.token("globex", "mallory")[:-8] + "AAAAAAAA"
+    for response in (check(stub, token=issuer.token("acme", "alice"), tenant_id="globex"), check(stub, token=forged)):
+        code, body, _ = refusal(response)
+        assert (code, body["reason"]) == (503, "TENANT_UNAVAILABLE") and "cannot be loaded" in body["detail"]
+        assert response.status.code == code_pb2.UNAVAILABLE
+    answer = rls_pb2_grpc.RateLimitServiceStub(running.channel).ShouldRateLimit(limit_request(("globex", "api")))
+    assert answer.overall_code == RLS.OVER_LIMIT and json.loads(answer.raw_body)["reason"] == "TENANT_UNAVAILABLE"
+
+
+def test_a_token_refused_before_any_tenant_is_named_is_still_logged_and_counted(
+        tmp_path: Path, store: RegistryStore, master_key: MasterKey,
+        start_server: Callable[..., RunningServer]) -> None:
+    from prometheus_client import REGISTRY
+
+    store.apply({"solo": tenant_doc("solo")}, key_factory=tenant_key_factory(master_key))
+    path = tmp_path / "decisions.log"
+    running = start_server(master_key, decision_log=str(path))
+    running.wait_synced(1)
+    labels = {"tenant": "_unknown", "reason": "TOKEN_INVALID"}
+    before = REGISTRY.get_sample_value("tenantgate_decisions_total", labels) or 0
+    code, body, headers = refusal(check(external_auth_pb2_grpc.AuthorizationStub(running.channel),
+                                        token=Issuer().token("solo", "sam")))
+    assert (code, body["reason"]) == (401, "TOKEN_INVALID")
+    assert headers["x-tenantgate-decision-id"] == body["decision_id"]
+    assert REGISTRY.get_sample_value("tenantgate_decisions_total", labels) == before + 1
+    deadline = time.monotonic() + 5
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, "the refusal was not logged"
+        time.sleep(0.02)
+    (entry,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (entry["decision_id"], entry["reason"], entry["resource"]) == (body["decision_id"], "TOKEN_INVALID",
+                                                                          "docs/a")
+
+
+def test_headers_sent_as_a_list_are_read_like_the_map(authz: Any, issuer: Issuer) -> None:
+    # Envoy's encode_raw_headers sends header_map instead of headers; a header repeated 50,000 times is read once.
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/docs/a"
+    entries = http.header_map.headers
+    entries.add(key="Authorization", raw_value=f"Bearer {issuer.token('acme', 'alice')}".encode())
+    entries.add(key="x-tenant-id", value="acme")
+    for _ in range(50_000):
+        entries.add(key="x-padding", value="x")
+    assert upstream_headers(authz.Check(request, timeout=10))["x-tenant-subject"] == "user:alice"
+    entries.add(key="x-tenant-id", value="globex")  # two values: joined, as Envoy's map joins them
+    code, body, _ = refusal(authz.Check(request, timeout=10))
+    assert (code, body["reason"]) == (400, "INVALID_REQUEST") and "x-tenant-id" in body["detail"]
+
+
+def test_a_query_string_is_not_bounded_as_the_resource_is(authz: Any, issuer: Issuer) -> None:
+    assert upstream_headers(check(authz, "/docs/a?q=" + "x" * 5000, token=issuer.token("acme", "alice")))
+
+
+def test_a_counter_store_outage_is_not_reported_as_an_exhausted_quota(
+        store: RegistryStore, master_key: MasterKey, start_server: Callable[..., RunningServer]) -> None:
+    quotas = {"strict": {"limit": 5, "period": "day"}, "lenient": {"limit": 5, "period": "day",
+                                                                  "on_backend_error": "allow"}}
+    store.apply({"acme": tenant_doc("acme", quotas=quotas)}, key_factory=tenant_key_factory(master_key))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    running = start_server(master_key, quota_backend=f"redis://127.0.0.1:{closed}/0")
+    running.wait_synced(1)
+    stub = rls_pb2_grpc.RateLimitServiceStub(running.channel)
+    refused = stub.ShouldRateLimit(limit_request(("acme", "strict")))
+    assert refused.overall_code == RLS.OVER_LIMIT
+    assert json.loads(refused.raw_body)["reason"] == "QUOTA_BACKEND_UNAVAILABLE"
+    headers = {header.key for header in refused.response_headers_to_add}
+    assert "retry-after" in headers and not headers & {"ratelimit", "ratelimit-policy"}
+    allowed = stub.ShouldRateLimit(limit_request(("acme", "lenient")))
+    assert allowed.overall_code == RLS.OK and not allowed.response_headers_to_add
+
+
+def test_too_many_descriptors_are_refused(ratelimit: Any) -> None:
+    answer = ratelimit.ShouldRateLimit(limit_request(*[("acme", "api-requests")] * 65))
+    assert answer.overall_code == RLS.OVER_LIMIT and len(answer.statuses) == 65
+    assert json.loads(answer.raw_body)["reason"] == "INVALID_REQUEST"

@@ -113,19 +113,27 @@ class Decider:
         decision = self._access.check(snapshot, request)
         if isinstance(decision, Undecided):
             raise FailedPrecondition(decision.problem)
+        return decision, self._record(snapshot, request, decision)
+
+    def refuse(self, snapshot: Snapshot, request: AccessRequest, reason: Reason) -> str:
+        """Log and count a refusal made before the engine could be asked (a bearer token that verifies against
+        no tenant, when only the token could name the tenant); returns its decision id."""
+        return self._record(snapshot, request, Decision(False, reason))
+
+    def _record(self, snapshot: Snapshot, request: AccessRequest, decision: Decision) -> str:
         decision_id = self._ids.next()
         if self._decision_log is not None:
             self._decision_log.record(decision_id, request, decision, snapshot.revision)
         counter = self._decision_counters.get((request.tenant_id, decision.reason))
         if counter is None:
             # Unknown tenant ids share one label: callers must not be able to mint series.
-            label = ("_unknown" if decision.reason is Reason.TENANT_NOT_FOUND
-                     else metrics.tenant_label(request.tenant_id))
+            label = (metrics.tenant_label(request.tenant_id) if request.tenant_id in snapshot.tenants
+                     else "_unknown")
             counter = metrics.DECISIONS.labels(label, decision.reason.name)
             if len(self._decision_counters) < MAX_CACHED_SERIES:
                 self._decision_counters[(request.tenant_id, decision.reason)] = counter
         counter.inc()
-        return decision, decision_id
+        return decision_id
 
     async def verify_token(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> TokenResult:
         """Verify a bearer token with the verifier (and cache) that decisions use, compiling its possible

@@ -15,6 +15,9 @@ from cryptography.x509.oid import NameOID
 
 from tenantgate.identity import CALLER_METADATA
 
+# Longer principals are not parsed as certificate subjects (a subject's attributes are at most 64 characters).
+MAX_PRINCIPAL = 1024
+
 
 @functools.lru_cache(maxsize=1024)
 def identity_from_certificate(pem: bytes) -> str:
@@ -41,9 +44,16 @@ def _service_in_uri(uri: str) -> str:
 
 
 def identity_from_principal(principal: str) -> str:
-    """A peer principal as Envoy reports it (the certificate's URI SAN, else its DNS SAN or subject) named as
-    a certificate's caller is: ``service:<name>`` for a URI ending ``/service/<name>``, else
-    ``service:<principal>``."""
+    """A peer principal as Envoy reports it (the certificate's URI SAN, else its DNS SAN, else its subject as an
+    RFC 4514 string) named as a certificate's caller is: ``service:<name>`` for a URI ending ``/service/<name>``,
+    the subject's CN for a subject, else ``service:<principal>``."""
+    if "://" not in principal and "=" in principal and len(principal) <= MAX_PRINCIPAL:
+        try:
+            common = x509.Name.from_rfc4514_string(principal).get_attributes_for_oid(NameOID.COMMON_NAME)
+        except ValueError:
+            common = []
+        if common:
+            return f"service:{common[0].value!s}"
     return f"service:{_service_in_uri(principal) or principal}"
 
 

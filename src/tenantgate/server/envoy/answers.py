@@ -23,15 +23,16 @@ SUBJECT_TENANT_HEADER = "x-tenant-subject-tenant"
 SHADOW_HEADER = "x-tenantgate-shadow-decision"
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
+          503: code_pb2.UNAVAILABLE}
 # Printable ASCII but "%": what a header value keeps as it is; anything else is percent-encoded (RFC 3986).
 _HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 
 
 @dataclass(slots=True)
 class GateAnswer:
-    """What Envoy is told: ``status`` 200 lets the request through; 400, 401 or 403 refuses it; 503 (shadow
-    routes only) says the check could not be made."""
+    """What Envoy is told: ``status`` 200 lets the request through; 400, 401, 403 or 503 (a tenant this server
+    cannot read, or on a shadow route no snapshot) refuses it."""
 
     status: int
     reason: str

@@ -1,11 +1,12 @@
 """Envoy's external authorization (``envoy.service.auth.v3.Authorization/Check``) as a CheckAccess: an HTTP
 request Envoy holds becomes an access request (``requests.http_access``), the decider decides it as it decides
 every CheckAccess (same verifier and cache, decision log and metrics), and the decision becomes Envoy's answer:
-upstream headers on allow, a 401 / 403 / 400 response on refusal. Nothing is decided here.
+upstream headers on allow, a 400 / 401 / 403 / 503 response on refusal. Nothing is decided here.
 
 Caller input never becomes a gRPC error, which Envoy's ``failure_mode_allow`` could turn into an allow: a
-malformed request is refused with 400. Only a server that cannot decide at all (no snapshot, a snapshot staler
-than ``--max-staleness``, a tenant it cannot compile) answers UNAVAILABLE, and Envoy's failure mode decides."""
+malformed request is refused with 400, and one that needs a tenant this server cannot read with 503. Only a
+server that cannot decide at all (no snapshot, or one staler than ``--max-staleness``) answers UNAVAILABLE, and
+Envoy's failure mode decides."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             answer = await self._answer(attributes)
         except InvalidArgument as error:
             answer = GateAnswer(400, "INVALID_REQUEST", detail=error.message)
-        except (Unavailable, FailedPrecondition) as error:
+        except FailedPrecondition as error:
+            # A tenant this server cannot read: refused here with 503, not left to Envoy's failure mode, since
+            # a forged token can name any tenant.
+            answer = GateAnswer(503, "TENANT_UNAVAILABLE", detail=error.message)
+        except Unavailable as error:  # no snapshot, or a stale one: Envoy's failure mode decides
             if not shadow:
-                raise Unavailable(error.message) from None
+                raise
             answer = GateAnswer(503, "UNAVAILABLE", detail=error.message)
         return self._answers.response(answer, shadow)
 
@@ -53,9 +58,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             verified = await self._decider.verify_token(snapshot, request.token)
             if verified.token is None:
                 if verified.problem is TokenProblem.TENANT_UNAVAILABLE:
-                    raise Unavailable(verified.detail)
+                    raise FailedPrecondition(verified.detail)
                 reason = Reason.TOKEN_EXPIRED if verified.problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID
-                return GateAnswer(401, reason.name, detail=verified.detail, token_given=True)
+                decision_id = self._decider.refuse(snapshot, request, reason)
+                return GateAnswer(401, reason.name, decision_id=decision_id, revision=snapshot.revision,
+                                  detail=verified.detail, token_given=True)
             request.tenant_id = verified.token.tenant_id
         needed = self._decider.to_compile(snapshot, request)
         if needed:

@@ -4,8 +4,11 @@ ConsumeQuota: each descriptor names a tenant and one of its quotas with the entr
 (same counters, failure policy and metering as ConsumeQuota). Nothing is decided here.
 
 What a request gets (the README's "Behind Envoy" documents the same):
-- an unknown tenant, a malformed tenant id, a tenant that is not Active, descriptors naming more than one
-  tenant, or an amount ConsumeQuota refuses: OVER_LIMIT, never OK;
+- an unknown tenant, a malformed tenant id, a tenant that is not Active (or that this server cannot read),
+  descriptors naming more than one tenant, more than MAX_DESCRIPTORS descriptors, or an amount ConsumeQuota
+  refuses: OVER_LIMIT, never OK, with the reason in the body;
+- a counter store that cannot be reached: each quota's failure policy, as ConsumeQuota, with no RateLimit
+  headers (there are no counts to report) and the reason QUOTA_BACKEND_UNAVAILABLE when refused;
 - a quota the tenant does not declare, or a descriptor without both entries: OK for that descriptor with no
   limit, as envoyproxy/ratelimit answers a descriptor it has no limit for;
 - no snapshot, or one staler than ``--max-staleness``: UNAVAILABLE, and the filter's failure mode decides."""
@@ -22,13 +25,12 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from tenantgate.engines.quota import ItemOutcome, QuotaRequestItem
-from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tenantgate.engines.quota import MAX_ITEMS, ConsumeOutcome, ItemOutcome, QuotaRequestItem
+from tenantgate.errors import InvalidArgument
 from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
 from tenantgate.server import requests
 from tenantgate.server.decider import Decider
 from tenantgate.server.status import maps_errors
-from tenantgate.snapshot import Snapshot
 
 OK = rls_pb2.RateLimitResponse.OK
 OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -37,7 +39,8 @@ _UNITS_BY_SECONDS = {1: _Unit.SECOND, 60: _Unit.MINUTE, 3600: _Unit.HOUR, 86400:
 _UNITS_BY_PERIOD = {CalendarPeriod.DAY: _Unit.DAY, CalendarPeriod.WEEK: _Unit.WEEK, CalendarPeriod.MONTH: _Unit.MONTH}
 _PERIOD_SECONDS = {CalendarPeriod.DAY: 86400, CalendarPeriod.WEEK: 7 * 86400}
 _UINT32_MAX = (1 << 32) - 1
-_REFUSALS = {InvalidArgument: "INVALID_REQUEST", NotFound: "TENANT_NOT_FOUND", FailedPrecondition: "TENANT_NOT_ACTIVE"}
+# At most as many descriptors as ConsumeQuota takes items: more is refused, whatever they name.
+MAX_DESCRIPTORS = MAX_ITEMS
 
 
 @dataclass(slots=True)
@@ -47,15 +50,6 @@ class Named:
     tenant_id: str
     quota: str
     amount: int
-
-
-class Refused(Exception):
-    """Not an error: the answer is OVER_LIMIT, with why in its body."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 def _named(request: rls_pb2.RateLimitRequest) -> list[Named | None]:
@@ -82,33 +76,30 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
                               context: grpc.aio.ServicerContext) -> rls_pb2.RateLimitResponse:
         snapshot = self._decider.snapshot()
+        if len(request.descriptors) > MAX_DESCRIPTORS:
+            return _refused(len(request.descriptors), "INVALID_REQUEST",
+                            f"at most {MAX_DESCRIPTORS} descriptors per request, got {len(request.descriptors)}")
         named = _named(request)
-        try:
-            return await self._consume(snapshot, named)
-        except Refused as refusal:
-            return _refused(len(named), refusal)
-
-    async def _consume(self, snapshot: Snapshot, named: Sequence[Named | None]) -> rls_pb2.RateLimitResponse:
         tenants = {each.tenant_id for each in named if each is not None}
         if not tenants:
             return rls_pb2.RateLimitResponse(overall_code=OK, statuses=[_unlimited() for _ in named])
         if len(tenants) > 1:
-            raise Refused("INVALID_REQUEST", "the descriptors of one request must name one tenant, not "
-                                             f"{len(tenants)}")
+            return _refused(len(named), "INVALID_REQUEST",
+                            f"the descriptors of one request must name one tenant, not {len(tenants)}")
         tenant_id = tenants.pop()
         try:
             requests.tenant_id(tenant_id, known_tenants=snapshot.tenants)
         except InvalidArgument as error:
-            raise Refused("INVALID_REQUEST", error.message) from None
+            return _refused(len(named), "INVALID_REQUEST", error.message)
         tenant = snapshot.tenants.get(tenant_id)
         if tenant is None:
-            raise Refused("TENANT_NOT_FOUND", f"unknown tenant {tenant_id!r}")
+            return _refused(len(named), "TENANT_NOT_FOUND", f"unknown tenant {tenant_id!r}")
         if tenant.state is not TenantState.ACTIVE:
-            raise Refused("TENANT_NOT_ACTIVE", f"tenant {tenant_id!r} is {tenant.state.value}")
+            return _refused(len(named), "TENANT_NOT_ACTIVE", f"tenant {tenant_id!r} is {tenant.state.value}")
         if tenant.built is None:
             await self._decider.compile_tenant(snapshot, tenant_id)
             if tenant.built is None:
-                raise Unavailable(tenant.problem)
+                return _refused(len(named), "TENANT_UNAVAILABLE", tenant.problem)
         declared = tenant.built.spec.quotas
         amounts: dict[str, int] = {}
         for each in named:
@@ -119,8 +110,12 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         try:
             outcome = await self._decider.consume(snapshot, tenant_id, [QuotaRequestItem(quota, amount)
                                                                          for quota, amount in amounts.items()])
-        except (InvalidArgument, NotFound, FailedPrecondition) as error:
-            raise Refused(_REFUSALS[type(error)], error.message) from None
+        except InvalidArgument as error:  # an amount out of range
+            return _refused(len(named), "INVALID_REQUEST", error.message)
+        return self._answer(named, declared, outcome)
+
+    def _answer(self, named: Sequence[Named | None], declared: Mapping[str, QuotaSpec],
+                outcome: ConsumeOutcome) -> rls_pb2.RateLimitResponse:
         items = {item.quota: item for item in outcome.items}
         response = rls_pb2.RateLimitResponse(overall_code=OK if outcome.allowed else OVER_LIMIT)
         for each in named:
@@ -128,14 +123,22 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             item = items.get(each.quota) if each is not None else None
             if item is None:
                 status.code = OK
+            elif outcome.degraded:  # answered by the failure policy: no counts to report
+                status.code = OK if item.allowed or item.shadow else OVER_LIMIT
             else:
                 self._limits.describe(status, declared[item.quota], item)
-        self._limits.add_headers(response.response_headers_to_add, declared, outcome.items, outcome.allowed)
+        headers = response.response_headers_to_add
+        if not outcome.degraded:
+            self._limits.add_headers(headers, declared, outcome.items)
         if not outcome.allowed:
+            retry_after = _retry_after(outcome.items)
+            headers.add(key="retry-after", value=str(retry_after))
             exceeded = [item.quota for item in outcome.items if not item.allowed and not item.shadow]
-            response.raw_body = json.dumps({"allowed": False, "reason": "QUOTA_EXCEEDED", "quotas": exceeded,
-                                            "retry_after": _retry_after(outcome.items)}).encode()
-            response.response_headers_to_add.add(key="content-type", value="application/json")
+            # A counter store that cannot be reached is not an exhausted quota: the body says which it is.
+            reason = "QUOTA_BACKEND_UNAVAILABLE" if outcome.degraded else "QUOTA_EXCEEDED"
+            response.raw_body = json.dumps({"allowed": False, "reason": reason, "quotas": exceeded,
+                                            "retry_after": retry_after}).encode()
+            headers.add(key="content-type", value="application/json")
         return response
 
 
@@ -143,12 +146,13 @@ def _unlimited() -> rls_pb2.RateLimitResponse.DescriptorStatus:
     return rls_pb2.RateLimitResponse.DescriptorStatus(code=OK)
 
 
-def _refused(descriptors: int, refusal: Refused) -> rls_pb2.RateLimitResponse:
+def _refused(descriptors: int, reason: str, detail: str) -> rls_pb2.RateLimitResponse:
+    """OVER_LIMIT for every descriptor of a request that cannot be counted, with why in the body."""
     return rls_pb2.RateLimitResponse(
         overall_code=OVER_LIMIT,
         statuses=[rls_pb2.RateLimitResponse.DescriptorStatus(code=OVER_LIMIT) for _ in range(descriptors)],
         response_headers_to_add=[base_pb2.HeaderValue(key="content-type", value="application/json")],
-        raw_body=json.dumps({"allowed": False, "reason": refusal.reason, "detail": refusal.detail}).encode())
+        raw_body=json.dumps({"allowed": False, "reason": reason, "detail": detail}).encode())
 
 
 class LimitDescriptions:
@@ -183,17 +187,13 @@ class LimitDescriptions:
             status.duration_until_reset.seconds = whole
             status.duration_until_reset.nanos = int((item.reset_after - whole) * 1e9)
 
-    def add_headers(self, headers: Any, declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome],
-                    allowed: bool) -> None:
-        """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota;
-        Retry-After (whole seconds) when the request is refused."""
+    def add_headers(self, headers: Any, declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome]) -> None:
+        """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota."""
         policies = ", ".join(self._of(declared[item.quota])[1] for item in items)
         states = ", ".join(f'"{item.quota}";r={max(item.remaining, 0)};t={math.ceil(item.reset_after)}'
                            for item in items)
         headers.add(key="ratelimit-policy", value=policies)
         headers.add(key="ratelimit", value=states)
-        if not allowed:
-            headers.add(key="retry-after", value=str(_retry_after(items)))
 
 
 def _window(spec: QuotaSpec) -> int:

@@ -25,6 +25,7 @@ from tenantgate.server.identity import identity_from_principal
 
 TENANT_HEADER = "x-tenant-id"
 ENVIRONMENT_HEADER = "x-tenant-environment"
+TENANT_EXTENSION = "context_extensions.tenant_id"
 
 
 @dataclass(slots=True)
@@ -36,18 +37,24 @@ class Refusal:
     token_given: bool = False
 
 
+AUTHORIZATION_HEADER = "authorization"
+# The only headers the mapping reads.
+_READ = (AUTHORIZATION_HEADER, TENANT_HEADER, ENVIRONMENT_HEADER)
+
+
 def headers_of(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Mapping[str, str]:
-    """The request headers, by lower-case name: Envoy sends them as a map, or (``encode_raw_headers``) as a
-    list, where a repeated header is joined with commas as the map would have it."""
+    """The request headers the mapping reads, by lower-case name. Envoy sends them as a map, or (with
+    ``encode_raw_headers``) as a list, where a repeated header is joined with commas as the map has it; the
+    list is read once, keeping only those headers, so its length costs linear time whatever it repeats."""
     if http.headers or not http.HasField("header_map"):
         headers: Mapping[str, str] = http.headers
         return headers
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for header in http.header_map.headers:
         key = header.key.lower()
-        value = header.value or header.raw_value.decode("utf-8", "replace")
-        found[key] = f"{found[key]},{value}" if key in found else value
-    return found
+        if key in _READ:
+            found.setdefault(key, []).append(header.value or header.raw_value.decode("utf-8", "replace"))
+    return {key: ",".join(values) for key, values in found.items()}
 
 
 def http_access(attributes: attribute_context_pb2.AttributeContext,
@@ -58,18 +65,23 @@ def http_access(attributes: attribute_context_pb2.AttributeContext,
     extensions = attributes.context_extensions
     http = attributes.request.http
     headers = headers_of(http)
-    tenant_id = extensions.get("tenant_id") or headers.get(TENANT_HEADER, "")
+    tenant_id = extensions.get("tenant_id", "")
     if tenant_id:
-        requests.tenant_id(tenant_id, field=TENANT_HEADER, known_tenants=known_tenants)
+        requests.tenant_id(tenant_id, field=TENANT_EXTENSION, known_tenants=known_tenants)
+    else:
+        tenant_id = headers.get(TENANT_HEADER, "")
+        if tenant_id:
+            requests.tenant_id(tenant_id, field=TENANT_HEADER, known_tenants=known_tenants)
     action = requests.require_text(extensions.get("action") or action_for_method(http.method), "action",
                                    requests.MAX_ACTION)
-    if len(http.path) > requests.MAX_RESOURCE:
-        raise InvalidArgument(f"the path is {len(http.path)} characters long; the maximum is "
-                              f"{requests.MAX_RESOURCE}", field="path")
+    # The query string is not part of the resource and may be long (search APIs): only the path is bounded.
     resource = resource_for_path(http.path, extensions.get("strip_prefix", ""))
+    if len(resource) > requests.MAX_RESOURCE:
+        raise InvalidArgument(f"the path is {len(resource)} characters long; the maximum is "
+                              f"{requests.MAX_RESOURCE}", field="path")
     environment = requests.bounded_text(extensions.get("environment") or headers.get(ENVIRONMENT_HEADER, ""),
                                         ENVIRONMENT_HEADER, requests.MAX_ID)
-    token = bearer_token(headers.get("authorization", ""))
+    token = bearer_token(headers.get(AUTHORIZATION_HEADER, ""))
     if token is not None:
         if not token or len(token) > MAX_TOKEN_BYTES:
             return Refusal("TOKEN_INVALID", "the bearer token is empty or too long", token_given=True)
