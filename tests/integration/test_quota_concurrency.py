@@ -12,10 +12,11 @@ from tests.conftest import RunningServer, tenant_doc
 
 
 def test_200_concurrent_consumes_against_a_limit_of_50_admit_exactly_50(
-        store: RegistryStore, start_server: Callable[..., RunningServer]) -> None:
+        store: RegistryStore, quota_backend: tuple[str, str], start_server: Callable[..., RunningServer]) -> None:
     store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 50, "period": "day"},
                                                     "seats": {"allocation": 50}})})
-    server = start_server()
+    url, prefix = quota_backend  # memory, one Redis, a Redis Cluster
+    server = start_server(quota_backend=url, quota_prefix=prefix)
     server.wait_synced(1)
 
     async def hammer(quota: str) -> list[bool]:

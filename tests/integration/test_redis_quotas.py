@@ -1,5 +1,6 @@
-"""What only the Redis quota backend has to prove: its clock, its calendar arithmetic, batching, exactness
-across processes, and riding out a Redis outage."""
+"""What only the Redis quota backends have to prove: their clock, the calendar arithmetic, batching,
+exactness across processes, reloading a lost script (on one Redis and on a 3-primary Redis Cluster), and
+riding out a Redis outage (one Redis here; a cluster's failover is in test_redis_cluster.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -18,25 +21,55 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from tenantgate.clock import FakeClock
-from tenantgate.counters.redis import RedisCounterStore
+from tenantgate.counters import open_counter_store
 from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem, calendar_window
 from tenantgate.model import CalendarPeriod
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import RunningServer, snapshot_of, tenant_doc
+from tests.conftest import RedisCluster, RunningServer, snapshot_of, tenant_doc
 from tests.faults import TcpProxy
 
 QUOTAS = {"api": {"rate": "1/minute", "burst": 2}, "jobs": {"limit": 100, "period": "day"}}
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A Redis quota backend under test: its URL, the test's key prefix, and the Redis servers behind it."""
+
+    url: str
+    prefix: str
+    servers: list[redis.Redis]  # one, or each primary of the cluster
+
+    def flush_scripts(self) -> None:
+        """What a Redis restart or a failover to a replica does to loaded scripts."""
+        for server in self.servers:
+            server.script_flush()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each test that takes it runs on one Redis and on the run's 3-primary Redis Cluster."""
+    if request.param == "redis":
+        url = str(request.getfixturevalue("redis_url"))
+        servers = [redis.Redis.from_url(url)]
+        chosen = Backend(url, str(request.getfixturevalue("redis_prefix")), servers)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster_nodes")
+        servers = [redis.Redis(port=port) for port in cluster.primaries()]
+        chosen = Backend(cluster.url, str(request.getfixturevalue("cluster_prefix")), servers)
+    yield chosen
+    for server in servers:
+        server.close()
+
+
 @pytest.fixture
-async def redis_store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisCounterStore]:
-    opened = RedisCounterStore(redis_url, prefix=redis_prefix)
+async def redis_store(backend: Backend) -> AsyncIterator[Any]:
+    opened = open_counter_store(backend.url, prefix=backend.prefix)
     yield opened
     await opened.close()
 
 
-async def test_refill_follows_the_redis_clock_not_the_callers(redis_store: RedisCounterStore) -> None:
+async def test_refill_follows_the_redis_clock_not_the_callers(redis_store: Any) -> None:
     clock = FakeClock(time.time())
     engine = QuotaEngine(redis_store, clock=clock)
     snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
@@ -61,7 +94,7 @@ def test_the_scripts_calendar_windows_match_pythons(redis_url: str) -> None:
     client.close()
 
 
-async def test_concurrent_consumes_share_round_trips(redis_store: RedisCounterStore) -> None:
+async def test_concurrent_consumes_share_round_trips(redis_store: Any) -> None:
     engine = QuotaEngine(redis_store)
     snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
     outcomes = await asyncio.gather(*(engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 1)])
@@ -71,20 +104,18 @@ async def test_concurrent_consumes_share_round_trips(redis_store: RedisCounterSt
 
 
 async def test_a_script_cache_lost_by_redis_is_reloaded_and_the_call_counted_once(
-        redis_store: RedisCounterStore, redis_url: str) -> None:
+        redis_store: Any, backend: Backend) -> None:
     engine = QuotaEngine(redis_store)
     snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
     assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 60)])).allowed
-    client = redis.Redis.from_url(redis_url)
-    client.script_flush()  # what a Redis restart or failover does to loaded scripts
-    client.close()
+    backend.flush_scripts()
     assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 40)])).allowed
     assert not (await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 1)])).allowed
 
 
 def _hammer(redis_url: str, prefix: str, callers: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> int:
-        store = RedisCounterStore(redis_url, prefix=prefix)
+        store = open_counter_store(redis_url, prefix=prefix)
         engine = QuotaEngine(store)
         snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
         outcomes = await asyncio.gather(*(engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 1)])
@@ -95,11 +126,11 @@ def _hammer(redis_url: str, prefix: str, callers: int, results: multiprocessing.
     results.put(asyncio.run(run()))
 
 
-def test_four_processes_of_fifty_callers_admit_exactly_the_limit(redis_url: str, redis_prefix: str) -> None:
+def test_four_processes_of_fifty_callers_admit_exactly_the_limit(backend: Backend) -> None:
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
     # Daemons, ended below whatever happens: a hung child must not hold the test run up at exit.
-    processes = [context.Process(target=_hammer, args=(redis_url, redis_prefix, 50, results), daemon=True)
+    processes = [context.Process(target=_hammer, args=(backend.url, backend.prefix, 50, results), daemon=True)
                  for _ in range(4)]
     try:
         for process in processes:

@@ -2,11 +2,12 @@
 through redis-py's asyncio cluster client.
 
 Every key of one call carries the tenant as its hash tag, so each call runs whole on the primary that owns the
-tenant's slot, its idempotency record beside it. A batch is split by node and each node's share goes as one
-pipeline, all nodes at once, each under the deadline: a node that fails or stalls fails only the calls for its
-slots (answered by each quota's failure policy), never the others. After a failover the client follows the new
-slot map (MOVED, then a refresh), and a promoted replica that lacks the script gets it on first use (NOSCRIPT).
-The cluster is healthy while every primary answers; a failed node stops counting once it is no longer a primary.
+tenant's slot, its idempotency record beside it. Calls are queued by node (a lane each, ``RedisCounterStore``): each
+node has its own pipeline in flight, under the deadline, so a node that fails or stalls holds up and fails only
+the calls for its slots (answered by each quota's failure policy), never the others. After a failover the client
+follows the new slot map (MOVED, and a refresh in the background), and a promoted replica that lacks the script
+gets it on first use (NOSCRIPT). The cluster is healthy while every primary answers; a failed node stops counting
+once it is no longer a primary.
 """
 
 from __future__ import annotations
@@ -65,104 +66,120 @@ def cluster_settings(url: str) -> dict[str, Any]:
 class ClusterScripts:
     def __init__(self, url: str, *, script: str, timeout: float) -> None:
         # No retries: redis-py retries a pipeline that met a connection error by closing every connection of the
-        # client, the other nodes' shares of the batch included. A node that does not answer fails fast instead,
-        # the calls for its slots are answered by their failure policy, and the slot map is read again before
-        # the next batch (``_refresh``). Redirections (MOVED, ASK) are followed without retries. Slots without a
-        # primary (one down, its replica not yet promoted) do not stop the others.
+        # client, the other nodes' lanes included. A node that does not answer fails fast instead, the calls
+        # for its slots are answered by their failure policy, and the slot map is read again in the background
+        # (``_refresh``). Redirections (MOVED, ASK) are followed without retries. Slots without a primary (one
+        # down, its replica not yet promoted) do not stop the others.
         self._cluster = RedisCluster(**cluster_settings(url), socket_timeout=timeout, socket_connect_timeout=timeout,
                                      retry=Retry(NoBackoff(), 0), require_full_coverage=False)
         self._script = script
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self._timeout = timeout
-        # Nodes whose last batch failed: the cluster is unhealthy while one of them is a primary.
+        # Lanes (nodes) whose last batch failed: the cluster is unhealthy while one of them is a primary.
         self._failed: set[str] = set()
-        # When the slot map was last read again after a failure (loop time); at most every REFRESH_INTERVAL.
-        self._refreshed = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed = 0.0  # loop time of the last refresh
         self.healthy = True
         self.round_trips = 0
 
-    async def evaluate(self, calls: list[ScriptCall]) -> list[Any]:
-        await self._cluster.initialize()
-        if self._failed:
-            await self._refresh()
-        replies: list[Any] = [None] * len(calls)
-        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for index, (keys, _) in enumerate(calls):
-            try:
-                node = self._cluster.get_node_from_key(keys[0])
-            except redis_errors.RedisError as exc:  # its slot has no primary now
-                replies[index] = exc
-                continue
-            if node is None:
-                replies[index] = redis_errors.RedisError(f"no node serves the slot of {keys[0]!r}")
-                continue
-            by_node.setdefault(node.name, (node, []))[1].append(index)
-        outcomes = await asyncio.gather(*(self._run(node, [calls[i] for i in indexes])
-                                          for node, indexes in by_node.values()), return_exceptions=True)
-        for (name, (_, indexes)), outcome in zip(by_node.items(), outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                self._failed.add(name)
-                for index in indexes:
-                    replies[index] = outcome
-            else:
-                self._failed.discard(name)
-                for index, reply in zip(indexes, outcome, strict=True):
-                    replies[index] = reply
-        self.round_trips += len(by_node)
-        self.healthy = not self._failed & {node.name for node in self._cluster.get_primaries()}
+    def lane_of(self, key: str) -> str:
+        try:
+            node = self._cluster.get_node_from_key(key)
+        except (redis_errors.RedisError, redis_errors.RedisClusterException):  # no slot map yet, or no primary
+            return ""
+        return node.name if node is not None else ""
+
+    async def evaluate(self, lane: str, calls: list[ScriptCall]) -> list[Any]:
+        """One pipeline with the lane's calls (routed by key by redis-py, so a call whose slot moved follows
+        it; the lane "" holds calls made before the slot map was known)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._cluster.initialize()
+                replies = await self._pipeline(calls)
+                failure = next((reply for reply in replies if isinstance(reply, _NODE_FAILURES)), None)
+                if failure is not None:  # the node, not the script: fail the lane's batch
+                    raise failure
+                if any(missing_script(reply) for reply in replies):
+                    node = self._cluster.get_node(node_name=lane) if lane else None
+                    await self._cluster.execute_command("SCRIPT LOAD", self._script,
+                                                        target_nodes=node or RedisCluster.PRIMARIES)
+                    replies = await self._pipeline(calls)
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+            self._failed.add(lane)
+            self._update_health()
+            self._refresh_soon()
+            if isinstance(exc, (redis_errors.RedisError, OSError)):
+                raise
+            raise redis_errors.ConnectionError(str(exc)) from exc
+        self.round_trips += 1
+        if lane in self._failed:
+            self._failed.discard(lane)
+            self._update_health()
         return replies
 
-    async def _refresh(self) -> None:
-        """Read the slot map again while a node fails, so that calls follow a promoted replica."""
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
+        pipeline = self._cluster.pipeline()
+        for keys, args in calls:
+            # execute_command: redis-py's cluster pipeline refuses its evalsha method, not the command.
+            pipeline.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipeline.execute(raise_on_error=False)
+        return replies
+
+    def _update_health(self) -> None:
+        primaries = {node.name for node in self._cluster.get_primaries()}
+        self.healthy = not (self._failed & primaries or "" in self._failed)
+
+    def _refresh_soon(self) -> None:
+        """Read the slot map again in the background (at most every REFRESH_INTERVAL), so that calls follow a
+        promoted replica without waiting for one to fail first."""
         now = asyncio.get_running_loop().time()
-        if now - self._refreshed < REFRESH_INTERVAL:
+        if (self._refreshing is not None and not self._refreshing.done()) or now - self._refreshed < REFRESH_INTERVAL:
             return
         self._refreshed = now
+        self._refreshing = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._cluster.nodes_manager.initialize()
-        except (redis_errors.RedisError, OSError):
-            pass  # no node answered: the batch fails as it would have, and the next one tries again
-
-    async def _run(self, node: ClusterNode, calls: list[ScriptCall]) -> list[Any]:
-        """One node's share of a batch, as one pipeline (routed by key: a call whose slot moved follows it)."""
-        for _ in range(2):
-            pipeline = self._cluster.pipeline()
-            for keys, args in calls:
-                pipeline.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            async with asyncio.timeout(self._timeout):
-                replies: list[Any] = await pipeline.execute(raise_on_error=False)
-            for reply in replies:
-                if isinstance(reply, _NODE_FAILURES):  # the node, not the call: fail its share of the batch
-                    raise reply
-            if not any(missing_script(reply) for reply in replies):
-                break
-            async with asyncio.timeout(self._timeout):
-                await self._cluster.execute_command("SCRIPT LOAD", self._script, target_nodes=node)
-        return replies
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
+            return  # no node answered: the next failure tries again
+        self._update_health()
 
     async def ping(self) -> None:
-        await self._cluster.initialize()
-        await awaitable(self._cluster.ping(target_nodes=RedisCluster.PRIMARIES))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._cluster.initialize()
+                await awaitable(self._cluster.ping(target_nodes=RedisCluster.PRIMARIES))
+        except redis_errors.RedisClusterException as exc:
+            raise redis_errors.ConnectionError(str(exc)) from exc
         self._failed.clear()
         self.healthy = True
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = await awaitable(self._cluster.hgetall(key))
+        try:
+            found: dict[bytes, bytes] = await awaitable(self._cluster.hgetall(key))
+        except redis_errors.RedisClusterException as exc:
+            raise redis_errors.ConnectionError(str(exc)) from exc
         return found
 
     async def persistence_settings(self) -> list[PersistenceReport]:
-        await self._cluster.initialize()
-        reports: list[PersistenceReport] = []
-        for node in self._cluster.get_primaries():
-            try:
-                settings = {**await awaitable(self._cluster.config_get("appendonly", target_nodes=node)),
-                            **await awaitable(self._cluster.config_get("save", target_nodes=node))}
-                reports.append((node.name, settings, None))
-            except redis_errors.ResponseError:  # CONFIG disabled or not permitted
-                reports.append((node.name, None, await awaitable(self._cluster.info("persistence",
-                                                                                     target_nodes=node))))
+        try:
+            await self._cluster.initialize()
+            reports: list[PersistenceReport] = []
+            for node in self._cluster.get_primaries():
+                try:
+                    settings = {**await awaitable(self._cluster.config_get("appendonly", target_nodes=node)),
+                                **await awaitable(self._cluster.config_get("save", target_nodes=node))}
+                    reports.append((node.name, settings, None))
+                except redis_errors.ResponseError:  # CONFIG disabled or not permitted
+                    reports.append((node.name, None, await awaitable(self._cluster.info("persistence",
+                                                                                         target_nodes=node))))
+        except redis_errors.RedisClusterException as exc:
+            raise redis_errors.ConnectionError(str(exc)) from exc
         return reports
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         await self._cluster.aclose()

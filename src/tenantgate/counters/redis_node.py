@@ -27,7 +27,10 @@ class NodeScripts:
         self.healthy = True
         self.round_trips = 0
 
-    async def evaluate(self, calls: list[ScriptCall]) -> list[Any]:
+    def lane_of(self, key: str) -> str:
+        return ""
+
+    async def evaluate(self, lane: str, calls: list[ScriptCall]) -> list[Any]:
         """Each call's reply (or its ResponseError) in order; raises RedisError or OSError when Redis cannot be
         reached, for the whole batch. Loads the script again if the server lost it (a restart, SCRIPT FLUSH)."""
         self.healthy = False

@@ -36,17 +36,25 @@ def missing_script(reply: Any) -> bool:
 
 
 class ScriptTransport(Protocol):
+    """Raises only RedisError or OSError for a backend it cannot reach: its client's own errors are turned
+    into those at this boundary."""
+
     # False once a batch could not reach (part of) the backend; True again once it answers everywhere.
     healthy: bool
     round_trips: int
 
-    async def evaluate(self, calls: list[ScriptCall]) -> list[Any]:
-        """Each call's reply, in order; a call that failed gets its exception in its place. Raises RedisError or
-        OSError when no call could be sent."""
+    def lane_of(self, key: str) -> str:
+        """The server a call on ``key`` goes to, as a name ("" when there is one, or it is not known yet): each
+        lane has one pipeline in flight, so that a stalled server holds up its own calls only."""
+        ...
+
+    async def evaluate(self, lane: str, calls: list[ScriptCall]) -> list[Any]:
+        """Each call's reply, in order, a script error in its place; raises when the lane's server cannot be
+        reached."""
         ...
 
     async def ping(self) -> None:
-        """Raises RedisError or OSError unless every server answers."""
+        """Raises unless every server answers."""
         ...
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]: ...

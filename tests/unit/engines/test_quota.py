@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -324,20 +325,23 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_an_unreachable_counter_backend_is_answered_by_each_quotas_policy(clock: FakeClock) -> None:
-    """Never a silent allow: each item gets its quota's stated policy, else the engine's (deny by default)."""
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}"])
+async def test_an_unreachable_counter_backend_is_answered_by_each_quotas_policy(clock: FakeClock, url: str) -> None:
+    """Never a silent allow: each item gets its quota's stated policy, else the engine's (deny by default); on
+    one Redis and on a Redis Cluster none of whose nodes can be reached."""
     snapshot = snapshot_of(tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"},
                                                       "reads": {"limit": 100, "period": "day",
                                                                 "on_backend_error": "allow"}}))
-    counters = open_counter_store(f"redis://127.0.0.1:{_closed_port()}/0")  # nothing listens there
+    counters = open_counter_store(url.format(port=_closed_port()))  # nothing listens there
     try:
-        strict = await QuotaEngine(counters, clock=clock).consume(
-            snapshot, "acme", [QuotaRequestItem("jobs", 1), QuotaRequestItem("reads", 1)])
-        assert (strict.allowed, strict.degraded) == (False, True)
-        assert [(i.quota, i.allowed, i.remaining, i.retry_after) for i in strict.items] == [
-            ("jobs", False, 0, 1.0), ("reads", True, 0, 0.0)]
-        lenient = await QuotaEngine(counters, clock=clock, on_backend_error="allow").consume(
-            snapshot, "acme", [QuotaRequestItem("jobs", 1)])
-        assert (lenient.allowed, lenient.degraded, lenient.items[0].allowed) == (True, True, True)
+        async with asyncio.timeout(10):  # answered, never left hanging
+            strict = await QuotaEngine(counters, clock=clock).consume(
+                snapshot, "acme", [QuotaRequestItem("jobs", 1), QuotaRequestItem("reads", 1)])
+            assert (strict.allowed, strict.degraded) == (False, True)
+            assert [(i.quota, i.allowed, i.remaining, i.retry_after) for i in strict.items] == [
+                ("jobs", False, 0, 1.0), ("reads", True, 0, 0.0)]
+            lenient = await QuotaEngine(counters, clock=clock, on_backend_error="allow").consume(
+                snapshot, "acme", [QuotaRequestItem("jobs", 1)])
+            assert (lenient.allowed, lenient.degraded, lenient.items[0].allowed) == (True, True, True)
     finally:
         await counters.close()
