@@ -51,15 +51,18 @@ protos: venv
 		--grpc_python_out=generated $(sort $(wildcard protos/tenantgate/v1/*.proto))
 
 # Benchmarks are never part of `make test`; results go to benchmarks/results/. The gRPC load runs need
-# h2load (Debian: apt-get install nghttp2-client) and use Redis on 127.0.0.1:6379 when it is there.
+# h2load (Debian: apt-get install nghttp2-client) and use Redis on 127.0.0.1:6379 when it is there; the cluster
+# benchmark starts its own redis-server nodes (needs redis-server and redis-cli), the replicas one PostgreSQL.
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/peers_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
+	$(BIN)/python benchmarks/replicas_bench.py
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/grpc_bench.py && \
 	$(BIN)/python benchmarks/workers_bench.py && \
-	$(BIN)/python benchmarks/gateway_bench.py; \
+	$(BIN)/python benchmarks/gateway_bench.py && \
+	$(BIN)/python benchmarks/cluster_bench.py; \
 	else echo "h2load not found: apt-get install -y nghttp2-client for the gRPC load benchmarks"; fi
 
 # Mixed load against a real server for SOAK_SECONDS (default 600); fails on any error or RSS that keeps growing.

@@ -43,7 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import TENANTGATE, RedisCluster, tenant_doc
+from tests.conftest import TENANTGATE, tenant_doc
+from tests.redis_cluster import RedisCluster
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -26,8 +26,9 @@ from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem, calendar_win
 from tenantgate.model import CalendarPeriod
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import RedisCluster, RunningServer, snapshot_of, tenant_doc
+from tests.conftest import RunningServer, snapshot_of, tenant_doc
 from tests.faults import TcpProxy
+from tests.redis_cluster import RedisCluster
 
 QUOTAS = {"api": {"rate": "1/minute", "burst": 2}, "jobs": {"limit": 100, "period": "day"}}
 
