@@ -19,16 +19,19 @@ from urllib.parse import parse_qs
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script
+from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script, send_calls
 from tenantgate.errors import ConfigurationError
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
 # Replies that say the node cannot serve the call (unreachable, or refusing while the cluster is down), as
 # opposed to the script's own errors.
 REFRESH_INTERVAL = 0.5
+# Replies that say the call's slot is served elsewhere now.
+_REDIRECTIONS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
 _NODE_FAILURES = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError,
                   redis_errors.SlotNotCoveredError)
 # TLS settings a cluster URL may carry as query parameters, passed on to redis-py as they are.
@@ -78,6 +81,8 @@ class ClusterScripts:
         # Lanes (nodes) whose last batch failed: the cluster is unhealthy while one of them is a primary.
         self._failed: set[str] = set()
         self._refreshing: asyncio.Task[None] | None = None
+        # A connection of each lane's own to its node (one pipeline in flight per lane: no pool needed).
+        self._connections: dict[str, AbstractConnection] = {}
         self._refreshed = 0.0  # loop time of the last refresh
         self.healthy = True
         self.round_trips = 0
@@ -90,20 +95,29 @@ class ClusterScripts:
         return node.name if node is not None else ""
 
     async def evaluate(self, lane: str, calls: list[ScriptCall]) -> list[Any]:
-        """One pipeline with the lane's calls (routed by key by redis-py, so a call whose slot moved follows
-        it; the lane "" holds calls made before the slot map was known)."""
+        """One pipeline with the lane's calls on a connection of the lane's own to its node. Calls whose slot
+        has moved (MOVED, ASK, TRYAGAIN: a failover or a resharding) and calls made before the slot map was
+        known (the lane "") go through redis-py's cluster pipeline, which follows redirections."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._cluster.initialize()
-                replies = await self._pipeline(calls)
+                node = self._cluster.get_node(node_name=lane) if lane else None
+                replies = await (self._on_node(node, calls) if node is not None else self._pipeline(calls))
                 failure = next((reply for reply in replies if isinstance(reply, _NODE_FAILURES)), None)
                 if failure is not None:  # the node, not the script: fail the lane's batch
                     raise failure
-                if any(missing_script(reply) for reply in replies):
-                    node = self._cluster.get_node(node_name=lane) if lane else None
-                    await self._cluster.execute_command("SCRIPT LOAD", self._script,
-                                                        target_nodes=node or RedisCluster.PRIMARIES)
-                    replies = await self._pipeline(calls)
+                for _ in range(2):
+                    again = [index for index, reply in enumerate(replies)
+                             if isinstance(reply, _REDIRECTIONS) or missing_script(reply)]
+                    if not again:
+                        break
+                    if any(missing_script(replies[index]) for index in again):
+                        await self._cluster.execute_command("SCRIPT LOAD", self._script,
+                                                            target_nodes=node or RedisCluster.PRIMARIES)
+                    if any(isinstance(replies[index], _REDIRECTIONS) for index in again):
+                        self._refresh_soon()
+                    for index, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
+                        replies[index] = reply
         except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
             self._failed.add(lane)
             self._update_health()
@@ -116,6 +130,14 @@ class ClusterScripts:
             self._failed.discard(lane)
             self._update_health()
         return replies
+
+    async def _on_node(self, node: ClusterNode, calls: list[ScriptCall]) -> list[Any]:
+        connection = self._connections.get(node.name)
+        if connection is None:
+            # The node's settings, less the per-read timeout: the round trip has one of its own.
+            connection = self._connections[node.name] = node.connection_class(
+                **{**node.connection_kwargs, "socket_timeout": None})
+        return await send_calls(connection, self._sha, calls)
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         pipeline = self._cluster.pipeline()
@@ -182,4 +204,6 @@ class ClusterScripts:
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
+        for connection in self._connections.values():
+            await connection.disconnect()
         await self._cluster.aclose()

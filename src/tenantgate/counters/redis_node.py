@@ -1,7 +1,6 @@
 """Script calls on one Redis server: each batch is one pipeline on the store's own connection, under one
-deadline. Only one batch is in flight at a time (``RedisCounterStore``), so it needs no pool, and redis-py's
-connection layer does the protocol: its pipeline object around it cost about 90 us of CPU per round trip more on
-the benchmark machine, and a timeout per reply instead of one per round trip."""
+deadline (``scripts.send_calls``). Only one batch is in flight at a time (``RedisCounterStore``), so it needs no
+pool."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script
+from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script, send_calls
 
 
 class NodeScripts:
@@ -42,20 +41,8 @@ class NodeScripts:
         if not self._sha:
             self._sha = await self._redis.script_load(self._script)
         for _ in range(2):
-            commands = [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]
-            replies: list[Any] = []
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                    for _ in commands:
-                        try:
-                            replies.append(await connection.read_response())
-                        except ResponseError as exc:  # that reply only; the stream stays in step
-                            replies.append(exc)
-            except BaseException:
-                # A reply may still be on its way: the connection is out of step, so it is dropped.
-                await connection.disconnect(nowait=True)
-                raise
+            async with asyncio.timeout(self._timeout):
+                replies = await send_calls(connection, self._sha, calls)
             self.round_trips += 1
             self.healthy = True
             if not any(missing_script(reply) for reply in replies):
