@@ -507,10 +507,10 @@ def markdown(report: dict[str, Any]) -> str:
     one, *clusters = report["in_process"]
     lines += ["", f"Reading: in process the client spends {one['client_cpu_us_per_consume']:.0f} µs per consume on one "
               f"Redis and {statistics.fmean(r['client_cpu_us_per_consume'] for r in clusters):.0f} µs on the clusters "
-              "(mean over sizes: redis-py's cluster pipeline hashes every key of every command to its slot again), "
+              "(mean over sizes: each node's calls go on a connection of its own, as on one Redis), "
               f"Redis {one['redis_cpu_us_per_consume']:.0f} µs; with one pipeline in flight per Redis server, a "
-              "process and one Redis alternate, and more primaries overlap only Redis's part: the process is bound "
-              "by its own CPU."]
+              "process and one Redis alternate, while the primaries of a cluster work at once: more primaries "
+              "overlap Redis's part, until the process is bound by its own CPU."]
     if report.get("grpc"):
         grpc_setup = report["grpc_setup"]
         lines += ["", f"Over gRPC: {grpc_setup['processes']} `tenantgate serve` processes per backend; "
