@@ -535,3 +535,52 @@ def test_a_cluster_down_at_start_is_answered_by_policy_and_recovered_from(start_
     finally:
         server.stop()
     assert server.process.returncode == 0, server.output()
+
+
+def test_a_planned_failover_loses_no_call(start_redis_cluster: Any) -> None:
+    """CLUSTER FAILOVER on a replica (maintenance): the old primary answers MOVED, the new one has not run the
+    script yet (NOSCRIPT). Every call is still counted and answered, none by the failure policy, and each
+    tenant's count is exactly what it was admitted."""
+    from tenantgate.counters import open_counter_store
+    from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem
+    from tests.conftest import snapshot_of
+
+    cluster: RedisCluster = start_redis_cluster(replicas=1, node_timeout_ms=2000,
+                                                settings=("--cluster-require-full-coverage", "no"))
+    tenants = [f"t{index:02d}" for index in range(12)]
+    snapshot = snapshot_of(*(tenant_doc(tenant, quotas={"jobs": {"limit": 1_000_000, "period": "day"}})
+                             for tenant in tenants))
+
+    async def run() -> None:
+        store = open_counter_store(cluster.url, prefix="planned:")
+        engine = QuotaEngine(store)
+        admitted = dict.fromkeys(tenants, 0)
+        try:
+            async def one_round() -> None:
+                outcomes = await asyncio.gather(*(engine.consume(snapshot, tenant, [QuotaRequestItem("jobs", 1)])
+                                                  for tenant in tenants for _ in range(5)))
+                for outcome, tenant in zip(outcomes, [t for t in tenants for _ in range(5)], strict=True):
+                    assert outcome.allowed and not outcome.degraded, (tenant, outcome)
+                    admitted[tenant] += 1
+
+            for _ in range(5):
+                await one_round()
+            victim = cluster.owner(f"planned:{{{tenants[0]}}}:usage")
+            replica = cluster.replica_of(victim)
+            deadline, asked = time.monotonic() + 60, 0.0
+            while cluster.owner(f"planned:{{{tenants[0]}}}:usage") != replica:
+                assert time.monotonic() < deadline, "the replica was not promoted"
+                if time.monotonic() - asked > 6:  # a manual failover gives up after 5 s: ask again
+                    with cluster.client(replica) as node:
+                        node.execute_command("CLUSTER", "FAILOVER")
+                    asked = time.monotonic()
+                await one_round()
+            for _ in range(10):
+                await one_round()
+            for tenant in tenants:
+                check = await engine.consume(snapshot, tenant, [QuotaRequestItem("jobs", 0)])
+                assert 1_000_000 - check.items[0].remaining == admitted[tenant]
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -16,6 +16,14 @@ def test_nodes_credentials_and_tls_settings() -> None:
         True, "app", "s3cret", "/etc/ca.pem")
     plain = cluster_settings("redis+cluster://127.0.0.1:7000")
     assert plain["ssl"] is False and "password" not in plain
+    encoded = cluster_settings("redis+cluster://app:p%40ss%3Aword@127.0.0.1:7000")
+    assert encoded["password"] == "p@ss:word"
+
+
+def test_errors_never_show_the_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        cluster_settings("redis+cluster://app:s3cret@127.0.0.1")
+    assert "s3cret" not in str(raised.value) and "***" in str(raised.value)
 
 
 @pytest.mark.parametrize(("url", "problem"), [

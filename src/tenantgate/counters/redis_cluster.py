@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -23,15 +23,23 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script, send_calls
+from tenantgate.counters.scripts import (
+    PersistenceReport,
+    ScriptCall,
+    awaitable,
+    missing_script,
+    own_connection,
+    send_calls,
+)
 from tenantgate.errors import ConfigurationError
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
+REFRESH_INTERVAL = 0.5
+# Replies that say the call did not run on this node and may run elsewhere or later: its slot has moved or is
+# moving (a failover, a resharding: MOVED, ASK, TRYAGAIN).
+_REDIRECTIONS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
 # Replies that say the node cannot serve the call (unreachable, or refusing while the cluster is down), as
 # opposed to the script's own errors.
-REFRESH_INTERVAL = 0.5
-# Replies that say the call's slot is served elsewhere now.
-_REDIRECTIONS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
 _NODE_FAILURES = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError,
                   redis_errors.SlotNotCoveredError)
 # TLS settings a cluster URL may carry as query parameters, passed on to redis-py as they are.
@@ -41,23 +49,25 @@ _TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs
 def cluster_settings(url: str) -> dict[str, Any]:
     """redis-py RedisCluster settings from ``redis+cluster://[user:password@]host:port[,host:port...][?tls]``."""
     scheme, _, rest = url.partition("://")
-    if scheme not in SCHEMES:
-        raise ConfigurationError(f"not a Redis Cluster URL: {url!r}")
     location, _, query = rest.partition("?")
     location, _, path = location.partition("/")
-    if path not in ("", "0"):
-        raise ConfigurationError(f"Redis Cluster has only database 0, not {path!r}: {url!r}")
     credentials, _, hosts = location.rpartition("@")
+    shown = url.replace(credentials, "***") if credentials else url  # errors never print the password
+    if scheme not in SCHEMES:
+        raise ConfigurationError(f"not a Redis Cluster URL: {shown!r}")
+    if path not in ("", "0"):
+        raise ConfigurationError(f"Redis Cluster has only database 0, not {path!r}: {shown!r}")
     nodes = []
     for address in hosts.split(","):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigurationError(f"Redis Cluster node {address!r} is not HOST:PORT in {url!r}")
+            raise ConfigurationError(f"Redis Cluster node {address!r} is not HOST:PORT in {shown!r}")
         nodes.append(ClusterNode(host.strip("[]"), int(port)))
     settings: dict[str, Any] = {"startup_nodes": nodes, "ssl": scheme == "rediss+cluster"}
     if credentials:
+        # Percent-encoded, as in redis:// URLs (a password holding "@" or ":").
         username, _, password = credentials.partition(":")
-        settings.update(username=username or None, password=password or None)
+        settings.update(username=unquote(username) or None, password=unquote(password) or None)
     for name, values in parse_qs(query).items():
         if name not in _TLS_PARAMETERS:
             raise ConfigurationError(f"unknown Redis Cluster URL parameter {name!r}; known: "
@@ -95,29 +105,21 @@ class ClusterScripts:
         return node.name if node is not None else ""
 
     async def evaluate(self, lane: str, calls: list[ScriptCall]) -> list[Any]:
-        """One pipeline with the lane's calls on a connection of the lane's own to its node. Calls whose slot
-        has moved (MOVED, ASK, TRYAGAIN: a failover or a resharding) and calls made before the slot map was
-        known (the lane "") go through redis-py's cluster pipeline, which follows redirections."""
+        """One pipeline with the lane's calls on a connection of the lane's own to its node. Calls made before
+        the slot map was known (the lane "") go through redis-py's cluster pipeline, which follows
+        redirections; so do calls whose slot has moved (``_follow``), without holding back the others' replies."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._cluster.initialize()
                 node = self._cluster.get_node(node_name=lane) if lane else None
-                replies = await (self._on_node(node, calls) if node is not None else self._pipeline(calls))
+                if node is None:
+                    # Only here: redis-py's initialize tries the known nodes in turn, a frozen one included.
+                    await self._cluster.initialize()
+                    replies = await self._pipeline(calls)
+                else:
+                    replies = await self._on_node(node, calls)
                 failure = next((reply for reply in replies if isinstance(reply, _NODE_FAILURES)), None)
                 if failure is not None:  # the node, not the script: fail the lane's batch
                     raise failure
-                for _ in range(2):
-                    again = [index for index, reply in enumerate(replies)
-                             if isinstance(reply, _REDIRECTIONS) or missing_script(reply)]
-                    if not again:
-                        break
-                    if any(missing_script(replies[index]) for index in again):
-                        await self._cluster.execute_command("SCRIPT LOAD", self._script,
-                                                            target_nodes=node or RedisCluster.PRIMARIES)
-                    if any(isinstance(replies[index], _REDIRECTIONS) for index in again):
-                        self._refresh_soon()
-                    for index, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
-                        replies[index] = reply
         except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
             self._failed.add(lane)
             self._update_health()
@@ -129,14 +131,41 @@ class ClusterScripts:
         if lane in self._failed:
             self._failed.discard(lane)
             self._update_health()
+        again = [index for index, reply in enumerate(replies)
+                 if isinstance(reply, _REDIRECTIONS) or missing_script(reply)]
+        if again:
+            await self._follow(calls, replies, again)
         return replies
+
+    async def _follow(self, calls: list[ScriptCall], replies: list[Any], again: list[int]) -> None:
+        """Send again, under a deadline of their own, the calls that did not run: their slot moved (they go
+        through redis-py, which follows MOVED and ASK and waits out TRYAGAIN), or their node lacked the script
+        (a promoted replica: the script is loaded on the nodes that now own those calls' slots). A call that
+        still fails gets its error in its place; the lane's other replies are kept."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                for _ in range(2):
+                    if any(isinstance(replies[index], _REDIRECTIONS) for index in again):
+                        self._refresh_soon()
+                    missing = [calls[index][0][0] for index in again if missing_script(replies[index])]
+                    if missing:
+                        owners = {self._cluster.get_node_from_key(key) for key in missing} - {None}
+                        await self._cluster.execute_command("SCRIPT LOAD", self._script,
+                                                            target_nodes=list(owners) or RedisCluster.PRIMARIES)
+                    for index, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
+                        replies[index] = reply
+                    again = [index for index in again
+                             if isinstance(replies[index], _REDIRECTIONS) or missing_script(replies[index])]
+                    if not again:
+                        return
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+            for index in again:
+                replies[index] = exc
 
     async def _on_node(self, node: ClusterNode, calls: list[ScriptCall]) -> list[Any]:
         connection = self._connections.get(node.name)
         if connection is None:
-            # The node's settings, less the per-read timeout: the round trip has one of its own.
-            connection = self._connections[node.name] = node.connection_class(
-                **{**node.connection_kwargs, "socket_timeout": None})
+            connection = self._connections[node.name] = own_connection(node.connection_class, node.connection_kwargs)
         return await send_calls(connection, self._sha, calls)
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
@@ -167,6 +196,10 @@ class ClusterScripts:
         except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
             return  # no node answered: the next failure tries again
         self._update_health()
+        # Connections to nodes the cluster no longer has (replaced machines) are closed, not kept for ever.
+        known = {node.name for node in self._cluster.get_nodes()}
+        for name in [name for name in self._connections if name not in known]:
+            await self._connections.pop(name).disconnect(nowait=True)
 
     async def ping(self) -> None:
         try:
@@ -180,7 +213,8 @@ class ClusterScripts:
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]:
         try:
-            found: dict[bytes, bytes] = await awaitable(self._cluster.hgetall(key))
+            async with asyncio.timeout(self._timeout):
+                found: dict[bytes, bytes] = await awaitable(self._cluster.hgetall(key))
         except redis_errors.RedisClusterException as exc:
             raise redis_errors.ConnectionError(str(exc)) from exc
         return found

@@ -11,7 +11,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from tenantgate.counters.scripts import PersistenceReport, ScriptCall, awaitable, missing_script, send_calls
+from tenantgate.counters.scripts import (
+    PersistenceReport,
+    ScriptCall,
+    awaitable,
+    missing_script,
+    own_connection,
+    send_calls,
+)
 
 
 class NodeScripts:
@@ -34,9 +41,8 @@ class NodeScripts:
         reached, for the whole batch. Loads the script again if the server lost it (a restart, SCRIPT FLUSH)."""
         self.healthy = False
         if self._connection is None:
-            # The client's settings, less the per-read timeout: the round trip has one of its own.
             pool = self._redis.connection_pool
-            self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            self._connection = own_connection(pool.connection_class, pool.connection_kwargs)
         connection = self._connection
         if not self._sha:
             self._sha = await self._redis.script_load(self._script)

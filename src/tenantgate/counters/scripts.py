@@ -8,6 +8,8 @@ from importlib import resources
 from typing import Any, Protocol, cast
 
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 # (keys, args) of one EVALSHA of the consume script. Every key of a call carries the same hash tag (the tenant),
@@ -31,6 +33,19 @@ def awaitable(command: object) -> Awaitable[Any]:
     return cast(Awaitable[Any], command)
 
 
+# A connection idle longer than this is pinged before it is used again (one round trip more), so that one a
+# server or a proxy closed while idle is replaced before a batch is lost on it.
+IDLE_CHECK_SECONDS = 30
+
+
+def own_connection(connection_class: type[AbstractConnection], settings: dict[str, Any]) -> AbstractConnection:
+    """A connection of a store's own, one pipeline in flight on it: the client's settings, less the per-read
+    timeout (the round trip has one of its own), pinged after being idle; a ping that fails is tried once more
+    on a new connection (nothing was sent yet)."""
+    return connection_class(**{**settings, "socket_timeout": None, "health_check_interval": IDLE_CHECK_SECONDS,
+                               "retry": Retry(NoBackoff(), 1)})
+
+
 async def send_calls(connection: AbstractConnection, sha: str, calls: list[ScriptCall]) -> list[Any]:
     """The calls as one pipeline of EVALSHA on ``connection`` (the caller bounds it with a deadline): each
     call's reply, or its ResponseError in its place. redis-py's connection layer does the protocol; its pipeline
@@ -39,7 +54,7 @@ async def send_calls(connection: AbstractConnection, sha: str, calls: list[Scrip
     commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
     replies: list[Any] = []
     try:
-        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=True)
         for _ in commands:
             try:
                 replies.append(await connection.read_response())
