@@ -80,7 +80,7 @@ async def test_refill_follows_the_redis_clock_not_the_callers(redis_store: Any) 
 
 
 def test_the_scripts_calendar_windows_match_pythons(redis_url: str) -> None:
-    from tenantgate.counters.redis import CONSUME_SCRIPT
+    from tenantgate.counters.scripts import CONSUME_SCRIPT
 
     window_lua = CONSUME_SCRIPT.split("-- One ConsumeQuota call")[0]
     probe = window_lua + "\nlocal a, b = calendar_window(ARGV[1], tonumber(ARGV[2]))\nreturn {tostring(a), tostring(b)}"

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from tenantgate.counters.redis_cluster import SCHEMES as CLUSTER_SCHEMES
 from tenantgate.counters.redis_cluster import ClusterScripts
 from tenantgate.counters.redis_node import NodeScripts
-from tenantgate.counters.scripts import CONSUME_SCRIPT, ScriptTransport
+from tenantgate.counters.scripts import ScriptTransport
 from tenantgate.engines.quota import CounterOp, CounterResult, Idempotency, unknown_lease
 from tenantgate.errors import Aborted, StorageError
 from tenantgate.model import QuotaKind
@@ -35,24 +35,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def persistence_problem(settings: Mapping[Any, Any] | None, info: Mapping[str, Any] | None = None) -> str | None:
-    """Why a Redis keeps no counters across its restarts, or None when it keeps them on disk.
+def persistence_problem(settings: Mapping[Any, Any] | None, info: Mapping[str, Any] | None = None,
+                        server: str = "") -> str | None:
+    """Why a Redis (``server``, of a cluster) keeps no counters across its restarts, or None when it keeps them
+    on disk.
 
     ``settings``: what CONFIG GET answers for appendonly and save; None where CONFIG is refused (managed
     Redis, ACLs), and then ``info``, what INFO persistence answers, which shows whether AOF is on but not
     the RDB schedule, only whether a snapshot has been made since Redis started."""
+    redis = f"Redis {server}" if server else "Redis"
     if settings is not None:
         values = {_text(name): _text(value) for name, value in settings.items()}
         if values.get("appendonly") == "yes" or values.get("save", "").strip():
             return None
-        return f"the quota backend Redis keeps nothing on disk (appendonly no, save \"\"): {FORGETS}"
+        return f"the quota backend {redis} keeps nothing on disk (appendonly no, save \"\"): {FORGETS}"
     if info is None:
         return None
     if str(info.get("aof_enabled", "0")) == "1":
         return None
     if int(info.get("rdb_saves", 0)) > 0 or int(info.get("rdb_last_bgsave_time_sec", -1)) != -1:
         return None
-    return ("the quota backend Redis reports AOF off and no RDB snapshot since it started (INFO persistence; "
+    return (f"the quota backend {redis} reports AOF off and no RDB snapshot since it started (INFO persistence; "
             f"CONFIG is refused, so its snapshot schedule is unknown): if it keeps nothing on disk, {FORGETS}")
 
 
@@ -68,8 +71,8 @@ class _Lane:
 
 def _transport(url: str, timeout: float) -> ScriptTransport:
     if url.partition("://")[0] in CLUSTER_SCHEMES:
-        return ClusterScripts(url, script=CONSUME_SCRIPT, timeout=timeout)
-    return NodeScripts(url, script=CONSUME_SCRIPT, timeout=timeout)
+        return ClusterScripts(url, timeout=timeout)
+    return NodeScripts(url, timeout=timeout)
 
 
 class RedisCounterStore:
@@ -201,9 +204,9 @@ class RedisCounterStore:
             log.info("could not learn whether the quota backend Redis keeps counters on disk: %s", exc)
             return
         for server, settings, info in reports:
-            problem = persistence_problem(settings, info)
+            problem = persistence_problem(settings, info, server)
             if problem:
-                log.warning(problem if not server else problem.replace("Redis", f"Redis {server}", 1))
+                log.warning(problem)
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         try:

@@ -13,7 +13,6 @@ once it is no longer a primary.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -24,6 +23,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tenantgate.counters.scripts import (
+    CONSUME_SCRIPT,
+    CONSUME_SHA,
     PersistenceReport,
     ScriptCall,
     awaitable,
@@ -77,7 +78,7 @@ def cluster_settings(url: str) -> dict[str, Any]:
 
 
 class ClusterScripts:
-    def __init__(self, url: str, *, script: str, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float) -> None:
         # No retries: redis-py retries a pipeline that met a connection error by closing every connection of the
         # client, the other nodes' lanes included. A node that does not answer fails fast instead, the calls
         # for its slots are answered by their failure policy, and the slot map is read again in the background
@@ -85,8 +86,6 @@ class ClusterScripts:
         # down, its replica not yet promoted) do not stop the others.
         self._cluster = RedisCluster(**cluster_settings(url), socket_timeout=timeout, socket_connect_timeout=timeout,
                                      retry=Retry(NoBackoff(), 0), require_full_coverage=False)
-        self._script = script
-        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self._timeout = timeout
         # Lanes (nodes) whose last batch failed: the cluster is unhealthy while one of them is a primary.
         self._failed: set[str] = set()
@@ -150,7 +149,7 @@ class ClusterScripts:
                     missing = [calls[index][0][0] for index in again if missing_script(replies[index])]
                     if missing:
                         owners = {self._cluster.get_node_from_key(key) for key in missing} - {None}
-                        await self._cluster.execute_command("SCRIPT LOAD", self._script,
+                        await self._cluster.execute_command("SCRIPT LOAD", CONSUME_SCRIPT,
                                                             target_nodes=list(owners) or RedisCluster.PRIMARIES)
                     for index, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
                         replies[index] = reply
@@ -166,13 +165,13 @@ class ClusterScripts:
         connection = self._connections.get(node.name)
         if connection is None:
             connection = self._connections[node.name] = own_connection(node.connection_class, node.connection_kwargs)
-        return await send_calls(connection, self._sha, calls)
+        return await send_calls(connection, calls)
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         pipeline = self._cluster.pipeline()
         for keys, args in calls:
             # execute_command: redis-py's cluster pipeline refuses its evalsha method, not the command.
-            pipeline.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            pipeline.execute_command("EVALSHA", CONSUME_SHA, len(keys), *keys, *args)
         replies: list[Any] = await pipeline.execute(raise_on_error=False)
         return replies
 

@@ -12,6 +12,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from tenantgate.counters.scripts import (
+    CONSUME_SCRIPT,
     PersistenceReport,
     ScriptCall,
     awaitable,
@@ -22,12 +23,10 @@ from tenantgate.counters.scripts import (
 
 
 class NodeScripts:
-    def __init__(self, url: str, *, script: str, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float) -> None:
         self._redis = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                         retry_on_timeout=False)
         self._connection: AbstractConnection | None = None
-        self._script = script
-        self._sha = ""
         self._timeout = timeout
         # Whether the last batch reached the server: the store's health follows it.
         self.healthy = True
@@ -44,16 +43,14 @@ class NodeScripts:
             pool = self._redis.connection_pool
             self._connection = own_connection(pool.connection_class, pool.connection_kwargs)
         connection = self._connection
-        if not self._sha:
-            self._sha = await self._redis.script_load(self._script)
         for _ in range(2):
             async with asyncio.timeout(self._timeout):
-                replies = await send_calls(connection, self._sha, calls)
+                replies = await send_calls(connection, calls)
             self.round_trips += 1
             self.healthy = True
             if not any(missing_script(reply) for reply in replies):
                 return replies
-            self._sha = await self._redis.script_load(self._script)
+            await self._redis.script_load(CONSUME_SCRIPT)
         return replies
 
     async def ping(self) -> None:

@@ -3,6 +3,7 @@ server (``redis_node``) or on a Redis Cluster (``redis_cluster``); ``RedisCounte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Mapping
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -25,6 +26,8 @@ def _script() -> str:
 
 
 CONSUME_SCRIPT = _script()
+# What Redis names the script by (EVALSHA): the SHA-1 of its text, known without asking a server.
+CONSUME_SHA = hashlib.sha1(CONSUME_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 def awaitable(command: object) -> Awaitable[Any]:
@@ -46,12 +49,12 @@ def own_connection(connection_class: type[AbstractConnection], settings: dict[st
                                "retry": Retry(NoBackoff(), 1)})
 
 
-async def send_calls(connection: AbstractConnection, sha: str, calls: list[ScriptCall]) -> list[Any]:
+async def send_calls(connection: AbstractConnection, calls: list[ScriptCall]) -> list[Any]:
     """The calls as one pipeline of EVALSHA on ``connection`` (the caller bounds it with a deadline): each
     call's reply, or its ResponseError in its place. redis-py's connection layer does the protocol; its pipeline
     objects around it cost about 90 us of CPU per round trip more on the benchmark machine (the cluster one
     more still: it works out each key's slot several times per call)."""
-    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+    commands = [("EVALSHA", CONSUME_SHA, len(keys), *keys, *args) for keys, args in calls]
     replies: list[Any] = []
     try:
         await connection.send_packed_command(connection.pack_commands(commands), check_health=True)

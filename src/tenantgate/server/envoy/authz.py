@@ -53,6 +53,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         request = http_access(attributes, snapshot.tenants)
         if isinstance(request, Refusal):
             return GateAnswer(401, request.reason, detail=request.detail, token_given=request.token_given)
+        token_given = bool(request.token)
         if not request.tenant_id:
             # The token names the tenant: the home tenant of a token that verifies.
             verified = await self._decider.verify_token(snapshot, request.token)
@@ -63,7 +64,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 decision_id = self._decider.refuse(snapshot, request, reason)
                 return GateAnswer(401, reason.name, decision_id=decision_id, revision=snapshot.revision,
                                   detail=verified.detail, token_given=True)
-            request.tenant_id = verified.token.tenant_id
+            # Decided for the subject it verified as: the decision needs no second verification of the token.
+            request.tenant_id = request.subject_tenant_id = verified.token.tenant_id
+            request.subject, request.token = verified.token.subject, ""
         needed = self._decider.to_compile(snapshot, request)
         if needed:
             await self._decider.compile(needed)
@@ -73,4 +76,4 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         tenant_id = "" if decision.reason is Reason.TENANT_NOT_FOUND else request.tenant_id
         return GateAnswer(status, decision.reason.name, tenant_id, decision.subject,
                           decision.subject_tenant_id, decision_id, decision.rule, snapshot.revision,
-                          token_given=bool(request.token))
+                          token_given=token_given)
