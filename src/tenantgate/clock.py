@@ -17,6 +17,14 @@ class SystemClock:
         return time.time()
 
 
+class MonotonicClock:
+    """Seconds that never go backwards, from an arbitrary start (not the Unix epoch): for intervals, such as a
+    worker's time between its fork and its exit, immune to clock steps."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
 class FakeClock:
     """A clock that moves only when told to."""
 

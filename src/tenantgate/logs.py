@@ -68,6 +68,7 @@ class _Writer(QueueListener):
     def enqueue_sentinel(self) -> None:
         # Waits for room: the standard listener puts its stop mark without waiting, which raises queue.Full
         # when the queue is full, and the records in it would never be written.
+        # (The queue and the mark as typed here: typeshed knows QueueListener's queue as put-less, and not _sentinel.)
         self.records.put(getattr(self, "_sentinel", None))
 
 

@@ -123,6 +123,11 @@ class TenantView:
         return self.built
 
     @property
+    def pending(self) -> bool:
+        """Not compiled yet, nor known not to compile: what compiling it off the event loop would settle."""
+        return self.built is None and not self.problem
+
+    @property
     def compiled(self) -> CompiledTenant:
         """The compiled tenant; FailedPrecondition when it cannot be compiled."""
         built = self.built or self.compile()
@@ -209,7 +214,7 @@ class SnapshotHolder:
         waiting: set[asyncio.Future[None]] = set()
         start: dict[TenantView, None] = {}
         for view in views:
-            if view.built is not None or view.problem:
+            if not view.pending:
                 continue
             running = self._compiling.get(view)
             if running is not None:

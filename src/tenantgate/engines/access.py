@@ -85,7 +85,7 @@ class AccessEngine:
             return []
         needed = self._tokens.tenants_to_compile(snapshot, request.token, request.subject_tenant_id) \
             if request.token else []
-        if tenant.built is None and not tenant.problem and tenant.state in _LIVE_STATES:
+        if tenant.pending and tenant.state in _LIVE_STATES:
             needed.append(tenant)
         return needed
 

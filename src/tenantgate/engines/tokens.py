@@ -91,7 +91,7 @@ class TokenVerifier:
         if not isinstance(issuer_url, str):
             return []
         views = (snapshot.tenants[t] for t in _candidates(snapshot, issuer_url, claims, home_tenant_id))
-        return [view for view in views if view.built is None and not view.problem]
+        return [view for view in views if view.pending]
 
     def _verify_uncached(self, snapshot: Snapshot, token: str,
                          home_tenant_id: str) -> tuple[TokenResult, tuple[CompiledIssuer, ...] | None]:

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 
 from tenantgate.registry.bounds import fits
+from tenantgate.registry.canonical import UNREPRESENTABLE, canonical_json
 
 # Algorithms per key type: asymmetric signatures only. "none" and the HMAC algorithms are refused.
 ALGORITHMS = {
@@ -48,9 +49,9 @@ def jwks_problems(jwks: Any) -> tuple[tuple[tuple[str, str], ...], str]:
     if not fits(jwks, MAX_JWKS_BYTES):
         return (("", f"is too large; a JWKS may be at most {MAX_JWKS_BYTES} bytes"),), ""
     try:
-        text = json.dumps(jwks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # canonical_json's form
+        text = canonical_json(jwks)
     except (TypeError, ValueError):
-        return (("", "holds a value JSON cannot represent (a date, binary data, keys of mixed types); quote it"),), ""
+        return (("", UNREPRESENTABLE),), ""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_JWKS_BYTES:
         return (("", f"is {size} bytes long; a JWKS may be at most {MAX_JWKS_BYTES}"),), ""

@@ -31,7 +31,9 @@ from tenantgate.model import (
     TenantSpec,
     TenantState,
 )
+from tenantgate.policy import GROUP
 from tenantgate.registry.bounds import fits
+from tenantgate.registry.canonical import UNREPRESENTABLE, canonical_json
 from tenantgate.registry.jwks import jwks_problems
 from tenantgate.units import parse_duration, parse_rate, parse_size
 
@@ -89,11 +91,6 @@ class _Problems:
 
     def add(self, path: str, message: str) -> None:
         self.items.append(f"{self.where}: {path}: {message}" if path else f"{self.where}: {message}")
-
-
-def canonical_json(document: Mapping[str, Any]) -> str:
-    """The one serialisation used for storage and digests, so equal documents compare equal."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
@@ -159,8 +156,7 @@ def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
     try:
         document = json.loads(canonical_json(raw))
     except (TypeError, ValueError):
-        raise ManifestError([f"{where}: holds a value JSON cannot represent (a date, binary data, keys of mixed "
-                             "types such as 1 and 'a' in one mapping); quote it"]) from None
+        raise ManifestError([f"{where}: {UNREPRESENTABLE}"]) from None
     return ManifestDocument(source=where, document=document, tenant=tenant)
 
 
@@ -415,7 +411,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
             continue
         groups[group_name] = _strings(members, path, problems, SUBJECT, "subject (kind:name)")
         for j, member in enumerate(groups[group_name]):
-            if member.startswith("group:"):  # never expanded: it would become a subject callers can present
+            if member.startswith(GROUP):  # never expanded: it would become a subject callers can present
                 problems.add(f"{path}[{j}]", f"{member!r} is a group; a group lists subjects, not other groups")
 
     bindings: list[Binding] = []
@@ -425,7 +421,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
         if binding is None:
             continue
         subject = _string(binding.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
-        if subject.startswith("group:") and subject[6:] not in groups:
+        if subject.startswith(GROUP) and subject[len(GROUP):] not in groups:
             problems.add(f"{path}.subject", f"unknown group {subject[6:]!r}")
         binding_roles = _strings(binding.get("roles"), f"{path}.roles", problems)
         if not binding_roles:
@@ -449,7 +445,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: _Problems) -
             continue
         home = _string(grant.get("tenant"), f"{path}.tenant", problems, TENANT_ID, "tenant id")
         grantee = _string(grant.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
-        if grantee.startswith("group:"):  # groups belong to one tenant and are not expanded across tenants
+        if grantee.startswith(GROUP):  # groups belong to one tenant and are not expanded across tenants
             problems.add(f"{path}.subject", f"{grantee!r} is a group; a grant names one subject of the other tenant")
         grants.append(CrossTenantGrant(home, grantee, _rules(grant.get("allow"), f"{path}.allow", problems)))
 
@@ -520,7 +516,7 @@ def _parse_keys(raw: Any, problems: _Problems) -> KeysSpec:
         for index, reader in enumerate(readers[field]):
             # Callers are compared with these names literally: a group name here would be a caller that
             # names itself so, never the group's members.
-            if reader.startswith("group:"):
+            if reader.startswith(GROUP):
                 problems.add(f"spec.keys.{field}[{index}]", f"{reader!r} is a group; list the callers that may "
                                                             "read keys")
     return KeysSpec(

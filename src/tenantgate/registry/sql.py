@@ -18,8 +18,8 @@ from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.audit import GENESIS, AuditEntry, AuditVerification, entry_hash, verify_chain
+from tenantgate.registry.canonical import canonical_json
 from tenantgate.registry.lifecycle import check_creation, check_transition
-from tenantgate.registry.manifest import canonical_json
 from tenantgate.registry.plan import document_state, plan_changes
 from tenantgate.registry.store import (
     ApplyResult,

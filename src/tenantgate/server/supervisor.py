@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import time
 from dataclasses import dataclass
 
 from tenantgate.clock import Clock
@@ -22,13 +21,6 @@ from tenantgate.clock import Clock
 # What a worker that was asked to stop may end with: its own clean exit, or the signal itself when it came
 # before the worker had installed its handlers.
 CLEAN_STOP = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
-
-
-class MonotonicClock:
-    """Seconds that never go backwards: intervals between a fork and an exit, immune to clock steps."""
-
-    def now(self) -> float:
-        return time.monotonic()
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ import signal
 import sys
 from types import FrameType
 
+from tenantgate.clock import MonotonicClock
 from tenantgate.config import ServeConfig
 from tenantgate.errors import TenantgateError
 from tenantgate.keywrap import MasterKey
 from tenantgate.logs import configure_logging, flush_logs
-from tenantgate.server.supervisor import MonotonicClock, RestartPolicy, Supervisor, WorkerExit
+from tenantgate.server.supervisor import RestartPolicy, Supervisor, WorkerExit
 
 log = logging.getLogger("tenantgate.workers")
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
