@@ -129,7 +129,7 @@ def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connecti
     if rate:
         command.append(f"--rps={max(1.0, rate / connections):.2f}")
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    result = subprocess.run([*command, f"http://{target}{SERVICE}{scenario.method}"], capture_output=True,
+    result = subprocess.run([*command, f"http://{target}{scenario.service}{scenario.method}"], capture_output=True,
                             text=True, timeout=seconds + 60)
     cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
     output = result.stdout

@@ -204,7 +204,7 @@ def test_three_servers_of_two_workers_admit_exactly_each_tenants_limit(cluster_s
     assert errors == [], errors[:10]
     assert {tenant: admitted[tenant] for tenant in TENANTS} == dict.fromkeys(TENANTS, LIMIT)
     assert {tenant: denied[tenant] for tenant in TENANTS} == dict.fromkeys(TENANTS, 2 * LIMIT)
-    assert sum(per_channel.values()) == len(calls)
+    assert len(per_channel) == 3 * 8  # every connection, so every server, answered its share
     # The tenants spread over every primary, and each tenant's keys live whole on the primary of its slot.
     cluster = cluster_servers.cluster
     held = tenant_nodes(cluster, cluster_servers.prefix)
