@@ -57,6 +57,8 @@ from grpc_bench import (
     free_port,
     grpc_frame,
     h2load,
+    logged_durations,
+    percentile,
     process,
     verify,
     wait_ready,
@@ -262,14 +264,10 @@ def h2load_get(port: int, headers: dict[str, str], log: Path, seconds: float, co
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                      r"(\d+) errored, (\d+) timeout", output)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
-    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2)
-    log.unlink()
-
-    def percentile(q: float) -> float:
-        return durations[min(len(durations) - 1, int(q * len(durations)))] / 1000 if durations else 0.0
-
+    durations = logged_durations(log)
     answered = int(done.group(2)) if done else 0
-    return {"rps": float(finished.group(1)), "p50_ms": percentile(0.50), "p99_ms": percentile(0.99),
+    return {"rps": float(finished.group(1)), "p50_ms": percentile(durations, 0.50),
+            "p99_ms": percentile(durations, 0.99),
             "failed": sum(int(done.group(i)) for i in (4, 5, 6)) + int(codes.group(2)) if done and codes else -1,
             **({f"status_{kind}": int(codes.group(i)) for i, kind in enumerate(("2xx", "3xx", "4xx", "5xx"), 1)}
                if codes else {}),

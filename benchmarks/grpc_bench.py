@@ -138,16 +138,23 @@ def h2load(target: str, scenario: Scenario, body: Path, seconds: float, connecti
         raise RuntimeError(f"h2load failed: {result.stderr.strip() or output[-500:]}")
     rps = float(finished.group(1))
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
+    durations = logged_durations(log)
+    answered = int(done.group(3)) if done else 0
+    return {"rps": rps, "failed": int(done.group(4)) if done else -1, "p50_ms": percentile(durations, 0.50),
+            "server_cpu_us_per_call": 1e6 * cpu_used / answered if answered and pid else 0.0,
+            "p99_ms": percentile(durations, 0.99), "p999_ms": percentile(durations, 0.999)}
+
+
+def logged_durations(log: Path) -> list[int]:
+    """Request durations (µs) from an h2load --log-file, sorted; the file is removed."""
     durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2)
     log.unlink()
+    return durations
 
-    def percentile(q: float) -> float:
-        return durations[min(len(durations) - 1, int(q * len(durations)))] / 1000 if durations else 0.0
 
-    answered = int(done.group(3)) if done else 0
-    return {"rps": rps, "failed": int(done.group(4)) if done else -1, "p50_ms": percentile(0.50),
-            "server_cpu_us_per_call": 1e6 * cpu_used / answered if answered and pid else 0.0,
-            "p99_ms": percentile(0.99), "p999_ms": percentile(0.999)}
+def percentile(durations: list[int], q: float) -> float:
+    """The q-th quantile of sorted durations (µs), in milliseconds."""
+    return durations[min(len(durations) - 1, int(q * len(durations)))] / 1000 if durations else 0.0
 
 
 def verify(target: str, scenario: Scenario) -> bytes:
