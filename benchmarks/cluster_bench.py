@@ -62,7 +62,7 @@ from tenantgate.v1 import decision_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.redis_cluster import ClusterUnavailable, RedisCluster, cluster_ports  # noqa: E402
+from tests.redis_cluster import ClusterUnavailable, RedisCluster, cluster_ports, wait_answers  # noqa: E402
 
 TENANTGATE = str(Path(sys.executable).with_name("tenantgate"))
 SLOTS = 16384
@@ -121,18 +121,14 @@ class BenchCluster(RedisCluster):
     ADDSLOTSRANGE and CLUSTER MEET instead of ``redis-cli --cluster create``, which refuses fewer than 3 primaries.
     The slots are split evenly, in order."""
 
-    def start(self, timeout: float = 30.0, attempts: int = 3) -> BenchCluster:
+    def _start_once(self, timeout: float) -> None:
+        """Replaces the tests' forming step; their start() retries it on new ports."""
         if self.replicas:
             raise ValueError("the bench forms clusters of primaries only")
-        problem = ""
-        for _ in range(attempts):
-            try:
-                self._form(time.monotonic() + timeout)
-                return self
-            except (ClusterUnavailable, redis.RedisError, OSError) as exc:
-                problem = str(exc)
-                self.stop()
-        raise ClusterUnavailable(problem)
+        try:
+            self._form(time.monotonic() + timeout)
+        except (redis.RedisError, OSError) as exc:
+            raise ClusterUnavailable(str(exc)) from exc
 
     def _form(self, deadline: float) -> None:
         self.ports = cluster_ports(self.primary_count)
@@ -150,21 +146,6 @@ class BenchCluster(RedisCluster):
             for port in self.ports[1:]:
                 first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
         self.wait_ok(max(0.1, deadline - time.monotonic()))
-
-
-def wait_answers(port: int, child: subprocess.Popen[bytes], deadline: float) -> None:
-    """Polls PING until the redis-server on ``port`` answers, or raises once it exits or the deadline passes."""
-    while True:
-        if child.poll() is not None:
-            raise ClusterUnavailable(f"redis-server on port {port} exited with {child.returncode}")
-        try:
-            with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
-                client.ping()
-            return
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise ClusterUnavailable(f"redis-server on port {port} did not answer") from None
-            time.sleep(0.02)
 
 
 @dataclass

@@ -88,27 +88,13 @@ class RedisCluster:
     def _start_once(self, timeout: float) -> None:
         import subprocess
 
-        import redis
 
         deadline = time.monotonic() + timeout
         self.ports = cluster_ports(self.primary_count * (1 + self.replicas))
         for port in self.ports:
             self.start_node(port)
         for port in self.ports:  # each node answers before the cluster is made of them
-            while True:
-                process = self.processes[port]
-                if process.poll() is not None:
-                    raise ClusterUnavailable(f"redis-server on port {port} exited with {process.returncode}: "
-                                             f"{self.node_log(port)}")
-                try:
-                    with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
-                        client.ping()
-                    break
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise ClusterUnavailable(f"redis-server on port {port} did not answer: "
-                                                 f"{self.node_log(port)}") from None
-                    time.sleep(0.02)
+            wait_answers(port, self.processes[port], deadline, lambda port=port: self.node_log(port))
         try:
             created = subprocess.run(
                 ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
@@ -266,3 +252,21 @@ class RedisCluster:
                 process.kill()
                 process.wait(5)
         self.processes = {}
+
+
+def wait_answers(port: int, process: Any, deadline: float, log: Any = lambda: "") -> None:
+    """Polls PING until the redis-server on ``port`` answers; raises ClusterUnavailable (with ``log()``) once
+    ``process`` exits or the deadline passes."""
+    import redis
+
+    while True:
+        if process.poll() is not None:
+            raise ClusterUnavailable(f"redis-server on port {port} exited with {process.returncode}: {log()}")
+        try:
+            with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+                client.ping()
+            return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise ClusterUnavailable(f"redis-server on port {port} did not answer: {log()}") from None
+            time.sleep(0.02)
