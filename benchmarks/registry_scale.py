@@ -29,7 +29,8 @@ import grpc
 
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.registry.store import RegistryStore, open_store
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import RegistryStore
 from tenantgate.server.app import TenantgateServer
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync.syncer import Syncer

@@ -56,7 +56,8 @@ from registry_scale import tenant
 
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
-from tenantgate.registry.store import RegistryStore, open_store
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 

@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey
+from tenantgate.registry.backends import open_store
 from tenantgate.registry.manifest import parse_document
+from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import RegistryStore, open_store
 from tenantgate.server.app import TenantgateServer
 from tenantgate.snapshot import Snapshot, build_snapshot, build_tenant
 from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc

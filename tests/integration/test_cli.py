@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from tenantgate.keywrap import MasterKey
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import RegistryStore, open_store
 from tests.conftest import EXAMPLES, REPO, TENANTGATE, Issuer, RunningServer, tenant_doc
 
 

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.store import RegistryStore
+from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
 

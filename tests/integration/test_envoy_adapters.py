@@ -22,7 +22,7 @@ from google.rpc import code_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.registry.store import RegistryStore
+from tenantgate.registry.records import RegistryStore
 from tests.conftest import Issuer, RunningServer, tenant_doc
 
 RLS = rls_pb2.RateLimitResponse

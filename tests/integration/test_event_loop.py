@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.registry.store import open_store
+from tenantgate.registry.backends import open_store
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
 from tests.conftest import Issuer, RunningServer, tenant_doc

@@ -17,7 +17,7 @@ from tenantgate.config import ServeConfig
 from tenantgate.errors import ConfigurationError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.model import KeyState
-from tenantgate.registry.store import RegistryStore
+from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 from tenantgate.v1 import registry_pb2 as rpb

@@ -14,7 +14,8 @@ import grpc
 import pytest
 import yaml
 
-from tenantgate.registry.store import RegistryStore, open_store
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 from tests.integration.test_workers import free_port

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import grpc
 
-from tenantgate.registry.store import RegistryStore
+from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 from tests.conftest import RunningServer, tenant_doc

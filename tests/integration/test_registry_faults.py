@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY
 
 from tenantgate.errors import StorageError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
+from tenantgate.registry.backends import open_store
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import open_store
 from tenantgate.sync import lastgood
 from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import TENANTGATE, RunningServer, tenant_doc

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import TENANTGATE, RunningServer, tenant_doc
 

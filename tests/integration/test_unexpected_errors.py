@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tenantgate.engines.access import AccessEngine, AccessRequest, Decision
 from tenantgate.engines.quota import QuotaEngine
+from tenantgate.registry.backends import open_store
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import open_store
 from tenantgate.snapshot import Snapshot
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tenantgate.errors import StorageError
 from tenantgate.model import KeyState, TenantState
-from tenantgate.registry.store import KeyRecord, RegistryState, TenantRecord
+from tenantgate.registry.records import KeyRecord, RegistryState, TenantRecord
 from tenantgate.sync import lastgood
 
 # Any JSON document, unicode everywhere: what a tenant's canonical JSON can hold.

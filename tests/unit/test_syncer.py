@@ -12,8 +12,8 @@ from tenantgate.clock import FakeClock
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.errors import FailedPrecondition
 from tenantgate.keywrap import MasterKey, tenant_key_factory
+from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.registry.store import RegistryStore
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync import lastgood
 from tenantgate.sync.syncer import Syncer

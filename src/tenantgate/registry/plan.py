@@ -6,7 +6,7 @@ from collections.abc import Mapping, Set
 from typing import Any
 
 from tenantgate.model import TenantState
-from tenantgate.registry.store import TenantChange
+from tenantgate.registry.records import TenantChange
 
 
 def document_state(document: Mapping[str, Any]) -> str:

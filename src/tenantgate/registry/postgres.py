@@ -136,14 +136,14 @@ class PostgresStore(SqlRegistry):
         super().__init__(PostgresBackend(conninfo, pool_size=pool_size, create=create), clock=clock)
 
 
-def open_postgres(url: str, *, create: bool = True) -> PostgresStore:
+def open_postgres(url: str, *, create: bool = True, clock: Clock | None = None) -> PostgresStore:
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"bad PostgreSQL registry URL: {exc}") from None
-    return PostgresStore(url, create=create)
+    return PostgresStore(url, create=create, clock=clock)
 
 
 def _redacted(conninfo: str) -> str:

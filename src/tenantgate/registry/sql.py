@@ -21,7 +21,7 @@ from tenantgate.registry.audit import GENESIS, AuditEntry, AuditVerification, en
 from tenantgate.registry.canonical import canonical_json
 from tenantgate.registry.lifecycle import check_creation, check_transition
 from tenantgate.registry.plan import document_state, plan_changes
-from tenantgate.registry.store import (
+from tenantgate.registry.records import (
     ApplyResult,
     ChangeEntry,
     ChangeSet,

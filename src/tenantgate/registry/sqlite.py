@@ -171,7 +171,7 @@ class SQLiteStore(SqlRegistry):
         super().__init__(SQLiteBackend(path, busy_timeout_ms=busy_timeout_ms, create=create), clock=clock)
 
 
-def open_sqlite(url: str, *, create: bool = True) -> SQLiteStore:
+def open_sqlite(url: str, *, create: bool = True, clock: Clock | None = None) -> SQLiteStore:
     """``sqlite:///abs/path.db`` (absolute) or ``sqlite://relative/path.db``."""
     path = url.removeprefix("sqlite://")
     if not path:
@@ -179,4 +179,4 @@ def open_sqlite(url: str, *, create: bool = True) -> SQLiteStore:
     if path == ":memory:" and not create:
         raise ConfigurationError(f"{url!r} is a new, empty registry in each process; a server follows a registry "
                                  "file that `tenantgate apply` writes")
-    return SQLiteStore(path, create=create)
+    return SQLiteStore(path, create=create, clock=clock)

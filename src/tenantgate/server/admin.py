@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
+from tenantgate.adminapi import wire
 from tenantgate.engines.quota import QuotaEngine
 from tenantgate.errors import InvalidArgument, PermissionDenied, TenantgateError, Unauthenticated, Unavailable
-from tenantgate.registry import wire
 from tenantgate.registry.manifest import parse_manifest_texts
-from tenantgate.registry.store import KeyFactory, RegistryStore
+from tenantgate.registry.records import KeyFactory, RegistryStore
 from tenantgate.server.handlers import Undecodable
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, rich_status

@@ -28,7 +28,8 @@ from tenantgate.engines.tokens import TokenVerifier
 from tenantgate.errors import ConfigurationError, TenantgateError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.logs import flush_logs
-from tenantgate.registry.store import KeyFactory, RegistryStore, open_store
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import KeyFactory, RegistryStore
 from tenantgate.server.admin import RegistryServicer
 from tenantgate.server.decider import Decider
 from tenantgate.server.decision import DecisionServicer

@@ -9,12 +9,12 @@ from typing import TypeVar, cast
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from tenantgate.adminapi.wire import state_to_wire, timestamp
 from tenantgate.engines.access import AccessRequest, Reason
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
 from tenantgate.model import KeyState, TenantState
-from tenantgate.registry.wire import state_to_wire, timestamp
 from tenantgate.server import requests
 from tenantgate.server.decider import Decider
 from tenantgate.server.identity import CallerIdentity

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tenantgate.errors import StorageError
-from tenantgate.registry.store import KeyRecord, RegistryState, TenantRecord
+from tenantgate.registry.records import KeyRecord, RegistryState, TenantRecord
 
 # 3: every field of every record (format 2 lost KeyRecord.min_decryption_version) and the registry's identity.
 FORMAT = 3

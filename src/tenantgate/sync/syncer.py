@@ -21,7 +21,7 @@ from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.keywrap import KeyProvider
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.manifest import tenant_from_document
-from tenantgate.registry.store import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
+from tenantgate.registry.records import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
 from tenantgate.snapshot import (
     CompiledTenant,
     KeyVersion,

@@ -13,7 +13,8 @@ import pytest
 from tenantgate.clock import FakeClock
 from tenantgate.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.registry.store import RegistrySettings, RegistryStore, open_store
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import RegistrySettings, RegistryStore
 from tests.conftest import tenant_doc
 
 KEYS = {"purposes": ["data"], "readers": ["service:storage"]}

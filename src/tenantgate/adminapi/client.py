@@ -10,13 +10,15 @@ import json
 from collections.abc import Mapping
 from typing import Any, cast
 
+from tenantgate.adminapi import wire
 from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
-from tenantgate.registry import wire
 from tenantgate.registry.audit import AuditEntry, AuditVerification
-from tenantgate.registry.store import (
+from tenantgate.registry.backends import open_store
+from tenantgate.registry.records import (
     ApplyResult,
     KeyFactory,
+    RegistryAdmin,
     RegistrySettings,
     RotationResult,
     TenantInfo,
@@ -103,3 +105,12 @@ class RemoteRegistry:
 
     def update_settings(self, settings: RegistrySettings, *, actor: str = "") -> RegistrySettings:
         return wire.settings_from_wire(self._call("UpdateSettings", wire.settings_to_wire(settings), actor))
+
+
+def open_admin(url: str, security: ChannelSecurity | None = None, actor: str = "") -> RegistryAdmin:
+    """A registry to change: a store (``sqlite://``, ``postgresql://``: opened by ``open_store``), or the Admin
+    API of a running server (``grpc://host:port``), which is called as ``actor`` (with a client certificate,
+    the certificate names the caller instead)."""
+    if url.startswith("grpc://"):
+        return RemoteRegistry(url.removeprefix("grpc://"), security=security, actor=actor)
+    return open_store(url)

@@ -1,7 +1,9 @@
-"""The registry's interfaces and records, and one table of backends by URL scheme.
+"""The registry's records and interfaces: plain data and Protocols, importing nothing of the layers above.
 
 ``RegistryReader`` is what a syncer follows; ``RegistryAdmin`` is what the CLI and the Admin API change
-the registry through. SQL stores are both; a ``grpc://`` registry is an admin client only.
+the registry through. SQL stores are both; the Admin API client (``tenantgate.adminapi``) is an admin only.
+Each record has one codec per representation: SQL rows (``registry/rows.py``), the last-known-good JSON
+(``registry/statefile.py``) and protobuf (``adminapi/wire.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from tenantgate.channels import ChannelSecurity
-from tenantgate.errors import ConfigurationError
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 
 # (tenant_id, purpose, version) -> (wrapped key, algorithm); the store never sees plaintext keys.
@@ -217,36 +217,3 @@ class RegistryStore(RegistryReader, RegistryAdmin, Protocol):
     def rewrap_keys(self, rewrap: Rewrapper, *, actor: str = "cli") -> int:
         """Rewrap every stored key (a master key rotation) in one transaction; returns how many."""
         ...
-
-
-def open_store(url: str, *, create: bool = True) -> RegistryStore:
-    """The one place a registry URL becomes a store. ``create``: make the registry where there is none (what
-    admin commands do). A server passes False: it never creates a registry, and takes a missing one (no
-    SQLite file, an empty database) for one not reachable yet, until an admin creates it."""
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise ConfigurationError(f"registry URL {url!r} has no scheme; expected sqlite:///path/registry.db or "
-                                 "postgresql://user@host/db")
-    if scheme == "sqlite":
-        from tenantgate.registry.sqlite import open_sqlite
-
-        return open_sqlite(url, create=create)
-    if scheme in ("postgresql", "postgres"):
-        from tenantgate.registry.postgres import open_postgres
-
-        return open_postgres(url, create=create)
-    if scheme == "grpc":
-        raise ConfigurationError(f"{url!r} is an Admin API address; a server follows a registry store "
-                                 "(sqlite:// or postgresql://)")
-    raise ConfigurationError(f"unsupported registry URL scheme {scheme!r} in {url!r}; "
-                             "supported: sqlite://, postgresql://, grpc:// (CLI only)")
-
-
-def open_admin(url: str, security: ChannelSecurity | None = None, actor: str = "") -> RegistryAdmin:
-    """A registry to change: a store, or the Admin API of a running server (``grpc://host:port``), which
-    is called as ``actor`` (with a client certificate, the certificate names the caller instead)."""
-    if url.startswith("grpc://"):
-        from tenantgate.registry.remote import RemoteRegistry
-
-        return RemoteRegistry(url.removeprefix("grpc://"), security=security, actor=actor)
-    return open_store(url)

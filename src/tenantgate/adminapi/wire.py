@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry, AuditVerification
-from tenantgate.registry.store import (
+from tenantgate.registry.records import (
     ApplyResult,
     ChangeEntry,
     KeyInfo,
