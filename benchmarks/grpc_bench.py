@@ -35,6 +35,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
+from tenantgate.registry.manifest import manifests_from_documents
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
 
@@ -86,7 +87,7 @@ def write_registry(scratch: Path, tenants: int, jwk: dict[str, Any]) -> Path:
     key_file = scratch / "master.key"
     generate_master_key_file(key_file)
     store = SQLiteStore(scratch / "registry.db")
-    store.apply({f"t{i:05d}": tenant(f"t{i:05d}", jwk) for i in range(tenants)},
+    store.apply(manifests_from_documents(tenant(f"t{i:05d}", jwk) for i in range(tenants)),
                 key_factory=tenant_key_factory(MasterKey.from_file(key_file)))
     store.close()
     return key_file

@@ -30,6 +30,7 @@ import grpc
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.backends import open_store
+from tenantgate.registry.manifest import manifests_from_documents
 from tenantgate.registry.records import RegistryStore
 from tenantgate.server.app import TenantgateServer
 from tenantgate.snapshot import SnapshotHolder
@@ -107,7 +108,7 @@ def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey, 
         document = tenant(7)
         document["spec"]["features"] = [f"feature-{sample}"]
         start_time = time.perf_counter()
-        store.apply({"t000007": document})
+        store.apply(manifests_from_documents([document]))
         while stub.ResolveTenant(pb.ResolveTenantRequest(tenant_id="t000007")).features != [f"feature-{sample}"]:
             time.sleep(0.001)
         delays.append(time.perf_counter() - start_time)
@@ -129,7 +130,8 @@ def main() -> None:
         registry_url = args.registry or f"sqlite://{scratch}/registry.db"
         store = open_store(registry_url)
         documents = {f"t{i:06d}": tenant(i) for i in range(args.tenants)}
-        _, apply_seconds = timed(lambda: store.apply(documents, key_factory=tenant_key_factory(master_key)))
+        parsed = manifests_from_documents(documents.values())
+        _, apply_seconds = timed(lambda: store.apply(parsed, key_factory=tenant_key_factory(master_key)))
         documents.clear()
 
         state, load_seconds = timed(store.load)

@@ -57,6 +57,7 @@ from registry_scale import tenant
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
 from tenantgate.registry.backends import open_store
+from tenantgate.registry.manifest import manifests_from_documents
 from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
@@ -169,7 +170,7 @@ class Writer:
         document = tenant(index)
         document["spec"]["access"]["deny"] = ["delete:audit/*", f"read:{resource}"]
         tenant_id = document["metadata"]["id"]
-        result = store.apply({tenant_id: document}, key_factory=tenant_key_factory(self.master_key))
+        result = store.apply(manifests_from_documents([document]), key_factory=tenant_key_factory(self.master_key))
         self.count += 1
         return tenant_id, resource, result.revision
 
@@ -526,7 +527,7 @@ def main() -> int:
             master_key = MasterKey.from_file(key_file)
             writer = Writer(database_url(args.dsn, name, WRITER_APP), master_key, args.tenants)
             with writer.session() as store:
-                store.apply({f"t{i:06d}": tenant(i) for i in range(args.tenants)},
+                store.apply(manifests_from_documents(tenant(i) for i in range(args.tenants)),
                             key_factory=tenant_key_factory(master_key))
             cost = writer_cost(writer, args.changes, monitor)
             rows = []

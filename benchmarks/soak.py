@@ -26,6 +26,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tenantgate.keywrap import MasterKey, generate_master_key_file, tenant_key_factory
+from tenantgate.registry.manifest import manifests_from_documents
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
@@ -48,7 +49,7 @@ def registry(path: Path, master: MasterKey, idp_jwk: dict[str, Any]) -> None:
                      "tokens": {"issuers": [{"issuer": "https://idp.soak", "audience": "tenantgate",
                                              "jwks": {"keys": [idp_jwk]}}]},
                      "keys": {"purposes": ["data"], "readers": ["service:storage"]}}}
-    store.apply(documents, key_factory=tenant_key_factory(master))
+    store.apply(manifests_from_documents(documents.values()), key_factory=tenant_key_factory(master))
     store.close()
 
 

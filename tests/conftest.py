@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,10 +20,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tenantgate.clock import Clock
 from tenantgate.config import ServeConfig
 from tenantgate.keywrap import MasterKey
 from tenantgate.registry.backends import open_store
-from tenantgate.registry.manifest import parse_document
+from tenantgate.registry.manifest import ManifestDocument, manifests_from_documents, parse_document
 from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.server.app import TenantgateServer
@@ -47,6 +48,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"TENANTGATE_TEST_INSTALLED=1 but tenantgate is imported from the source tree "
                                 f"({location}): run these tests with the interpreter of a non-editable install")
 ISSUER = "https://idp.test.example"
+
+
+def manifests(documents: Mapping[str, Any] | Iterable[Any]) -> list[ManifestDocument]:
+    """Tenant documents (a mapping by tenant id, or any iterable of them) parsed as ``apply`` takes them."""
+    return manifests_from_documents(documents.values() if isinstance(documents, Mapping) else documents)
 
 
 def tenant_doc(tenant_id: str, *, state: str = "Active", **spec: Any) -> dict[str, Any]:
@@ -235,11 +241,11 @@ class DefaultCaller(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
 class RunningServer:
     """A TenantgateServer on an ephemeral loopback port, on its own event loop thread."""
 
-    def __init__(self, config: ServeConfig, master_key: MasterKey | None) -> None:
+    def __init__(self, config: ServeConfig, master_key: MasterKey | None, clock: Clock | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: TenantgateServer = self.call(self._start(config, master_key))
+        self.server: TenantgateServer = self.call(self._start(config, master_key, clock))
         self.target = f"127.0.0.1:{self.server.port}"
         self.admin_target = f"127.0.0.1:{self.server.admin_port}"
         self.channel = grpc.insecure_channel(self.target)
@@ -249,8 +255,9 @@ class RunningServer:
         self.admin = registry_pb2_grpc.RegistryServiceStub(
             grpc.intercept_channel(self.admin_channel, DefaultCaller(ADMIN)))
 
-    async def _start(self, config: ServeConfig, master_key: MasterKey | None) -> TenantgateServer:
-        server = TenantgateServer(config, master_key)
+    async def _start(self, config: ServeConfig, master_key: MasterKey | None,
+                     clock: Clock | None) -> TenantgateServer:
+        server = TenantgateServer(config, master_key, clock=clock)
         await server.start()
         return server
 
@@ -272,10 +279,11 @@ class RunningServer:
 
 @pytest.fixture
 def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
-    """Starts servers on the test's ``registry_url`` (so on SQLite and PostgreSQL), unless given one."""
+    """Starts servers on the test's ``registry_url`` (so on SQLite and PostgreSQL), unless given one; on the
+    system clock unless given a ``clock`` (a FakeClock, for max staleness, quotas and scheduled rotation)."""
     started: list[RunningServer] = []
 
-    def start(master_key: MasterKey | None = None, **settings: Any) -> RunningServer:
+    def start(master_key: MasterKey | None = None, clock: Clock | None = None, **settings: Any) -> RunningServer:
         registry_url = settings.pop("registry_url", None)
         if registry_url is None:
             # The test's own registry, created as an admin creates one before the first server starts (a server
@@ -289,7 +297,7 @@ def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., Runni
         config = ServeConfig(registry=registry_url, listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                              snapshot_file=settings.pop("snapshot_file", ""),
                              sync_interval=settings.pop("sync_interval", 0.05), **settings)
-        server = RunningServer(config, master_key)
+        server = RunningServer(config, master_key, clock)
         started.append(server)
         return server
 

@@ -110,6 +110,8 @@ SNAPSHOT_STALE = Gauge("tenantgate_snapshot_stale",
 SNAPSHOT_STALENESS = Gauge("tenantgate_snapshot_staleness_seconds",
                            "Seconds since the registry was last read successfully")
 REGISTRY_ERRORS = Counter("tenantgate_registry_errors_total", "Failed attempts to read the registry")
+TENANT_COMPILE_FAILURES = Counter("tenantgate_tenant_compile_failures_total",
+                                  "Stored tenant documents this server could not compile (each logged)")
 QUOTA_BACKEND_UP = Gauge("tenantgate_quota_backend_up", "1 while the quota counter backend answers")
 QUOTA_BACKEND_ERRORS = Counter("tenantgate_quota_backend_errors_total",
                                "ConsumeQuota calls answered by failure policy because the backend failed")

@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+# How long an Archived tenant is kept before it may be Deleted, unless its manifest says otherwise.
+DEFAULT_RETENTION = 30 * 86400
+
 
 class TenantState(StrEnum):
     DRAFT = "Draft"
@@ -30,6 +33,11 @@ class CalendarPeriod(StrEnum):
     DAY = "day"
     WEEK = "week"
     MONTH = "month"
+
+
+def key_id(tenant_id: str, purpose: str, version: int) -> str:
+    """How one version of a tenant key is named, in answers, audit entries and messages."""
+    return f"{tenant_id}/{purpose}/v{version}"
 
 
 class KeyState(IntEnum):
@@ -130,4 +138,4 @@ class TenantSpec:
     access: AccessSpec = field(default_factory=AccessSpec)
     issuers: tuple[IssuerSpec, ...] = ()
     keys: KeysSpec = field(default_factory=KeysSpec)
-    retention: int = 30 * 86400
+    retention: int = DEFAULT_RETENTION

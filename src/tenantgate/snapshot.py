@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import jwt
 
 from tenantgate.errors import FailedPrecondition, TenantgateError
-from tenantgate.model import IssuerSpec, KeyState, TenantSpec, TenantState
+from tenantgate.model import IssuerSpec, KeyState, TenantSpec, TenantState, key_id
 from tenantgate.policy import CompiledPolicy, compile_policy
 
 
@@ -37,7 +37,7 @@ class KeyVersion:
 
     @property
     def key_id(self) -> str:
-        return f"{self.tenant_id}/{self.purpose}/v{self.version}"
+        return key_id(self.tenant_id, self.purpose, self.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +88,11 @@ class TenantView:
     tenants nobody asks about. The result depends only on the document, so the view is as immutable as if
     it were built up front.
 
-    Compiling parses, validates and unwraps keys: milliseconds. The server never does it on its event loop:
-    the syncer compiles the tenants a change touched before it swaps the snapshot in, and the servicers
-    hand any other tenant a call needs to ``SnapshotHolder.compile`` first. ``built`` is the test they make:
-    None until compiled. A tenant whose document cannot be compiled stays None and says why in ``problem``.
+    Compiling parses, validates and unwraps keys: milliseconds. The server never does it on its event loop,
+    and the engines never do it at all: the syncer compiles the tenants a change touched before it swaps the
+    snapshot in, and the servicers hand any other tenant a call needs to ``SnapshotHolder.compile`` first.
+    ``built`` is the test they make: None until compiled. A tenant whose document cannot be compiled stays
+    None and says why in ``problem``.
     """
 
     __slots__ = ("_load", "built", "id", "issuer_urls", "problem", "revision", "state")
@@ -128,11 +129,17 @@ class TenantView:
         return self.built is None and not self.problem
 
     @property
+    def unavailable(self) -> str:
+        """Why the compiled tenant cannot be read: it does not compile, or no one compiled it first."""
+        return self.problem or (f"tenant {self.id!r} at revision {self.revision} is not compiled yet; compile it "
+                                "before deciding (SnapshotHolder.compile)")
+
+    @property
     def compiled(self) -> CompiledTenant:
-        """The compiled tenant; FailedPrecondition when it cannot be compiled."""
-        built = self.built or self.compile()
+        """The compiled tenant (compiled beforehand, never here); FailedPrecondition when it is not."""
+        built = self.built
         if built is None:
-            raise FailedPrecondition(self.problem)
+            raise FailedPrecondition(self.unavailable)
         return built
 
     # The parts below are read on every call: one property call each, not two, once compiled.
@@ -165,9 +172,11 @@ def compile_all(views: Iterable[TenantView]) -> None:
 
 
 def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
-    """A view of a tenant already parsed (tests, tools); compiled on first use like any other."""
-    return TenantView(spec.id, revision, spec.state, tuple(i.issuer for i in spec.issuers),
+    """A view of a tenant already parsed, compiled now (tests, tools)."""
+    view = TenantView(spec.id, revision, spec.state, tuple(i.issuer for i in spec.issuers),
                       lambda: compile_tenant(spec, keys))
+    view.compile()
+    return view
 
 
 @dataclass(frozen=True, slots=True)

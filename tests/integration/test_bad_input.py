@@ -22,7 +22,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.server.requests import MAX_IDEMPOTENCY_KEY
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
-from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
+from tests.conftest import EXAMPLES, Issuer, RunningServer, manifests, tenant_doc
 
 ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
@@ -39,7 +39,8 @@ def serve(directory: Path, *documents: dict[str, Any], **settings: Any) -> Runni
     master = MasterKey(os.urandom(32))
     store = SQLiteStore(path)
     tenants = {d.tenant.id: d.document for d in load_manifests([EXAMPLES])}
-    store.apply({**tenants, **{d["metadata"]["id"]: d for d in documents}}, key_factory=tenant_key_factory(master))
+    store.apply(manifests({**tenants, **{d["metadata"]["id"]: d for d in documents}}),
+                key_factory=tenant_key_factory(master))
     store.close()
     config = ServeConfig(registry=f"sqlite://{path}", listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                          snapshot_file="", trust_caller_metadata=True, admins=("user:ops",),

@@ -13,7 +13,7 @@ from tenantgate.keywrap import MasterKey
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tests.conftest import EXAMPLES, REPO, TENANTGATE, Issuer, RunningServer, tenant_doc
+from tests.conftest import EXAMPLES, REPO, TENANTGATE, Issuer, RunningServer, manifests, tenant_doc
 
 
 def tenantgate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -162,8 +162,8 @@ def test_audit_verify_names_the_entry_edited_behind_the_registrys_back(registry_
 
 def test_usage_reports_what_billing_reads(registry_url: str, store: RegistryStore,
                                           start_server: Callable[..., RunningServer]) -> None:
-    store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 10, "period": "day"},
-                                                    "seats": {"allocation": 3}})})
+    store.apply(manifests({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 10, "period": "day"},
+                                                    "seats": {"allocation": 3}})}))
     server = start_server()
     server.wait_synced(1)
     assert tenantgate("consume", "--target", server.target, "--tenant", "acme", "--quota", "jobs=4").returncode == 0

@@ -16,7 +16,7 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import EXAMPLES, Issuer, RunningServer, tenant_doc
+from tests.conftest import EXAMPLES, Issuer, RunningServer, manifests, tenant_doc
 
 STORAGE = (("x-tenantgate-caller", "service:storage"),)
 
@@ -27,7 +27,7 @@ def server(store: RegistryStore, master_key: MasterKey, issuer: Issuer,
     documents: dict[str, Any] = {doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}
     documents["acme"]["spec"]["tokens"]["issuers"].append(issuer.issuer_spec())
     documents["tiny"] = tenant_doc("tiny", quotas={"calls": {"limit": 2, "period": "day"}})
-    store.apply(documents, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests(documents), key_factory=tenant_key_factory(master_key))
     running = start_server(master_key)
     running.wait_synced(1)
     return running
@@ -162,7 +162,7 @@ def test_min_revision_waits_for_the_snapshot_or_fails_precondition(server: Runni
     future = server.stub.CheckAccess.future(request, timeout=5)
     documents = {doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}
     documents["acme"]["spec"]["plan"] = "enterprise"
-    store.apply(documents)
+    store.apply(manifests(documents))
     assert future.result().revision == 2
 
 
@@ -235,7 +235,7 @@ def test_a_token_of_another_tenant_gets_only_what_its_grant_allows(
     documents["globex"]["spec"]["tokens"] = {"issuers": [issuer.issuer_spec()]}
     documents["acme"]["spec"]["access"]["grants"].append(
         {"tenant": "globex", "subject": "user:alice", "allow": ["read:reports/*"]})
-    store.apply(documents, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests(documents), key_factory=tenant_key_factory(master_key))
     running = start_server(master_key)
     running.wait_synced(1)
     token = issuer.token("globex", "alice")

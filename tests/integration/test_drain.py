@@ -23,7 +23,7 @@ from tenantgate.server.app import RESPONSE_LINGER
 from tenantgate.server.handlers import SHUTTING_DOWN
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import TENANTGATE, tenant_doc
+from tests.conftest import TENANTGATE, manifests, tenant_doc
 from tests.integration.test_workers import free_port, wait_serving
 
 ACCESS = {"roles": {"r": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["r"]}]}
@@ -56,7 +56,7 @@ def serve(tmp_path: Path, registry_path: Path, sqlite_store: SQLiteStore,
           request: pytest.FixtureRequest) -> Iterator[Callable[..., Serving]]:
     """Starts `tenantgate serve` on a SQLite registry holding acme, with ``workers`` processes (more than one:
     on the test Redis) and the test's short drain delay; kills what is left of it at the end."""
-    sqlite_store.apply({"acme": tenant_doc("acme", access=ACCESS)})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS)}))
     started: list[Serving] = []
 
     def start(workers: int, drain_delay: float = DRAIN_DELAY) -> Serving:
@@ -157,7 +157,8 @@ async def test_hundreds_of_calls_in_flight_at_sigterm_are_all_answered(
         # Refusing for longer than the server lingers before it ends: it is still there, waiting for the calls.
         await asyncio.sleep(2 * RESPONSE_LINGER)
         assert server.process.poll() is None, server.output()
-        sqlite_store.apply({"globex": tenant_doc("globex")})  # revision 2: every waiting call can be answered
+        # Revision 2: every waiting call can be answered.
+        sqlite_store.apply(manifests({"globex": tenant_doc("globex")}))
         answers = await asyncio.gather(*calls, return_exceptions=True)
 
     problems = collections.Counter(error.code().name for error in answers if isinstance(error, grpc.aio.AioRpcError))

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.records import RegistryStore
-from tests.conftest import Issuer, RunningServer, tenant_doc
+from tests.conftest import Issuer, RunningServer, manifests, tenant_doc
 
 RLS = rls_pb2.RateLimitResponse
 ROLES = {"reader": {"allow": ["read:docs/*"]}, "writer": {"allow": ["write:docs/*", "read:*"],
@@ -47,7 +47,7 @@ def server(store: RegistryStore, master_key: MasterKey, issuer: Issuer,
                                      "roles": {"any": {"allow": ["*"]}}}),
         "frozen": tenant_doc("frozen", state="Suspended", quotas={"api-requests": {"limit": 3, "period": "day"}}),
     }
-    store.apply(documents, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests(documents), key_factory=tenant_key_factory(master_key))
     running = start_server(master_key)
     running.wait_synced(1)
     return running
@@ -317,7 +317,7 @@ def test_gateway_decisions_share_the_decision_log_and_metrics_of_check_access(
         start_server: Callable[..., RunningServer]) -> None:
     from prometheus_client import REGISTRY
 
-    store.apply({"solo": tenant_doc("solo", tokens={"issuers": [issuer.issuer_spec()]})},
+    store.apply(manifests({"solo": tenant_doc("solo", tokens={"issuers": [issuer.issuer_spec()]})}),
                 key_factory=tenant_key_factory(master_key))
     path = tmp_path / "decisions.log"
     running = start_server(master_key, decision_log=str(path))
@@ -367,7 +367,7 @@ def test_a_token_refused_before_any_tenant_is_named_is_still_logged_and_counted(
         start_server: Callable[..., RunningServer]) -> None:
     from prometheus_client import REGISTRY
 
-    store.apply({"solo": tenant_doc("solo")}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"solo": tenant_doc("solo")}), key_factory=tenant_key_factory(master_key))
     path = tmp_path / "decisions.log"
     running = start_server(master_key, decision_log=str(path))
     running.wait_synced(1)
@@ -411,7 +411,7 @@ def test_a_counter_store_outage_is_not_reported_as_an_exhausted_quota(
         store: RegistryStore, master_key: MasterKey, start_server: Callable[..., RunningServer]) -> None:
     quotas = {"strict": {"limit": 5, "period": "day"}, "lenient": {"limit": 5, "period": "day",
                                                                   "on_backend_error": "allow"}}
-    store.apply({"acme": tenant_doc("acme", quotas=quotas)}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": tenant_doc("acme", quotas=quotas)}), key_factory=tenant_key_factory(master_key))
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]

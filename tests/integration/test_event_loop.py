@@ -22,7 +22,7 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.backends import open_store
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
-from tests.conftest import Issuer, RunningServer, tenant_doc
+from tests.conftest import Issuer, RunningServer, manifests, tenant_doc
 
 # Enough tenants that the apply takes seconds (parsing, validating, keys made and wrapped, one transaction).
 APPLIED_TENANTS = 1500
@@ -47,7 +47,7 @@ def registry_with(path: Path, master_key: MasterKey, documents: dict[str, dict[s
     url = f"sqlite://{path}"
     store = open_store(url)
     try:
-        store.apply(documents, key_factory=tenant_key_factory(master_key))
+        store.apply(manifests(documents), key_factory=tenant_key_factory(master_key))
     finally:
         store.close()
     return url

@@ -21,7 +21,7 @@ from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc, registry_pb2_grpc
 from tenantgate.v1 import registry_pb2 as rpb
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import RunningServer, manifests, tenant_doc
 
 KEYS = {"purposes": ["data"], "readers": ["service:storage"], "metadata_readers": ["service:inventory"]}
 
@@ -38,8 +38,8 @@ def status(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
 
 @pytest.fixture
 def keyed(store: RegistryStore, master_key: MasterKey) -> RegistryStore:
-    store.apply({"acme": tenant_doc("acme", keys=KEYS), "globex": tenant_doc("globex", keys=KEYS),
-                 "initech": tenant_doc("initech", state="Suspended", keys=KEYS)},
+    store.apply(manifests({"acme": tenant_doc("acme", keys=KEYS), "globex": tenant_doc("globex", keys=KEYS),
+                 "initech": tenant_doc("initech", state="Suspended", keys=KEYS)}),
                 key_factory=tenant_key_factory(master_key))
     return store
 

@@ -17,14 +17,14 @@ import yaml
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import TENANTGATE, RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, manifests, tenant_doc
 from tests.integration.test_workers import free_port
 
 ACCESS = {"roles": {"r": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["r"]}]}
 
 
 def test_metrics_endpoint(store: RegistryStore, start_server: Callable[..., RunningServer]) -> None:
-    store.apply({"acme": tenant_doc("acme", access=ACCESS)})
+    store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS)}))
     port = free_port()
     server = start_server(metrics_listen=f"127.0.0.1:{port}")
     server.wait_synced(1)
@@ -44,7 +44,7 @@ def test_metrics_endpoint(store: RegistryStore, start_server: Callable[..., Runn
 
 def test_the_decision_log_holds_every_deny_and_sampled_allows(tmp_path: Path, store: RegistryStore,
                                                               start_server: Callable[..., RunningServer]) -> None:
-    store.apply({"acme": tenant_doc("acme", access=ACCESS)})
+    store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS)}))
     path = tmp_path / "decisions.log"
     server = start_server(decision_log=str(path), decision_log_sample=0.0)
     server.wait_synced(1)

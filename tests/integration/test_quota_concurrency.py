@@ -8,13 +8,13 @@ import grpc
 from tenantgate.registry.records import RegistryStore
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import RunningServer, manifests, tenant_doc
 
 
 def test_200_concurrent_consumes_against_a_limit_of_50_admit_exactly_50(
         store: RegistryStore, quota_backend: tuple[str, str], start_server: Callable[..., RunningServer]) -> None:
-    store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 50, "period": "day"},
-                                                    "seats": {"allocation": 50}})})
+    store.apply(manifests({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 50, "period": "day"},
+                                                    "seats": {"allocation": 50}})}))
     url, prefix = quota_backend  # memory, one Redis, a Redis Cluster
     server = start_server(quota_backend=url, quota_prefix=prefix)
     server.wait_synced(1)

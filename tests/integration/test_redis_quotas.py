@@ -26,7 +26,7 @@ from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem, calendar_win
 from tenantgate.model import CalendarPeriod
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import RunningServer, snapshot_of, tenant_doc
+from tests.conftest import RunningServer, manifests, snapshot_of, tenant_doc
 from tests.faults import TcpProxy
 from tests.redis_cluster import RedisCluster
 
@@ -157,9 +157,9 @@ def test_a_redis_outage_is_answered_by_policy_and_recovered_from(
         registry_path: Path, sqlite_store: SQLiteStore, redis_prefix: str, proxied_redis: tuple[str, TcpProxy],
         start_server: Callable[..., RunningServer]) -> None:
     url, proxy = proxied_redis
-    sqlite_store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"},
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"},
                                                     "reads": {"limit": 100, "period": "day",
-                                                              "on_backend_error": "allow"}})})
+                                                              "on_backend_error": "allow"}})}))
     server = start_server(registry_url=f"sqlite://{registry_path}", quota_backend=url, quota_prefix=redis_prefix)
     server.wait_synced(1)
     health = health_pb2_grpc.HealthStub(server.channel)

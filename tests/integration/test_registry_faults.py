@@ -19,13 +19,14 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from tenantgate.clock import FakeClock
 from tenantgate.errors import StorageError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.sync import lastgood
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import TENANTGATE, RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, manifests, tenant_doc
 from tests.faults import TcpProxy
 
 ALICE = pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read", resource="docs/1")
@@ -66,14 +67,14 @@ class BreakableSQLite:
 
     def apply(self, **spec: object) -> None:
         store = SQLiteStore(self.path)
-        store.apply({"acme": tenant_doc("acme", access=ACCESS, **spec)})
+        store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS, **spec)}))
         store.close()
 
     def break_it(self, **changes_while_down: object) -> None:
         """Keep a copy with ``changes_while_down`` applied, and put garbage in the registry's place."""
         shutil.copy(self.path, self.spare)
         store = SQLiteStore(self.spare)
-        store.apply({"acme": tenant_doc("acme", access=ACCESS, **changes_while_down)})
+        store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS, **changes_while_down)}))
         store.close()
         self.make_unreadable()
 
@@ -139,7 +140,7 @@ def test_a_retired_key_version_stays_refused_after_a_cold_start(registry_path: P
                                                                 start_server: Callable[..., RunningServer]) -> None:
     store = SQLiteStore(registry_path)
     keys = {"purposes": ["data"], "readers": ["service:storage"]}
-    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": tenant_doc("acme", keys=keys)}), key_factory=tenant_key_factory(master_key))
     store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
     store.update_key("acme", "data", min_decryption_version=2)  # v1 retired
     store.close()
@@ -211,7 +212,7 @@ def test_serving_opens_only_a_registry_that_exists(registry_url: str, tmp_path: 
         with psycopg.connect(registry_url) as conn:  # not even the schema ledger was made
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
     admin = open_store(registry_url)
-    admin.apply({"acme": tenant_doc("acme")})
+    admin.apply(manifests({"acme": tenant_doc("acme")}))
     assert served.current_revision() == 1  # the same store picks it up once it exists
     assert served.load().registry_id == admin.load().registry_id
     served.close()
@@ -229,7 +230,7 @@ def test_serving_takes_an_empty_sqlite_file_for_no_registry(registry_path: Path)
 
 def test_serving_upgrades_a_registry_made_before_it_had_an_identity(registry_url: str) -> None:
     admin = open_store(registry_url)
-    admin.apply({"acme": tenant_doc("acme")})
+    admin.apply(manifests({"acme": tenant_doc("acme")}))
     admin.close()
     if registry_url.startswith("sqlite://"):
         import sqlite3
@@ -254,10 +255,15 @@ def test_serving_upgrades_a_registry_made_before_it_had_an_identity(registry_url
 
 def test_max_staleness_fails_closed(sqlite_registry: BreakableSQLite,
                                     start_server: Callable[..., RunningServer]) -> None:
-    server = start_server(registry_url=f"sqlite://{sqlite_registry.path}", max_staleness=0.5)
+    clock = FakeClock()
+    server = start_server(registry_url=f"sqlite://{sqlite_registry.path}", max_staleness=30.0, clock=clock)
     server.wait_synced(1)
     sqlite_registry.break_it(plan="v2")
-    time.sleep(0.7)
+    wait_until(lambda: stale(server))  # every read of the registry fails from now on
+    clock.advance(30)
+    assert server.stub.CheckAccess(ALICE).allowed  # stale, but within the max staleness
+    assert REGISTRY.get_sample_value("tenantgate_snapshot_staleness_seconds") == 30
+    clock.advance(1)
     with pytest.raises(grpc.RpcError) as caught:
         server.stub.CheckAccess(ALICE)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -280,13 +286,14 @@ def test_postgres_connection_refused_mid_run(postgres_url: str, proxied_postgres
                                              start_server: Callable[..., RunningServer]) -> None:
     proxied_url, proxy = proxied_postgres
     direct = open_store(postgres_url)
-    direct.apply({"acme": tenant_doc("acme", access=ACCESS, plan="v1")})
+    direct.apply(manifests({"acme": tenant_doc("acme", access=ACCESS, plan="v1")}))
     server = start_server(registry_url=proxied_url)
     server.wait_synced(1)
     proxy.cut()
     wait_until(lambda: stale(server))
-    direct.apply({"acme": tenant_doc("acme", access=ACCESS, plan="v2")})  # committed while the server is cut off
-    direct.apply({"acme": tenant_doc("acme", access=ACCESS, plan="v3")})
+    # Committed while the server is cut off:
+    direct.apply(manifests({"acme": tenant_doc("acme", access=ACCESS, plan="v2")}))
+    direct.apply(manifests({"acme": tenant_doc("acme", access=ACCESS, plan="v3")}))
     assert server.stub.CheckAccess(ALICE).allowed and plan(server) == "v1"
     proxy.restore()
     wait_until(lambda: not stale(server) and plan(server) == "v3", timeout=15)
@@ -296,12 +303,12 @@ def test_postgres_connection_refused_mid_run(postgres_url: str, proxied_postgres
 def test_postgres_notify_wakes_followers_before_the_poll(postgres_url: str,
                                                          start_server: Callable[..., RunningServer]) -> None:
     store = open_store(postgres_url)
-    store.apply({"acme": tenant_doc("acme", plan="v1")})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="v1")}))
     server = start_server(registry_url=postgres_url, sync_interval=30.0)
     server.wait_synced(1)
     time.sleep(0.3)  # the syncer is now waiting on LISTEN, its next poll 30 s away
     started = time.monotonic()
-    store.apply({"acme": tenant_doc("acme", plan="v2")})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="v2")}))
     wait_until(lambda: plan(server) == "v2", timeout=1.0)
     assert time.monotonic() - started < 1.0
     store.close()

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
-from tests.conftest import TENANTGATE, RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, manifests, tenant_doc
 
 
 def _write_manifest(path: Path, plan: str) -> None:
@@ -52,7 +52,7 @@ def test_a_decision_never_sees_half_a_change(store: RegistryStore,
             "roles": {"r": {"allow": ["read:x"] if tenant == owner else ["read:nothing"]}},
             "bindings": [{"subject": "user:u", "roles": ["r"]}]}) for tenant in ("a1", "b1")}
 
-    store.apply(documents(0))
+    store.apply(manifests(documents(0)))
     server = start_server(sync_interval=0.001)
     server.wait_synced(1)
     stop = threading.Event()
@@ -60,7 +60,7 @@ def test_a_decision_never_sees_half_a_change(store: RegistryStore,
     def keep_applying() -> None:
         generation = 1
         while not stop.is_set() and generation < 200:
-            store.apply(documents(generation))
+            store.apply(manifests(documents(generation)))
             generation += 1
 
     writer = threading.Thread(target=keep_applying, daemon=True)
@@ -84,7 +84,7 @@ def test_a_decision_never_sees_half_a_change(store: RegistryStore,
 
 def test_not_serving_until_the_registry_can_be_read(registry_path: Path, sqlite_store: SQLiteStore,
                                                     start_server: Callable[..., RunningServer]) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme")}))
     sqlite_store.close()
     good = registry_path.read_bytes()
     registry_path.write_bytes(b"not a database" * 100)

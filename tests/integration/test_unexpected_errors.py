@@ -20,7 +20,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.snapshot import Snapshot
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
-from tests.conftest import RunningServer, tenant_doc
+from tests.conftest import RunningServer, manifests, tenant_doc
 
 ACCESS = {"roles": {"reader": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["reader"]}]}
 # Words of the exception that must stay in the log and out of what the caller sees.
@@ -35,7 +35,8 @@ class EngineBug(RuntimeError):
 def server(tmp_path: Path, start_server: Callable[..., RunningServer]) -> RunningServer:
     registry_url = f"sqlite://{tmp_path / 'registry.db'}"
     store = open_store(registry_url)
-    store.apply({"acme": tenant_doc("acme", access=ACCESS, quotas={"calls": {"limit": 10, "period": "day"}})})
+    store.apply(manifests({"acme": tenant_doc("acme", access=ACCESS,
+                                              quotas={"calls": {"limit": 10, "period": "day"}})}))
     store.close()
     running = start_server(registry_url=registry_url)
     running.wait_synced(1)

@@ -25,7 +25,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.server.app import TenantgateServer
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
-from tests.conftest import TENANTGATE, RunningServer, tenant_doc
+from tests.conftest import TENANTGATE, RunningServer, manifests, tenant_doc
 
 
 def free_port() -> int:
@@ -119,7 +119,7 @@ def test_more_than_one_worker_on_memory_counters_is_refused(registry_path: Path)
 
 def test_workers_share_the_port_and_one_limit(tmp_path: Path, registry_path: Path, sqlite_store: SQLiteStore,
                                               redis_url: str, redis_prefix: str) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"}})})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"}})}))
     port, admin_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
@@ -182,7 +182,7 @@ def test_workers_share_the_port_and_one_limit(tmp_path: Path, registry_path: Pat
 
 def test_a_second_single_worker_server_cannot_share_the_port(registry_path: Path, sqlite_store: SQLiteStore,
                                                              start_server: Callable[..., RunningServer]) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme")}))
     first = start_server(registry_url=f"sqlite://{registry_path}")
     config = ServeConfig(registry=f"sqlite://{registry_path}", listen=first.target, admin_listen="",
                          snapshot_file="")
@@ -196,7 +196,7 @@ def test_a_second_single_worker_server_cannot_share_the_port(registry_path: Path
 
 def test_workers_failing_at_start_stop_the_server(tmp_path: Path, registry_path: Path, sqlite_store: SQLiteStore,
                                                   redis_url: str, redis_prefix: str) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme")}))
     log = tmp_path / "serve.log"
     with held_metrics_ports() as metrics:
         server = serve_workers(registry_path, redis_url, redis_prefix, log, "--metrics-listen", metrics,
@@ -220,7 +220,7 @@ def test_workers_failing_at_start_stop_the_server(tmp_path: Path, registry_path:
 
 def test_a_stop_while_workers_wait_to_restart_is_prompt_and_fails(
         tmp_path: Path, registry_path: Path, sqlite_store: SQLiteStore, redis_url: str, redis_prefix: str) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme")}))
     log = tmp_path / "serve.log"
     with held_metrics_ports() as metrics:
         server = serve_workers(registry_path, redis_url, redis_prefix, log, "--metrics-listen", metrics)
@@ -238,7 +238,7 @@ def test_a_stop_while_workers_wait_to_restart_is_prompt_and_fails(
 
 def test_workers_stop_with_their_parent(tmp_path: Path, registry_path: Path, sqlite_store: SQLiteStore,
                                         redis_url: str, redis_prefix: str) -> None:
-    sqlite_store.apply({"acme": tenant_doc("acme")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme")}))
     log = tmp_path / "serve.log"
     server = serve_workers(registry_path, redis_url, redis_prefix, log, "--log-format", "text", "--drain-delay", "0")
     try:

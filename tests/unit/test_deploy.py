@@ -250,7 +250,7 @@ def test_the_docker_build_context_makes_the_same_wheel_as_the_repository(tmp_pat
         ".git", ".venv", "build", "dist", ".tenantgate", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
     from_context = _build_wheel(context, tmp_path / "wheel-from-context")
     from_checkout = _build_wheel(checkout, tmp_path / "wheel-from-checkout")
-    assert "tenantgate/cli.py" in from_context and "tenantgate/v1/decision_pb2.py" in from_context
+    assert "tenantgate/cli/__init__.py" in from_context and "tenantgate/v1/decision_pb2.py" in from_context
     entry_points = next(name for name in from_context if name.endswith("entry_points.txt"))
     assert entry_points in from_checkout
     assert from_context == from_checkout

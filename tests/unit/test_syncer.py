@@ -14,28 +14,34 @@ from tenantgate.errors import FailedPrecondition
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.records import RegistryStore
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.snapshot import SnapshotHolder
+from tenantgate.snapshot import Snapshot, SnapshotHolder, compile_all
 from tenantgate.sync import lastgood
 from tenantgate.sync.syncer import Syncer
-from tests.conftest import tenant_doc
+from tests.conftest import manifests, tenant_doc
+
+
+def compiled(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with every tenant compiled, as a server compiles the ones a call needs before deciding."""
+    compile_all(snapshot.tenants.values())
+    return snapshot
 
 
 async def test_incremental_sync_reuses_unchanged_tenants(store: RegistryStore, master_key: MasterKey) -> None:
-    store.apply({"acme": tenant_doc("acme"), "globex": tenant_doc("globex")})
+    store.apply(manifests({"acme": tenant_doc("acme"), "globex": tenant_doc("globex")}))
     holder = SnapshotHolder()
     syncer = Syncer(store, holder, master_key)
-    first = await syncer.sync_once()
+    first = compiled(await syncer.sync_once())
     assert first.revision == 1 and set(first.tenants) == {"acme", "globex"}
     assert await syncer.sync_once() is first  # nothing changed, nothing rebuilt
 
-    store.apply({"acme": tenant_doc("acme", plan="gold"), "globex": tenant_doc("globex")})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="gold"), "globex": tenant_doc("globex")}))
     second = await syncer.sync_once()
     assert second.revision == 2 and holder.current is second
     assert second.tenants["acme"].spec.plan == "gold"
     assert second.tenants["globex"] is first.tenants["globex"]
     assert first.tenants["acme"].spec.plan == ""  # the old snapshot is untouched
 
-    store.apply({"acme": tenant_doc("acme", plan="gold"), "globex": tenant_doc("globex", state="Suspended")})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="gold"), "globex": tenant_doc("globex", state="Suspended")}))
     third = await syncer.sync_once()
     assert third.tenants["acme"] is second.tenants["acme"]
     assert third.tenants["globex"].state.value == "Suspended"
@@ -43,24 +49,24 @@ async def test_incremental_sync_reuses_unchanged_tenants(store: RegistryStore, m
 
 async def test_keys_are_unwrapped_into_the_snapshot(store: RegistryStore, master_key: MasterKey) -> None:
     keys = {"purposes": ["data"], "readers": ["service:storage"]}
-    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
-    snapshot = await Syncer(store, SnapshotHolder(), master_key).sync_once()
+    store.apply(manifests({"acme": tenant_doc("acme", keys=keys)}), key_factory=tenant_key_factory(master_key))
+    snapshot = compiled(await Syncer(store, SnapshotHolder(), master_key).sync_once())
     (key,) = snapshot.tenants["acme"].keys["data"]
     assert len(key.material) == 32 and not key.unavailable
     assert key.material.hex() not in repr(key)
-    without = await Syncer(store, SnapshotHolder(), None).sync_once()
+    without = compiled(await Syncer(store, SnapshotHolder(), None).sync_once())
     assert without.tenants["acme"].keys["data"][0].unavailable
 
 
 async def test_waiting_for_a_revision(store: RegistryStore) -> None:
     holder = SnapshotHolder()
     syncer = Syncer(store, holder, None, interval=0.01)
-    store.apply({"acme": tenant_doc("acme")})
+    store.apply(manifests({"acme": tenant_doc("acme")}))
     task = asyncio.create_task(syncer.run())
     try:
         assert (await holder.wait_for_revision(1, 2.0)) is not None
         assert await holder.wait_for_revision(5, 0.05) is None
-        store.apply({"acme": tenant_doc("acme", plan="x")})
+        store.apply(manifests({"acme": tenant_doc("acme", plan="x")}))
         waited = await holder.wait_for_revision(2, 2.0)
         assert waited is not None and waited.tenants["acme"].spec.plan == "x"
     finally:
@@ -74,7 +80,7 @@ def registry_at(path: Path, revision: int, tenant_id: str = "acme") -> SQLiteSto
     """A SQLite registry at ``revision``, one apply per revision."""
     store = SQLiteStore(path)
     for plan in range(revision):
-        store.apply({tenant_id: tenant_doc(tenant_id, plan=f"p{plan + 1}")})
+        store.apply(manifests({tenant_id: tenant_doc(tenant_id, plan=f"p{plan + 1}")}))
     assert store.current_revision() == revision
     return store
 
@@ -96,7 +102,7 @@ async def test_the_file_follows_its_registry_forward(tmp_path: Path) -> None:
     registry_id = store.load().registry_id
     await save_from(store, snapshot_file)
     assert holds(snapshot_file) == lastgood.Held(registry_id, 1)
-    store.apply({"acme": tenant_doc("acme", plan="later")})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="later")}))
     await save_from(store, snapshot_file)
     assert holds(snapshot_file) == lastgood.Held(registry_id, 2)
 
@@ -107,7 +113,7 @@ async def test_an_older_revision_replaces_the_file_only_when_told(tmp_path: Path
     live = registry_at(tmp_path / "registry.db", 1)
     live.close()  # checkpointed into the file: a complete backup is a copy of it
     shutil.copy(tmp_path / "registry.db", tmp_path / "backup.db")
-    live.apply({"acme": tenant_doc("acme", plan="after the backup")})
+    live.apply(manifests({"acme": tenant_doc("acme", plan="after the backup")}))
     registry_id = live.load().registry_id
     await save_from(live, snapshot_file)
     saved = snapshot_file.read_bytes()
@@ -167,7 +173,7 @@ async def test_a_cold_start_keeps_the_key_version_floor(tmp_path: Path, master_k
     snapshot_file = tmp_path / "last-known-good.json"
     store = SQLiteStore(tmp_path / "registry.db")
     keys = {"purposes": ["data"], "readers": ["service:storage"]}
-    store.apply({"acme": tenant_doc("acme", keys=keys)}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": tenant_doc("acme", keys=keys)}), key_factory=tenant_key_factory(master_key))
     store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
     store.update_key("acme", "data", min_decryption_version=2)
     await Syncer(store, SnapshotHolder(), master_key, clock=FakeClock(), snapshot_file=snapshot_file).sync_once()
@@ -182,6 +188,7 @@ async def test_a_cold_start_keeps_the_key_version_floor(tmp_path: Path, master_k
     finally:
         task.cancel()
     assert snapshot is not None and snapshot.stale
+    compiled(snapshot)
     engine = KeyEngine()
     with pytest.raises(FailedPrecondition, match="below the min_decryption_version"):
         engine.get(snapshot, "service:storage", "acme", "data", version=1)
@@ -205,7 +212,7 @@ async def test_a_stored_document_of_any_shape_makes_its_tenant_unloadable_not_an
         sqlite_store: SQLiteStore, registry_path: Path, stored: str) -> None:
     import sqlite3
 
-    sqlite_store.apply({"acme": tenant_doc("acme"), "globex": tenant_doc("globex")})
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme"), "globex": tenant_doc("globex")}))
     with sqlite3.connect(registry_path) as db:
         db.execute("UPDATE tenants SET document = ? WHERE id = 'acme'", (stored,))
     db.close()

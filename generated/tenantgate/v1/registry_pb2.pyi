@@ -71,7 +71,7 @@ class KeyMetadata(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., purpose: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "state", "revision", "document_json", "keys", "labels", "created_at", "updated_at", "state_since")
+    __slots__ = ("tenant_id", "state", "revision", "document_json", "keys", "labels", "created_at", "updated_at", "state_since", "digest")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class Tenant(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     state: _decision_pb2.TenantState
     revision: int
@@ -97,7 +98,8 @@ class Tenant(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     state_since: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.TenantState, str]] = ..., revision: _Optional[int] = ..., document_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyMetadata, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    digest: str
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.TenantState, str]] = ..., revision: _Optional[int] = ..., document_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyMetadata, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class GetTenantRequest(_message.Message):
     __slots__ = ("tenant_id",)

@@ -7,7 +7,7 @@ master key, so the CLI needs none.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from tenantgate.adminapi import wire
@@ -15,6 +15,7 @@ from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 from tenantgate.registry.backends import open_store
+from tenantgate.registry.manifest import ManifestDocument
 from tenantgate.registry.records import (
     ApplyResult,
     KeyFactory,
@@ -45,10 +46,10 @@ class RemoteRegistry:
     def close(self) -> None:
         self._channel.close()
 
-    def apply(self, documents: Mapping[str, Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False,
+    def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
               actor: str = "", key_factory: KeyFactory | None = None) -> ApplyResult:
-        files = [pb.ManifestFile(name=f"tenant {tenant_id}", content=json.dumps(document))
-                 for tenant_id, document in documents.items()]
+        files = [pb.ManifestFile(name=manifest.source, content=json.dumps(manifest.document))
+                 for manifest in manifests]
         response = self._call("ApplyManifests", pb.ApplyManifestsRequest(files=files, dry_run=dry_run, prune=prune),
                               actor)
         return wire.apply_from_wire(response)

@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry, AuditVerification
+from tenantgate.registry.manifest import document_labels
 from tenantgate.registry.records import (
     ApplyResult,
     ChangeEntry,
@@ -21,15 +22,16 @@ from tenantgate.registry.records import (
 )
 from tenantgate.v1 import decision_pb2 as dpb
 from tenantgate.v1 import registry_pb2 as pb
+from tenantgate.wiretime import seconds_of, set_seconds
 
 
 def timestamp(seconds: float) -> Timestamp:
-    whole = int(seconds)
-    return Timestamp(seconds=whole, nanos=int((seconds - whole) * 1e9))
+    stamp = Timestamp()
+    set_seconds(stamp, seconds)
+    return stamp
 
 
-def seconds(stamp: Timestamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9
+seconds = seconds_of
 
 
 def state_to_wire(state: str) -> dpb.TenantState:
@@ -43,7 +45,7 @@ def state_from_wire(value: int) -> str:
 
 
 def key_to_wire(key: KeyInfo) -> pb.KeyMetadata:
-    return pb.KeyMetadata(key_id=f"{key.tenant_id}/{key.purpose}/v{key.version}", purpose=key.purpose,
+    return pb.KeyMetadata(key_id=key.key_id, purpose=key.purpose,
                           version=key.version, algorithm=key.algorithm, state=cast(dpb.KeyState, key.state),
                           created_at=timestamp(key.created_at))
 
@@ -54,16 +56,16 @@ def key_from_wire(tenant_id: str, key: pb.KeyMetadata) -> KeyInfo:
 
 def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
     record = info.record
-    labels = record.document.get("metadata", {}).get("labels") or {}
+    labels = document_labels(record.document)
     return pb.Tenant(tenant_id=record.id, state=state_to_wire(record.state), revision=record.revision,
-                     document_json=record.document_json, keys=[key_to_wire(k) for k in info.keys],
-                     labels={str(k): str(v) for k, v in labels.items()}, created_at=timestamp(info.created_at),
+                     document_json=record.document_json, digest=record.digest,
+                     keys=[key_to_wire(k) for k in info.keys], labels=labels, created_at=timestamp(info.created_at),
                      updated_at=timestamp(info.updated_at), state_since=timestamp(record.state_since))
 
 
 def tenant_from_wire(tenant: pb.Tenant) -> TenantInfo:
-    record = TenantRecord(tenant.tenant_id, tenant.document_json, "", tenant.revision, state_from_wire(tenant.state),
-                          seconds(tenant.state_since))
+    record = TenantRecord(tenant.tenant_id, tenant.document_json, tenant.digest, tenant.revision,
+                          state_from_wire(tenant.state), seconds(tenant.state_since))
     return TenantInfo(record, tuple(key_from_wire(tenant.tenant_id, k) for k in tenant.keys),
                       seconds(tenant.created_at), seconds(tenant.updated_at))
 

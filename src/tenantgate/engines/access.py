@@ -6,7 +6,8 @@ Order, for a request on tenant T by subject S of home tenant H:
   3. T's tenant-wide deny overrides everything, cross-tenant grantees included.
   4. H == T: a deny in any role S holds in that environment overrides; then the first allow decides.
      H != T: H must exist and be Active, and T must grant (H, S) explicitly; nothing else crosses.
-A tenant this server cannot compile gives no decision (``Undecided``), never a deny and never an exception.
+A tenant this server cannot compile (or that was not compiled before the check) gives no decision
+(``Undecided``), never a deny and never an exception; the engine never parses or compiles anything itself.
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ class AccessEngine:
 
         if tenant.state not in _LIVE_STATES:
             return _deny(Reason.TENANT_NOT_ACTIVE, None, subject, home)
-        # Compiled by now in a server (off its event loop); compiled here otherwise (tests, tools).
-        compiled = tenant.built or tenant.compile()
+        # Compiled before the check (tenants_to_compile), off the event loop: never here.
+        compiled = tenant.built
         if compiled is None:
-            return Undecided(tenant.problem)
+            return Undecided(tenant.unavailable)
         policy = compiled.policy
         action, resource, environment = request.action, request.resource, request.environment
         if environment and environment not in policy.environments:

@@ -1,7 +1,9 @@
-"""Quota decisions: validation, idempotency and all-or-nothing over the items of one call.
+"""Quota decisions: validation, idempotency keys and failure policy over the items of one call.
 
-The algorithms' arithmetic lives here, once; a counter store only keeps state and applies a call's
-operations atomically (see ``counters``).
+The quota algorithms (token bucket, calendar windows, leases, allocations) are written twice: in Python here and
+in ``counters/memory.py``, which run them for the memory store, and in Lua (``counters/lua/``), which Redis runs
+atomically. ``tests/integration/test_quota_equivalence.py`` drives both with the same calls and requires the same
+answers: a change to one is a change to the other.
 """
 
 from __future__ import annotations

@@ -105,9 +105,9 @@ class TokenVerifier:
             return _invalid("token has no iss claim"), None
         for tenant_id in _candidates(snapshot, issuer_url, unverified, home_tenant_id):
             tenant = snapshot.tenants[tenant_id]
-            compiled = tenant.built or tenant.compile()
+            compiled = tenant.built  # compiled before the check (tenants_to_compile): never here
             if compiled is None:
-                return TokenResult(None, TokenProblem.TENANT_UNAVAILABLE, tenant.problem), None
+                return TokenResult(None, TokenProblem.TENANT_UNAVAILABLE, tenant.unavailable), None
             for issuer in compiled.issuers:
                 if issuer.spec.issuer != issuer_url:
                     continue

@@ -1,4 +1,4 @@
-"""What an apply would change: a pure comparison of stored documents with the manifests."""
+"""What an apply would change: a pure comparison of stored tenants with the manifests."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ from collections.abc import Mapping, Set
 from typing import Any
 
 from tenantgate.model import TenantState
-from tenantgate.registry.records import TenantChange
-
-
-def document_state(document: Mapping[str, Any]) -> str:
-    return str(document.get("spec", {}).get("state", TenantState.DRAFT.value))
+from tenantgate.registry.manifest import ManifestDocument
+from tenantgate.registry.records import TenantChange, TenantRecord
 
 
 def plan_changes(
-    current: Mapping[str, Mapping[str, Any]],
-    desired: Mapping[str, Mapping[str, Any]],
+    current: Mapping[str, TenantRecord],
+    desired: Mapping[str, ManifestDocument],
     existing_keys: Mapping[str, Set[str]],
     *,
     prune: bool,
@@ -27,18 +24,17 @@ def plan_changes(
         before, after = current.get(tenant_id), desired.get(tenant_id)
         if after is None:
             assert before is not None
-            if prune and document_state(before) != TenantState.DELETED.value:
-                changes.append(TenantChange(tenant_id, "delete", document_state(before), TenantState.DELETED.value))
+            if prune and before.state != TenantState.DELETED.value:
+                changes.append(TenantChange(tenant_id, "delete", before.state, TenantState.DELETED.value))
             continue
-        purposes = after.get("spec", {}).get("keys", {}).get("purposes") or []
-        new_keys = tuple(p for p in purposes if p not in existing_keys.get(tenant_id, ()))
-        if document_state(after) == TenantState.DELETED.value:
-            new_keys = ()
+        spec = after.tenant
+        new_keys = () if spec.state is TenantState.DELETED else tuple(
+            p for p in spec.keys.purposes if p not in existing_keys.get(tenant_id, ()))
         if before is None:
-            changes.append(TenantChange(tenant_id, "create", "", document_state(after), (), new_keys))
-        elif before != after or new_keys:
-            changes.append(TenantChange(tenant_id, "update", document_state(before), document_state(after),
-                                        tuple(_differences(before, after)), new_keys))
+            changes.append(TenantChange(tenant_id, "create", "", spec.state.value, (), new_keys))
+        elif before.document != after.document or new_keys:
+            changes.append(TenantChange(tenant_id, "update", before.state, spec.state.value,
+                                        tuple(_differences(before.document, after.document)), new_keys))
     return changes
 
 

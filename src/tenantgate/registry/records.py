@@ -12,9 +12,13 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from tenantgate.model import key_id
 from tenantgate.registry.audit import AuditEntry, AuditVerification
+
+if TYPE_CHECKING:  # the manifest parser is a layer above these records; only its type is named here
+    from tenantgate.registry.manifest import ManifestDocument
 
 # (tenant_id, purpose, version) -> (wrapped key, algorithm); the store never sees plaintext keys.
 KeyFactory = Callable[[str, str, int], tuple[bytes, str]]
@@ -48,6 +52,10 @@ class KeyRecord:
     created_at: float
     min_decryption_version: int = 0  # of the purpose: older versions are not served
 
+    @property
+    def key_id(self) -> str:
+        return key_id(self.tenant_id, self.purpose, self.version)
+
 
 # Rewraps one stored key: (tenant_id, purpose, version, wrapped) -> wrapped under the new master key.
 Rewrapper = Callable[[str, str, int, bytes], bytes]
@@ -63,6 +71,10 @@ class KeyInfo:
     algorithm: str
     state: int
     created_at: float
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.tenant_id, self.purpose, self.version)
 
 
 @dataclass(frozen=True)
@@ -176,8 +188,10 @@ class RegistryAdmin(Protocol):
     """Every write commits atomically with its audit entries and bumps the revision by one; a write
     that changes nothing commits nothing."""
 
-    def apply(self, documents: Mapping[str, Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False,
-              actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult: ...
+    def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
+              actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult:
+        """Make the registry hold ``manifests`` (parsed and validated: ``registry/manifest.py``)."""
+        ...
 
     def transition(self, tenant_id: str, state: str, *, actor: str = "cli", force: bool = False,
                    reason: str = "") -> TransitionResult: ...

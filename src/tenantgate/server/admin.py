@@ -83,7 +83,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         def apply() -> pb.ApplyManifestsResponse:
             documents = parse_manifest_texts((f.name or f"files[{i}]", f.content)
                                              for i, f in enumerate(request.files))
-            result = self._store.apply({d.tenant.id: d.document for d in documents}, prune=request.prune,
+            result = self._store.apply(documents, prune=request.prune,
                                        dry_run=request.dry_run, actor=actor, key_factory=self._key_factory)
             return wire.apply_to_wire(result)
 

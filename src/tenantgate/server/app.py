@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -19,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tenantgate import metrics
+from tenantgate.clock import Clock, SystemClock
 from tenantgate.config import ServeConfig
 from tenantgate.counters import open_counter_store
 from tenantgate.engines.access import AccessEngine
@@ -101,27 +101,36 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 
 
 class TenantgateServer:
-    """One process serving DecisionService (with health and reflection) and, on its own port, the Admin API."""
+    """One process serving DecisionService (with health and reflection) and, on its own port, the Admin API.
 
-    def __init__(self, config: ServeConfig, master_key: MasterKey | None, store: RegistryStore | None = None) -> None:
+    ``clock`` is the wall clock of everything the server builds that decides by the time: the registry store
+    it opens (lifecycle times, retention, scheduled key rotation), the syncer (when the registry was last
+    read), max staleness and its metric, quota windows, buckets and leases on the memory backend (Redis counts
+    on its own clock), and cached tokens' expiry (a token's first verification is PyJWT's, on the system clock).
+    A ``store`` passed in keeps the clock it was opened with.
+    Intervals and timeouts (sync polling, drain, probes) run on the event loop's monotonic clock."""
+
+    def __init__(self, config: ServeConfig, master_key: MasterKey | None, store: RegistryStore | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
         self.holder = SnapshotHolder()
         # A server never creates a registry: a missing one is unreachable until `tenantgate apply` makes it.
-        self._store = store or open_store(config.registry, create=False)
-        self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval,
+        self._store = store or open_store(config.registry, create=False, clock=self.clock)
+        self.syncer = Syncer(self._store, self.holder, master_key, interval=config.sync_interval, clock=self.clock,
                              snapshot_file=Path(config.snapshot_file) if config.snapshot_file else None,
                              replace_snapshot_file=config.replace_snapshot_file)
         self._counters = open_counter_store(config.quota_backend, prefix=config.quota_prefix,
                                             on_availability=self._quota_backend_changed,
                                             idempotency_cache_size=config.idempotency_cache_size)
-        quota = QuotaEngine(self._counters, on_backend_error=config.quota_on_backend_error)
-        tokens = TokenVerifier(cache_size=config.token_cache_size)
+        quota = QuotaEngine(self._counters, clock=self.clock, on_backend_error=config.quota_on_backend_error)
+        tokens = TokenVerifier(cache_size=config.token_cache_size, clock=self.clock)
         identity = CallerIdentity(trust_metadata=config.trust_caller_metadata,
                                   client_certificates=bool(config.client_ca))
         self._decision_log = (DecisionLog(config.decision_log, sample=config.decision_log_sample)
                               if config.decision_log else None)
         decider = Decider(self.holder, tokens, AccessEngine(tokens), quota, max_staleness=config.max_staleness,
-                          decision_log=self._decision_log)
+                          clock=self.clock, decision_log=self._decision_log)
         self._decisions = DecisionServicer(decider, KeyEngine(), identity)
         self._authorization = AuthorizationServicer(decider)
         self._rate_limits = RateLimitServicer(decider)
@@ -155,9 +164,9 @@ class TenantgateServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(QUOTA_BACKEND_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(LIVENESS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
-        holder = self.holder
+        holder, clock = self.holder, self.clock
         metrics.SNAPSHOT_STALENESS.set_function(
-            lambda: max(0.0, time.time() - holder.confirmed_at) if holder.confirmed_at else 0.0)
+            lambda: max(0.0, clock.now() - holder.confirmed_at) if holder.confirmed_at else 0.0)
         metrics.QUOTA_BACKEND_UP.set(1)
         credentials = _credentials(self.config)
         self.port = _bind(decision, self.config.listen, credentials)

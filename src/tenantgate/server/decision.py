@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import TypeVar, cast
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from tenantgate.adminapi.wire import state_to_wire, timestamp
 from tenantgate.engines.access import AccessRequest, Reason
@@ -22,6 +21,7 @@ from tenantgate.server.status import maps_errors, status_code
 from tenantgate.snapshot import KeyVersion, Snapshot, TenantView
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
+from tenantgate.wiretime import set_seconds
 
 T = TypeVar("T")
 KeyRequest = pb.GetTenantKeyRequest | pb.GetTenantKeyMetadataRequest | pb.GetDataKeyRequest | pb.DecryptDataKeyRequest
@@ -39,12 +39,6 @@ def _set_error(target: pb.CheckError, error: TenantgateError) -> None:
     target.code = status_code(error).value[0]
     target.message = error.message
     target.field = error.field
-
-
-def _set_duration(target: Duration, seconds: float) -> None:
-    whole = int(seconds)
-    target.seconds = whole
-    target.nanos = int((seconds - whole) * 1e9)
 
 
 class KeyAnswers:
@@ -156,9 +150,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                                           remaining=item.remaining, lease_id=item.lease_id, shadow=item.shadow)
             # A zero duration is left unset: it reads as zero, and each one set costs a sub-message.
             if item.reset_after:
-                _set_duration(result.reset_after, item.reset_after)
+                set_seconds(result.reset_after, item.reset_after)
             if item.retry_after:
-                _set_duration(result.retry_after, item.retry_after)
+                set_seconds(result.retry_after, item.retry_after)
         return response
 
     async def _key_call(self, operation: str, request: KeyRequest, context: grpc.aio.ServicerContext,

@@ -20,7 +20,7 @@ from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.keywrap import KeyProvider
 from tenantgate.model import KeyState, TenantState
-from tenantgate.registry.manifest import tenant_from_document
+from tenantgate.registry.manifest import issuer_urls, tenant_from_document
 from tenantgate.registry.records import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
 from tenantgate.snapshot import (
     CompiledTenant,
@@ -36,18 +36,6 @@ from tenantgate.snapshot import (
 from tenantgate.sync import lastgood
 
 log = logging.getLogger("tenantgate.sync")
-
-
-def issuer_urls(document_json: str) -> tuple[str, ...]:
-    """The token issuers a stored document trusts, without building the rest of the tenant (none for a
-    document it cannot read: compiling that tenant reports the problem)."""
-    if '"tokens"' not in document_json:
-        return ()
-    try:
-        issuers = json.loads(document_json).get("spec", {}).get("tokens", {}).get("issuers") or []
-        return tuple(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
-    except (ValueError, AttributeError, TypeError):
-        return ()
 
 
 class Syncer:
@@ -117,6 +105,13 @@ class Syncer:
         # Compiled here, in the syncer's thread, so that the first call after a change finds them ready. (A
         # full build leaves compiling to first use: a registry of 100,000 tenants would take twice the memory.)
         compile_all(view for view in changed.values() if view is not None)
+        for tenant_id, view in changed.items():
+            previous = base.tenants.get(tenant_id)
+            if view is not None and view.problem and previous is not None and previous.built is not None:
+                # Served as it was until a revision of it compiles: a bad write never takes a tenant down.
+                log.error("serving tenant %s at revision %d, its last revision that compiles, instead of revision "
+                          "%d", tenant_id, previous.revision, view.revision)
+                changed[tenant_id] = previous
         self._mirror_changes(changes)
         return with_changes(base, changes.revision, changed, self._clock.now())
 
@@ -259,11 +254,13 @@ class Syncer:
             except Exception as exc:  # any stored text: not JSON, JSON but not a document, a bad document
                 detail = exc.message if isinstance(exc, TenantgateError) else f"{type(exc).__name__}: {exc}"
                 log.error("tenant %s at revision %d is not loadable: %s", tenant_id, revision, detail)
+                metrics.TENANT_COMPILE_FAILURES.inc()
                 raise _not_loadable(tenant_id, revision) from None
             try:
                 return compile_tenant(spec, [self._unwrap(key) for key in wrapped])
             except Exception:
                 log.exception("tenant %s at revision %d does not compile", tenant_id, revision)
+                metrics.TENANT_COMPILE_FAILURES.inc()
                 raise _not_loadable(tenant_id, revision) from None
 
         return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load)

@@ -12,7 +12,15 @@ from tenantgate.engines.tokens import TokenProblem, TokenVerifier
 from tenantgate.errors import FailedPrecondition
 from tenantgate.model import TenantState
 from tenantgate.registry.manifest import parse_document
-from tenantgate.snapshot import CompiledTenant, Snapshot, TenantView, build_snapshot, build_tenant
+from tenantgate.snapshot import (
+    CompiledTenant,
+    Snapshot,
+    TenantView,
+    build_snapshot,
+    build_tenant,
+    compile_all,
+    compile_tenant,
+)
 from tests.conftest import Issuer, tenant_doc
 
 ACCESS = {"roles": {"reader": {"allow": ["read:*"]}}, "bindings": [{"subject": "user:alice", "roles": ["reader"]}]}
@@ -20,16 +28,25 @@ PROBLEM = "tenant 'globex' at revision 1 cannot be loaded by this server; see it
 
 
 def uncompilable(tenant_id: str, issuer_urls: tuple[str, ...] = ()) -> TenantView:
-    """A view of a stored document this version cannot read: compiling it fails, as the syncer's does."""
+    """A view of a stored document this version cannot read, compiled (as a server does before a check that
+    needs it): compiling it failed, as the syncer's does."""
 
     def load() -> CompiledTenant:
         raise FailedPrecondition(PROBLEM)
 
-    return TenantView(tenant_id, 1, TenantState.ACTIVE, issuer_urls, load)
+    view = TenantView(tenant_id, 1, TenantState.ACTIVE, issuer_urls, load)
+    assert view.compile() is None
+    return view
 
 
 def view(document: dict) -> TenantView:  # type: ignore[type-arg]
     return build_tenant(parse_document(document).tenant, 1)
+
+
+def pending_view(document: dict) -> TenantView:  # type: ignore[type-arg]
+    """A view not compiled yet, as a full snapshot build leaves every tenant until a call needs it."""
+    spec = parse_document(document).tenant
+    return TenantView(spec.id, 1, spec.state, tuple(i.issuer for i in spec.issuers), lambda: compile_tenant(spec))
 
 
 def snapshot_with(*views: TenantView) -> Snapshot:
@@ -53,6 +70,22 @@ def test_a_tenant_that_cannot_be_compiled_is_undecided_not_denied_and_not_raised
     assert isinstance(crossing, Decision) and crossing.reason is Reason.CROSS_TENANT_DENIED
 
 
+def test_the_engine_never_compiles_a_tenant_itself() -> None:
+    """Compiling parses and unwraps keys (milliseconds): the server does it off its event loop before the check;
+    a check that finds a tenant not compiled is undecided, and leaves it for the server to compile."""
+    compiled_by_the_check: list[str] = []
+
+    def load() -> CompiledTenant:
+        compiled_by_the_check.append("globex")
+        raise AssertionError("the engine compiled a tenant")
+
+    pending = TenantView("globex", 1, TenantState.ACTIVE, (), load)
+    result = AccessEngine(TokenVerifier()).check(snapshot_with(pending),
+                                                 AccessRequest("globex", "read", "docs/1", subject="user:alice"))
+    assert isinstance(result, Undecided) and "not compiled yet" in result.problem
+    assert pending.pending and compiled_by_the_check == []
+
+
 def test_a_token_whose_home_cannot_be_compiled_is_undecided(issuer: Issuer) -> None:
     tokens = {"issuers": [issuer.issuer_spec()]}
     snapshot = snapshot_with(uncompilable("globex", (issuer.url,)),
@@ -73,7 +106,7 @@ def test_a_check_names_the_tenants_it_needs_compiled(issuer: Issuer) -> None:
     tokens = {"issuers": [issuer.issuer_spec()]}
     # One identity provider shared by many tenants, as a SaaS's own login is.
     names = [f"t{i:03d}" for i in range(50)]
-    snapshot = snapshot_with(*(view(tenant_doc(name, access=ACCESS, tokens=tokens)) for name in names))
+    snapshot = snapshot_with(*(pending_view(tenant_doc(name, access=ACCESS, tokens=tokens)) for name in names))
     verifier = TokenVerifier()
     engine = AccessEngine(verifier)
     by_subject = AccessRequest("t001", "read", "docs/1", subject="user:alice", subject_tenant_id="t002")
@@ -84,6 +117,7 @@ def test_a_check_names_the_tenants_it_needs_compiled(issuer: Issuer) -> None:
     assert sorted(v.id for v in engine.tenants_to_compile(snapshot, by_token)) == ["t001", "t049"]
     assert not engine.tenants_to_compile(snapshot, AccessRequest("nope", "read", "x", subject="user:alice"))
 
+    compile_all(engine.tenants_to_compile(snapshot, by_token))  # what the server does, off its event loop
     decided = engine.check(snapshot, by_token)
     assert isinstance(decided, Decision) and decided.reason is Reason.CROSS_TENANT_DENIED
     compiled = [name for name in names if snapshot.tenants[name].built is not None]
@@ -96,6 +130,7 @@ def test_a_check_names_the_tenants_it_needs_compiled(issuer: Issuer) -> None:
     assert engine.tenants_to_compile(snapshot, by_subject) == []
     # The cached verification is not reused for a snapshot where the home tenant has changed (not compiled).
     changed = build_snapshot(2, [*(snapshot.tenants[n] for n in names if n != "t049"),
-                                 view(tenant_doc("t049", access=ACCESS, tokens=tokens))], time.time())
+                                 pending_view(tenant_doc("t049", access=ACCESS, tokens=tokens))], time.time())
     assert [v.id for v in verifier.tenants_to_compile(changed, token)] == ["t049"]
+    compile_all(verifier.tenants_to_compile(changed, token))
     assert verifier.verify(changed, token).token is not None

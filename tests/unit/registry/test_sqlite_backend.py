@@ -11,12 +11,12 @@ import pytest
 from tenantgate.errors import ConfigurationError, StorageError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.sqlite import SQLiteStore
-from tests.conftest import tenant_doc
+from tests.conftest import manifests, tenant_doc
 
 
 def test_an_unreadable_file_fails_each_call_and_recovers_when_it_is_back(registry_path: Path) -> None:
     store = SQLiteStore(registry_path)
-    store.apply({"acme": tenant_doc("acme")})
+    store.apply(manifests({"acme": tenant_doc("acme")}))
     store.close()
     good = registry_path.read_bytes()
     registry_path.write_bytes(b"this is not a database" * 100)
@@ -43,8 +43,8 @@ def test_deleting_a_tenant_leaves_none_of_its_wrapped_key_bytes_in_the_files(reg
                                                                             master_key: MasterKey) -> None:
     store = SQLiteStore(registry_path)
     keys = {"purposes": ["data", "backups"], "readers": ["service:storage"]}
-    store.apply({"acme": tenant_doc("acme", state="Archived", retention="0s", keys=keys),
-                 "globex": tenant_doc("globex", keys=keys)}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": tenant_doc("acme", state="Archived", retention="0s", keys=keys),
+                 "globex": tenant_doc("globex", keys=keys)}), key_factory=tenant_key_factory(master_key))
     doomed = [key.wrapped for key in store.load().keys["acme"]]
     kept = [key.wrapped for key in store.load().keys["globex"]]
 

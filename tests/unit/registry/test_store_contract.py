@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tenantgate.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.records import RegistrySettings, RegistryStore
-from tests.conftest import tenant_doc
+from tests.conftest import manifests, tenant_doc
 
 KEYS = {"purposes": ["data"], "readers": ["service:storage"]}
 
@@ -26,26 +27,26 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def timed_store(registry_url: str, clock: FakeClock) -> RegistryStore:
-    """The store on a fake clock, for retention periods."""
-    store = open_store(registry_url)
-    store._clock = clock  # type: ignore[attr-defined]
-    return store
+def timed_store(registry_url: str, clock: FakeClock) -> Iterator[RegistryStore]:
+    """The store on a fake clock, for retention periods and scheduled rotation."""
+    store = open_store(registry_url, clock=clock)
+    yield store
+    store.close()
 
 
 def test_apply_creates_then_is_idempotent(store: RegistryStore) -> None:
     docs = {"acme": tenant_doc("acme"), "globex": tenant_doc("globex")}
-    first = store.apply(docs)
+    first = store.apply(manifests(docs))
     assert first.revision == 1
     assert [(c.tenant_id, c.action) for c in first.changes] == [("acme", "create"), ("globex", "create")]
-    again = store.apply(docs)
+    again = store.apply(manifests(docs))
     assert (again.revision, again.changes) == (1, ())
     assert store.current_revision() == 1
 
 
 def test_update_reports_field_differences_and_bumps_one_revision(store: RegistryStore) -> None:
-    store.apply({"acme": tenant_doc("acme", plan="free")})
-    result = store.apply({"acme": tenant_doc("acme", plan="pro", features=["sso"])})
+    store.apply(manifests({"acme": tenant_doc("acme", plan="free")}))
+    result = store.apply(manifests({"acme": tenant_doc("acme", plan="pro", features=["sso"])}))
     assert result.revision == 2
     (change,) = result.changes
     assert change.action == "update"
@@ -54,7 +55,7 @@ def test_update_reports_field_differences_and_bumps_one_revision(store: Registry
 
 
 def test_dry_run_changes_nothing(store: RegistryStore) -> None:
-    result = store.apply({"acme": tenant_doc("acme")}, dry_run=True)
+    result = store.apply(manifests({"acme": tenant_doc("acme")}), dry_run=True)
     assert result.dry_run and result.changes
     assert store.current_revision() == 0
     assert store.load().tenants == {}
@@ -62,9 +63,9 @@ def test_dry_run_changes_nothing(store: RegistryStore) -> None:
 
 
 def test_changes_since_names_every_tenant_changed_after_a_revision(store: RegistryStore) -> None:
-    store.apply({"a1": tenant_doc("a1"), "b1": tenant_doc("b1")})
-    store.apply({"a1": tenant_doc("a1", plan="x"), "b1": tenant_doc("b1")})
-    store.apply({"a1": tenant_doc("a1", plan="x"), "b1": tenant_doc("b1", state="Suspended")})
+    store.apply(manifests({"a1": tenant_doc("a1"), "b1": tenant_doc("b1")}))
+    store.apply(manifests({"a1": tenant_doc("a1", plan="x"), "b1": tenant_doc("b1")}))
+    store.apply(manifests({"a1": tenant_doc("a1", plan="x"), "b1": tenant_doc("b1", state="Suspended")}))
     changes = store.changes_since(1)
     assert changes.revision == 3
     assert set(changes.tenants) == {"a1", "b1"}
@@ -77,18 +78,18 @@ def test_changes_since_names_every_tenant_changed_after_a_revision(store: Regist
 def test_keys_are_generated_once_and_stored_only_wrapped(store: RegistryStore, master_key: MasterKey) -> None:
     doc = tenant_doc("acme", keys=KEYS)
     with pytest.raises(FailedPrecondition, match="no master key"):
-        store.apply({"acme": doc})
+        store.apply(manifests({"acme": doc}))
     assert store.current_revision() == 0
-    store.apply({"acme": doc}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": doc}), key_factory=tenant_key_factory(master_key))
     (key,) = store.load().keys["acme"]
     material = master_key.unwrap(key.wrapped, tenant_id="acme", purpose="data", version=1)
     assert len(material) == 32 and material not in key.wrapped
-    assert store.apply({"acme": doc}, key_factory=tenant_key_factory(master_key)).changes == ()
+    assert store.apply(manifests({"acme": doc}), key_factory=tenant_key_factory(master_key)).changes == ()
     assert store.load().keys["acme"] == (key,)
 
 
 def test_key_rotation_adds_a_version_and_keeps_the_old(store: RegistryStore, master_key: MasterKey) -> None:
-    store.apply({"acme": tenant_doc("acme", keys=KEYS)}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({"acme": tenant_doc("acme", keys=KEYS)}), key_factory=tenant_key_factory(master_key))
     rotated = store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
     assert (rotated.revision, rotated.key.version) == (2, 2)
     assert [k.version for k in store.load().keys["acme"]] == [1, 2]
@@ -103,18 +104,18 @@ def test_key_rotation_adds_a_version_and_keeps_the_old(store: RegistryStore, mas
 @pytest.mark.parametrize(("start", "target"), [("Draft", "Archived"), ("Draft", "Suspended"), ("Active", "Archived"),
                                                ("Active", "Deleted"), ("Suspended", "Draft"), ("Archived", "Active")])
 def test_illegal_transitions_name_both_states(store: RegistryStore, start: str, target: str) -> None:
-    store.apply({"acme": tenant_doc("acme", state=start)})
+    store.apply(manifests({"acme": tenant_doc("acme", state=start)}))
     with pytest.raises(FailedPrecondition, match=f"cannot go from {start} to {target}"):
         store.transition("acme", target)
     with pytest.raises(FailedPrecondition, match=f"cannot go from {start} to {target}"):
-        store.apply({"acme": tenant_doc("acme", state=target)})
+        store.apply(manifests({"acme": tenant_doc("acme", state=target)}))
     assert store.current_revision() == 1
 
 
 def test_the_whole_lifecycle_with_retention(timed_store: RegistryStore, clock: FakeClock,
                                             master_key: MasterKey) -> None:
     store = timed_store
-    store.apply({"acme": tenant_doc("acme", state="Draft", retention="7d", keys=KEYS)},
+    store.apply(manifests({"acme": tenant_doc("acme", state="Draft", retention="7d", keys=KEYS)}),
                 key_factory=tenant_key_factory(master_key))
     for target in ("Active", "Suspended", "Active", "Suspended", "Archived"):
         assert store.transition("acme", target, actor="ops").after == target
@@ -131,7 +132,7 @@ def test_the_whole_lifecycle_with_retention(timed_store: RegistryStore, clock: F
 
 
 def test_forced_deletion_is_audited_and_the_id_is_never_reused(store: RegistryStore) -> None:
-    store.apply({"acme": tenant_doc("acme", state="Suspended")})
+    store.apply(manifests({"acme": tenant_doc("acme", state="Suspended")}))
     store.transition("acme", "Archived")
     with pytest.raises(FailedPrecondition, match="retention"):
         store.transition("acme", "Deleted")
@@ -143,36 +144,36 @@ def test_forced_deletion_is_audited_and_the_id_is_never_reused(store: RegistrySt
         with pytest.raises(FailedPrecondition, match="from Deleted"):
             store.transition("acme", target)
     with pytest.raises(FailedPrecondition, match="can never be used again"):
-        store.apply({"acme": tenant_doc("acme")})
+        store.apply(manifests({"acme": tenant_doc("acme")}))
 
 
 def test_prune_deletes_only_archived_tenants_past_retention(store: RegistryStore) -> None:
-    store.apply({"acme": tenant_doc("acme"), "old": tenant_doc("old", state="Archived", retention="0s")})
-    assert store.apply({"acme": tenant_doc("acme")}).changes == ()  # absent tenants are kept without --prune
-    pruned = store.apply({"acme": tenant_doc("acme")}, prune=True)
+    store.apply(manifests({"acme": tenant_doc("acme"), "old": tenant_doc("old", state="Archived", retention="0s")}))
+    assert store.apply(manifests({"acme": tenant_doc("acme")})).changes == ()  # absent tenants are kept without --prune
+    pruned = store.apply(manifests({"acme": tenant_doc("acme")}), prune=True)
     assert [(c.tenant_id, c.action) for c in pruned.changes] == [("old", "delete")]
     assert store.get_tenant("old").record.state == "Deleted"
     with pytest.raises(FailedPrecondition, match="cannot go from Active to Deleted"):
-        store.apply({}, prune=True)
+        store.apply(manifests({}), prune=True)
 
 
 def test_max_tenants(store: RegistryStore) -> None:
     store.update_settings(RegistrySettings(max_tenants=2))
-    store.apply({"a1": tenant_doc("a1"), "b1": tenant_doc("b1", state="Archived", retention="0s")})
+    store.apply(manifests({"a1": tenant_doc("a1"), "b1": tenant_doc("b1", state="Archived", retention="0s")}))
     with pytest.raises(ResourceExhausted, match="allows 2"):
-        store.apply({"a1": tenant_doc("a1"), "b1": tenant_doc("b1", state="Archived", retention="0s"),
-                     "c1": tenant_doc("c1")})
+        store.apply(manifests({"a1": tenant_doc("a1"), "b1": tenant_doc("b1", state="Archived", retention="0s"),
+                     "c1": tenant_doc("c1")}))
     store.transition("b1", "Deleted")  # deleted tenants do not count
-    store.apply({"a1": tenant_doc("a1"), "c1": tenant_doc("c1")})
+    store.apply(manifests({"a1": tenant_doc("a1"), "c1": tenant_doc("c1")}))
     assert store.settings().max_tenants == 2
     assert any(e.action == "settings.update" for e in store.audit_entries())
 
 
 def test_every_change_is_audited_in_a_verifiable_chain(store: RegistryStore, master_key: MasterKey) -> None:
     factory = tenant_key_factory(master_key)
-    store.apply({"acme": tenant_doc("acme", keys=KEYS), "globex": tenant_doc("globex")}, key_factory=factory,
+    store.apply(manifests({"acme": tenant_doc("acme", keys=KEYS), "globex": tenant_doc("globex")}), key_factory=factory,
                 actor="alice")
-    store.apply({"acme": tenant_doc("acme", keys=KEYS, plan="gold"), "globex": tenant_doc("globex")},
+    store.apply(manifests({"acme": tenant_doc("acme", keys=KEYS, plan="gold"), "globex": tenant_doc("globex")}),
                 key_factory=factory, actor="bob")
     store.rotate_key("acme", "data", key_factory=factory, actor="carol")
     entries = store.audit_entries()
@@ -193,7 +194,7 @@ def test_every_change_is_audited_in_a_verifiable_chain(store: RegistryStore, mas
 def test_list_and_get_tenants(store: RegistryStore) -> None:
     docs = {f"t{i:02d}": tenant_doc(f"t{i:02d}", state="Active" if i % 2 else "Suspended") for i in range(12)}
     docs["t05"]["metadata"]["labels"] = {"tier": "gold"}
-    store.apply(docs)
+    store.apply(manifests(docs))
     first = store.list_tenants(limit=5)
     assert [t.record.id for t in first] == ["t00", "t01", "t02", "t03", "t04"]
     rest = store.list_tenants(after=first[-1].record.id, limit=100)
@@ -218,7 +219,7 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
         own = open_store(registry_url)
         try:
             for n in range(per_writer):
-                own.apply({f"w{worker}": tenant_doc(f"w{worker}", plan=str(n))})
+                own.apply(manifests({f"w{worker}": tenant_doc(f"w{worker}", plan=str(n))}))
         except BaseException as exc:  # reported below
             errors.append(exc)
             writing_over.set()
@@ -328,7 +329,7 @@ def raw_execute(registry_url: str, sql: str) -> None:
 def test_audit_verify_names_the_first_entry_edited_behind_the_registrys_back(
         registry_url: str, store: RegistryStore, tampering: str, broken: int, problem: str) -> None:
     for plan in ("a", "b", "c"):
-        store.apply({"acme": tenant_doc("acme", plan=plan)})
+        store.apply(manifests({"acme": tenant_doc("acme", plan=plan)}))
     assert store.verify_audit().ok
     raw_execute(registry_url, tampering)
     verification = store.verify_audit()
@@ -339,10 +340,12 @@ def test_audit_verify_names_the_first_entry_edited_behind_the_registrys_back(
 def test_scheduled_rotation_rotates_each_due_key_once(timed_store: RegistryStore, clock: FakeClock,
                                                       master_key: MasterKey) -> None:
     keys = {"purposes": ["data", "backups"], "readers": ["service:storage"], "rotate_every": "30d"}
-    timed_store.apply({"acme": tenant_doc("acme", keys=keys), "globex": tenant_doc("globex", keys=KEYS)},
+    timed_store.apply(manifests({"acme": tenant_doc("acme", keys=keys), "globex": tenant_doc("globex", keys=KEYS)}),
                       key_factory=tenant_key_factory(master_key))
     assert timed_store.rotate_due_keys(tenant_key_factory(master_key)) == []
-    clock.advance(30 * 86400)
+    clock.advance(30 * 86400 - 1)
+    assert timed_store.rotate_due_keys(tenant_key_factory(master_key)) == []  # due in a second
+    clock.advance(1)
     rotated = timed_store.rotate_due_keys(tenant_key_factory(master_key))
     assert sorted((r.key.tenant_id, r.key.purpose, r.key.version) for r in rotated) == [
         ("acme", "backups", 2), ("acme", "data", 2)]
@@ -351,7 +354,8 @@ def test_scheduled_rotation_rotates_each_due_key_once(timed_store: RegistryStore
 
 
 def test_rewrapping_under_a_new_master_key_loses_nothing(store: RegistryStore, master_key: MasterKey) -> None:
-    store.apply({t: tenant_doc(t, keys=KEYS) for t in ("acme", "globex")}, key_factory=tenant_key_factory(master_key))
+    store.apply(manifests({t: tenant_doc(t, keys=KEYS) for t in ("acme", "globex")}),
+                key_factory=tenant_key_factory(master_key))
     store.rotate_key("acme", "data", key_factory=tenant_key_factory(master_key))
     before = {(k.tenant_id, k.version): master_key.unwrap(k.wrapped, tenant_id=k.tenant_id, purpose=k.purpose,
                                                           version=k.version)

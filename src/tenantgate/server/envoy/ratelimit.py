@@ -31,6 +31,7 @@ from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
 from tenantgate.server import requests
 from tenantgate.server.decider import Decider
 from tenantgate.server.status import maps_errors
+from tenantgate.wiretime import set_seconds
 
 OK = rls_pb2.RateLimitResponse.OK
 OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -99,7 +100,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         if tenant.built is None:
             await self._decider.compile_tenant(snapshot, tenant_id)
             if tenant.built is None:
-                return _refused(len(named), "TENANT_UNAVAILABLE", tenant.problem)
+                return _refused(len(named), "TENANT_UNAVAILABLE", tenant.unavailable)
         declared = tenant.built.spec.quotas
         amounts: dict[str, int] = {}
         for each in named:
@@ -183,9 +184,7 @@ class LimitDescriptions:
         status.current_limit.CopyFrom(self._of(spec)[0])
         status.limit_remaining = min(max(item.remaining, 0), _UINT32_MAX)
         if item.reset_after:
-            whole = int(item.reset_after)
-            status.duration_until_reset.seconds = whole
-            status.duration_until_reset.nanos = int((item.reset_after - whole) * 1e9)
+            set_seconds(status.duration_until_reset, item.reset_after)
 
     def add_headers(self, headers: Any, declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome]) -> None:
         """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota."""
