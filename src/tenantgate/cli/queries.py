@@ -1,0 +1,147 @@
+"""Questions to a running server: ``check``, ``consume``, ``key`` and ``resolve`` on its decision API,
+``usage`` on its Admin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from google.protobuf import json_format
+
+from tenantgate.channels import open_channel
+from tenantgate.cli.common import EXIT_DENIED, EXIT_OK, add_tls, default_actor, security
+from tenantgate.config import DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN
+from tenantgate.identity import CALLER_METADATA
+from tenantgate.wiretime import seconds_of
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser("check", help="ask a running server one access decision")
+    _add_target(check)
+    check.add_argument("--tenant", required=True, help="the tenant that owns the resource")
+    who = check.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help='e.g. "user:alice"')
+    who.add_argument("--token", help="a bearer JWT")
+    check.add_argument("--subject-tenant", default="", help="the subject's home tenant (default: --tenant)")
+    check.add_argument("--action", required=True)
+    check.add_argument("--resource", required=True)
+    check.add_argument("--env", default="", help="environment, e.g. prod")
+    check.set_defaults(handler=_check)
+
+    consume = commands.add_parser("consume", help="spend (or release) quota on a running server")
+    _add_target(consume)
+    consume.add_argument("--tenant", required=True)
+    consume.add_argument("--quota", dest="quotas", action="append", required=True,
+                         help="NAME or NAME=AMOUNT (default amount 1; repeatable, all-or-nothing)")
+    consume.add_argument("--release", action="store_true")
+    consume.add_argument("--lease-id", default="", help="the lease to release (concurrency quotas)")
+    consume.add_argument("--idempotency-key", default="")
+    consume.set_defaults(handler=_consume)
+
+    key = commands.add_parser("key", help="read a tenant key from a running server")
+    _add_target(key)
+    key.add_argument("--tenant", required=True)
+    key.add_argument("--purpose", required=True)
+    key.add_argument("--version", type=int, default=0)
+    key.add_argument("--caller", default=os.environ.get("TENANTGATE_CALLER", ""),
+                     help="caller identity sent as x-tenantgate-caller, e.g. service:storage")
+    key.set_defaults(handler=_key)
+
+    usage = commands.add_parser("usage", help="quota units consumed and denied by a tenant (metering)")
+    usage.add_argument("--tenant", required=True)
+    usage.add_argument("--admin", default=os.environ.get("TENANTGATE_ADMIN_TARGET", DEFAULT_ADMIN_LISTEN),
+                       help=f"a server's Admin API (env TENANTGATE_ADMIN_TARGET; default {DEFAULT_ADMIN_LISTEN})")
+    usage.add_argument("--json", action="store_true", help="print the response as JSON")
+    usage.add_argument("--actor", default=os.environ.get("TENANTGATE_ACTOR", default_actor()),
+                       help="the admin identity sent as x-tenantgate-caller (env TENANTGATE_ACTOR)")
+    add_tls(usage)
+    usage.set_defaults(handler=_usage)
+
+    resolve = commands.add_parser("resolve", help="describe a tenant as a running server sees it")
+    _add_target(resolve)
+    resolve.add_argument("--tenant", required=True)
+    resolve.set_defaults(handler=_resolve)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=os.environ.get("TENANTGATE_TARGET", DEFAULT_LISTEN),
+                        help=f"server address (env TENANTGATE_TARGET; default {DEFAULT_LISTEN})")
+    add_tls(parser)
+    parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the response as JSON")
+
+
+def _print(args: argparse.Namespace, message: object, line: str) -> None:
+    """The response as JSON with --json, else the command's one-line (or one-table) summary."""
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(message), indent=2))  # type: ignore[arg-type]
+    else:
+        print(line)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tenantgate.client import DecisionClient
+    from tenantgate.v1 import decision_pb2 as pb
+
+    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
+        response = client.check_access(args.tenant, args.action, args.resource, subject=args.subject or "",
+                                       token=args.token or "", subject_tenant_id=args.subject_tenant,
+                                       environment=args.env)
+    verdict = "ALLOWED" if response.allowed else "DENIED"
+    reason = pb.DecisionReason.Name(response.reason).removeprefix("DECISION_REASON_")
+    _print(args, response, f"{verdict} ({reason}) rule={response.rule or '-'} revision={response.revision} "
+                           f"decision_id={response.decision_id}")
+    return EXIT_OK if response.allowed else EXIT_DENIED
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from tenantgate.client import DecisionClient
+
+    items = []
+    for text in args.quotas:
+        name, _, amount = text.partition("=")
+        items.append((name, int(amount) if amount else 1))
+    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
+        response = client.consume_quota(args.tenant, items, release=args.release, lease_id=args.lease_id,
+                                        idempotency_key=args.idempotency_key)
+    lines = [f"{'ALLOWED' if response.allowed else 'DENIED'} revision={response.revision}"]
+    for item in response.results:
+        retry = seconds_of(item.retry_after)
+        lines.append(f"  {item.quota}: {'ok' if item.allowed else 'over'} limit={item.limit} "
+                     f"remaining={item.remaining}" + (f" retry_after={retry:.3f}s" if not item.allowed else "")
+                     + (f" lease_id={item.lease_id}" if item.lease_id else "") + (" (shadow)" if item.shadow else ""))
+    _print(args, response, "\n".join(lines))
+    return EXIT_OK if response.allowed else EXIT_DENIED
+
+
+def _key(args: argparse.Namespace) -> int:
+    from tenantgate.client import DecisionClient
+
+    with DecisionClient(args.target, timeout=args.timeout, caller=args.caller, security=security(args)) as client:
+        response = client.get_tenant_key(args.tenant, args.purpose, args.version)
+    _print(args, response, f"{response.key_id} version={response.version} algorithm={response.algorithm} "
+                           f"material={response.material.hex()}")
+    return EXIT_OK
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from tenantgate.v1 import registry_pb2, registry_pb2_grpc
+
+    with open_channel(args.admin, security(args)) as channel:
+        response = registry_pb2_grpc.RegistryServiceStub(channel).GetQuotaUsage(
+            registry_pb2.GetQuotaUsageRequest(tenant_id=args.tenant), timeout=10,
+            metadata=((CALLER_METADATA, args.actor),))
+    lines = [f"{'quota':<24} {'consumed':>14} {'denied':>14}"]
+    lines += [f"{q.quota:<24} {q.consumed:>14} {q.denied:>14}" for q in response.quotas]
+    _print(args, response, "\n".join(lines))
+    return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from tenantgate.client import DecisionClient
+
+    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
+        response = client.resolve_tenant(args.tenant)
+    print(json.dumps(json_format.MessageToDict(response), indent=2))
+    return EXIT_OK
