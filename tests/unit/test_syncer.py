@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tenantgate.clock import FakeClock
 from tenantgate.engines.keys import KeyEngine
@@ -222,3 +223,35 @@ async def test_a_stored_document_of_any_shape_makes_its_tenant_unloadable_not_an
     with pytest.raises(FailedPrecondition):
         acme.compiled  # noqa: B018
     assert snapshot.tenants["globex"].compile() is not None
+
+
+async def test_a_revision_that_does_not_compile_leaves_the_last_one_that_does_served(
+        sqlite_store: SQLiteStore, registry_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", plan="v1")}))
+    holder = SnapshotHolder()
+    syncer = Syncer(sqlite_store, holder, None)
+    served = compiled(await syncer.sync_once()).tenants["acme"]
+    # Revision 2, written by something this version cannot read (a newer tenantgate, a hand edit).
+    with sqlite3.connect(registry_path) as db:
+        (text,) = db.execute("SELECT document FROM tenants WHERE id = 'acme'").fetchone()
+        broken = json.loads(text)
+        broken["spec"]["quotas"] = {"api": {"rate": "5/fortnight"}}
+        db.execute("UPDATE tenants SET document = ?, revision = 2 WHERE id = 'acme'", (json.dumps(broken),))
+        db.execute("INSERT INTO changes (revision, tenant_id, action, digest, actor, committed_at)"
+                   " VALUES (2, 'acme', 'update', '', 'test', 0)")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'revision'")
+    db.close()
+    failures = REGISTRY.get_sample_value("tenantgate_tenant_compile_failures_total") or 0.0
+
+    second = await syncer.sync_once()
+    assert second.revision == 2 and second.tenants["acme"] is served and served.spec.plan == "v1"
+    assert REGISTRY.get_sample_value("tenantgate_tenant_compile_failures_total") == failures + 1
+    assert "bad rate '5/fortnight'" in caplog.text
+    assert "serving tenant acme at revision 1, its last revision that compiles, instead of revision 2" in caplog.text
+
+    # The next revision that compiles replaces it.
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", plan="v3")}))
+    third = await syncer.sync_once()
+    assert third.tenants["acme"].revision == 3 and third.tenants["acme"].spec.plan == "v3"
