@@ -57,7 +57,7 @@ from grpc_bench import RESULTS, SERVICE, Scenario, free_port, grpc_frame, proces
 
 from tenantgate.counters import open_counter_store
 from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem
-from tenantgate.snapshot import Snapshot
+from tenantgate.snapshot import Snapshot, compile_all
 from tenantgate.v1 import decision_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +234,7 @@ async def consume_for(url: str, prefix: str, snapshot: Snapshot, tenants: list[s
 
 def in_process(backends: dict[str, Backend], args: argparse.Namespace) -> list[dict[str, Any]]:
     snapshot = snapshot_with(args.tenants)
+    compile_all(snapshot.tenants.values())  # every one is consumed from
     tenants = sorted(snapshot.tenants)[: args.tenants]
     names = list(backends)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}

@@ -131,8 +131,7 @@ class TenantView:
     @property
     def unavailable(self) -> str:
         """Why the compiled tenant cannot be read: it does not compile, or no one compiled it first."""
-        return self.problem or (f"tenant {self.id!r} at revision {self.revision} is not compiled yet; compile it "
-                                "before deciding (SnapshotHolder.compile)")
+        return self.problem or f"tenant {self.id!r} at revision {self.revision} is not compiled yet; try again"
 
     @property
     def compiled(self) -> CompiledTenant:
@@ -171,11 +170,14 @@ def compile_all(views: Iterable[TenantView]) -> None:
         view.compile()
 
 
-def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = ()) -> TenantView:
-    """A view of a tenant already parsed, compiled now (tests, tools)."""
+def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = (), *,
+                 compiled: bool = True) -> TenantView:
+    """A view of a tenant already parsed (tests, tools): compiled now, or left to ``compile`` when not
+    ``compiled`` (what a snapshot of many tenants does, as the syncer's full build does)."""
     view = TenantView(spec.id, revision, spec.state, tuple(i.issuer for i in spec.issuers),
                       lambda: compile_tenant(spec, keys))
-    view.compile()
+    if compiled:
+        view.compile()
     return view
 
 

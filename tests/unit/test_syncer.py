@@ -225,24 +225,32 @@ async def test_a_stored_document_of_any_shape_makes_its_tenant_unloadable_not_an
     assert snapshot.tenants["globex"].compile() is not None
 
 
-async def test_a_revision_that_does_not_compile_leaves_the_last_one_that_does_served(
-        sqlite_store: SQLiteStore, registry_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def commit_unreadable_revision(registry_path: Path, tenant_id: str, revision: int, state: str = "") -> None:
+    """A revision of ``tenant_id`` this version cannot read (as a newer tenantgate or a hand edit writes one)."""
     import sqlite3
 
+    with sqlite3.connect(registry_path) as db:
+        (text,) = db.execute("SELECT document FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+        broken = json.loads(text)
+        broken["spec"]["quotas"] = {"api": {"rate": "5/fortnight"}}
+        broken["spec"]["state"] = state or broken["spec"]["state"]
+        db.execute("UPDATE tenants SET document = ?, revision = ?, state = ? WHERE id = ?",
+                   (json.dumps(broken), revision, broken["spec"]["state"], tenant_id))
+        db.execute("INSERT INTO changes (revision, tenant_id, action, digest, actor, committed_at)"
+                   " VALUES (?, ?, 'update', '', 'test', 0)", (revision, tenant_id))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
+    db.close()
+
+
+@pytest.mark.parametrize("asked_before", [True, False], ids=["compiled", "never asked for"])
+async def test_a_revision_that_does_not_compile_leaves_the_last_one_that_does_served(
+        sqlite_store: SQLiteStore, registry_path: Path, caplog: pytest.LogCaptureFixture, asked_before: bool) -> None:
     sqlite_store.apply(manifests({"acme": tenant_doc("acme", plan="v1")}))
     holder = SnapshotHolder()
     syncer = Syncer(sqlite_store, holder, None)
-    served = compiled(await syncer.sync_once()).tenants["acme"]
-    # Revision 2, written by something this version cannot read (a newer tenantgate, a hand edit).
-    with sqlite3.connect(registry_path) as db:
-        (text,) = db.execute("SELECT document FROM tenants WHERE id = 'acme'").fetchone()
-        broken = json.loads(text)
-        broken["spec"]["quotas"] = {"api": {"rate": "5/fortnight"}}
-        db.execute("UPDATE tenants SET document = ?, revision = 2 WHERE id = 'acme'", (json.dumps(broken),))
-        db.execute("INSERT INTO changes (revision, tenant_id, action, digest, actor, committed_at)"
-                   " VALUES (2, 'acme', 'update', '', 'test', 0)")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'revision'")
-    db.close()
+    first = await syncer.sync_once()
+    served = compiled(first).tenants["acme"] if asked_before else first.tenants["acme"]
+    commit_unreadable_revision(registry_path, "acme", 2)
     failures = REGISTRY.get_sample_value("tenantgate_tenant_compile_failures_total") or 0.0
 
     second = await syncer.sync_once()
@@ -255,3 +263,18 @@ async def test_a_revision_that_does_not_compile_leaves_the_last_one_that_does_se
     sqlite_store.apply(manifests({"acme": tenant_doc("acme", plan="v3")}))
     third = await syncer.sync_once()
     assert third.tenants["acme"].revision == 3 and third.tenants["acme"].spec.plan == "v3"
+
+
+@pytest.mark.parametrize("state", ["Suspended", "Archived"])
+async def test_a_change_of_state_takes_effect_even_when_its_revision_does_not_compile(
+        sqlite_store: SQLiteStore, registry_path: Path, master_key: MasterKey, state: str) -> None:
+    keys = {"purposes": ["data"], "readers": ["service:storage"]}
+    sqlite_store.apply(manifests({"acme": tenant_doc("acme", keys=keys)}), key_factory=tenant_key_factory(master_key))
+    syncer = Syncer(sqlite_store, SnapshotHolder(), master_key)
+    compiled(await syncer.sync_once())
+    commit_unreadable_revision(registry_path, "acme", 3, state)
+    snapshot = await syncer.sync_once()
+    acme = snapshot.tenants["acme"]
+    assert acme.revision == 3 and acme.state.value == state and acme.built is None and acme.problem
+    with pytest.raises(FailedPrecondition, match="cannot be loaded"):
+        KeyEngine().get(snapshot, "service:storage", "acme", "data")  # no key served past the change

@@ -48,7 +48,7 @@ class RemoteRegistry:
 
     def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
               actor: str = "", key_factory: KeyFactory | None = None) -> ApplyResult:
-        files = [pb.ManifestFile(name=manifest.source, content=json.dumps(manifest.document))
+        files = [pb.ManifestFile(name=f"tenant {manifest.tenant.id}", content=json.dumps(manifest.document))
                  for manifest in manifests]
         response = self._call("ApplyManifests", pb.ApplyManifestsRequest(files=files, dry_run=dry_run, prune=prune),
                               actor)

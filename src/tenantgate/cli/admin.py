@@ -15,7 +15,7 @@ from tenantgate.adminapi.client import open_admin
 from tenantgate.cli.common import EXIT_DENIED, EXIT_ERROR, EXIT_OK, add_tls, default_actor, security
 from tenantgate.config import DEFAULT_REGISTRY, master_key_from
 from tenantgate.keywrap import MasterKey, tenant_key_factory
-from tenantgate.model import KeyState
+from tenantgate.model import KeyState, key_id
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.records import KeyFactory, RegistryAdmin, RegistrySettings, TenantInfo
@@ -142,7 +142,7 @@ def _tenant_transition(args: argparse.Namespace) -> int:
 def _describe_tenant(info: TenantInfo) -> str:
     record = info.record
     lines = [f"{record.id}  {record.state} since {_when(record.state_since)}  revision {record.revision}"]
-    lines.extend(f"  key {k.tenant_id}/{k.purpose}/v{k.version} {k.algorithm} {KeyState(k.state).name.lower()} "
+    lines.extend(f"  key {k.key_id} {k.algorithm} {KeyState(k.state).name.lower()} "
                  f"created {_when(k.created_at)}" for k in info.keys)
     return "\n".join(lines)
 
@@ -190,7 +190,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
         result = registry.rotate_key(args.tenant_id, args.purpose, actor=args.actor,
                                      key_factory=_key_factory(args))
         key = result.key
-        print(f"{key.tenant_id}/{key.purpose}/v{key.version} is the new primary key; the registry is at "
+        print(f"{key.key_id} is the new primary key; the registry is at "
               f"revision {result.revision}")
     return EXIT_OK
 
@@ -200,7 +200,7 @@ def _keys_set_state(args: argparse.Namespace) -> int:
     with _admin_registry(args) as registry:
         revision = registry.update_key(args.tenant_id, args.purpose, version=args.version, state=int(state),
                                        actor=args.actor)
-        print(f"{args.tenant_id}/{args.purpose}/v{args.version} is {state.name.lower()}; "
+        print(f"{key_id(args.tenant_id, args.purpose, args.version)} is {state.name.lower()}; "
               f"the registry is at revision {revision}")
     return EXIT_OK
 

@@ -61,7 +61,8 @@ class Decision:
 @dataclass(slots=True)
 class Undecided:
     """No decision could be made, and why: a tenant the check needs cannot be compiled by this server (its
-    stored document is one this version cannot read). Never a deny: the caller must see an error."""
+    stored document is one this version cannot read), or was not compiled before the check (the server compiles
+    what ``tenants_to_compile`` names first). Never a deny: the caller must see an error."""
 
     problem: str
 

@@ -58,6 +58,7 @@ class TokenVerifier:
         self._cache: cachetools.LRUCache[bytes, _CacheEntry] = cachetools.LRUCache(maxsize=max(0, cache_size))
         self._leeway = leeway
         self._clock = clock or SystemClock()
+        self._jwt = _ClockedJWT(self._clock)
 
     def verify(self, snapshot: Snapshot, token: str, home_tenant_id: str = "") -> TokenResult:
         """Verify ``token``; ``home_tenant_id``, when given, is the only tenant it may belong to."""
@@ -117,25 +118,6 @@ class TokenVerifier:
         return _invalid(f"no tenant{' ' + home_tenant_id if home_tenant_id else ''} trusts issuer "
                         f"{issuer_url!r} for this token's tenant claim"), None
 
-    def _time_problem(self, claims: dict[str, Any]) -> TokenResult | None:
-        """Why the token's exp, nbf or iat refuse it now (RFC 7519 4.1.4-6, with the leeway), on this verifier's
-        clock; None when they do not."""
-        now, leeway = self._clock.now(), self._leeway
-        expires = _whole_seconds(claims["exp"])
-        if expires is None:
-            return _invalid("Expiration Time claim (exp) must be an integer.")
-        if expires <= now - leeway:
-            return TokenResult(None, TokenProblem.EXPIRED, "token expired")
-        for claim, name in (("nbf", "Not Before"), ("iat", "Issued At")):
-            if claim not in claims:
-                continue
-            when = _whole_seconds(claims[claim])
-            if when is None:
-                return _invalid(f"{name} claim ({claim}) must be an integer.")
-            if when > now + leeway:
-                return _invalid(f"The token is not yet valid ({claim})")
-        return None
-
     def _verify_with(self, token: str, header: dict[str, Any], issuer: CompiledIssuer,
                      tenant_id: str) -> TokenResult:
         key_id = header.get("kid")
@@ -146,21 +128,19 @@ class TokenVerifier:
         if header.get("alg") != algorithm:
             return _invalid(f"token algorithm {header.get('alg')!r} does not match its key ({algorithm})")
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 key=key.key,
                 algorithms=[algorithm],
                 audience=issuer.spec.audience,
                 issuer=issuer.spec.issuer,
-                # The time claims are checked below on this verifier's clock (PyJWT would read the system's).
-                options={"require": ["exp", "iss", "aud", issuer.spec.subject_claim], "verify_exp": False,
-                         "verify_nbf": False, "verify_iat": False},
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", issuer.spec.subject_claim]},
             )
+        except jwt.ExpiredSignatureError:
+            return TokenResult(None, TokenProblem.EXPIRED, "token expired")
         except jwt.PyJWTError as exc:
             return _invalid(str(exc))
-        problem = self._time_problem(claims)
-        if problem is not None:
-            return problem
         if str(claims.get(issuer.spec.tenant_claim)) != tenant_id:
             return _invalid(f"claim {issuer.spec.tenant_claim!r} does not name tenant {tenant_id!r}")
         subject = claims[issuer.spec.subject_claim]
@@ -169,12 +149,23 @@ class TokenVerifier:
         return TokenResult(VerifiedToken(tenant_id, f"user:{subject}", _scopes(claims), float(claims["exp"])))
 
 
-def _whole_seconds(value: Any) -> int | None:
-    """A NumericDate claim as PyJWT reads one (a number, or a string of one); None when it is not one."""
-    try:
-        return int(value)
-    except (ValueError, TypeError, OverflowError):
-        return None
+class _ClockedJWT(jwt.PyJWT):
+    """PyJWT with its time claims (iat, nbf, exp: RFC 7519 4.1.4-6) judged on the verifier's clock, not the
+    system's, so that fresh and cached verifications agree on a server given a clock; every other check, and the
+    order of the checks (so which reason a token that fails several gets), is PyJWT's own."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def _validate_iat(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_iat(payload, self._clock.now(), leeway)
+
+    def _validate_nbf(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_nbf(payload, self._clock.now(), leeway)
+
+    def _validate_exp(self, payload: dict[str, Any], now: float, leeway: float) -> None:
+        super()._validate_exp(payload, self._clock.now(), leeway)
 
 
 def _digest(token: str) -> bytes:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from tenantgate.clock import Clock
-from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
+from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound
 from tenantgate.model import KeyState, TenantState, key_id
 from tenantgate.registry.ledger import SqlBackend, Tx, Write
-from tenantgate.registry.manifest import tenant_from_document
+from tenantgate.registry.manifest import stored_keys
 from tenantgate.registry.records import KeyFactory, Rewrapper, RotationResult
 from tenantgate.registry.rows import TENANT_COLUMNS, tenant_from_row
 from tenantgate.registry.tenant_writes import add_key, stored_tenant
-
-log = logging.getLogger("tenantgate.registry")
 
 
 def _digest_of(tx: Tx, tenant_id: str) -> str:
@@ -35,7 +32,7 @@ class KeyWrites:
             tenant = stored_tenant(tx, tenant_id)
             if tenant.state == TenantState.DELETED.value:
                 raise FailedPrecondition(f"tenant {tenant_id!r} is Deleted; its keys are destroyed")
-            if purpose not in tenant_from_document(tenant.document).keys.purposes:
+            if purpose not in stored_keys(tenant.document)[0]:
                 raise NotFound(f"tenant {tenant_id!r} declares no key purpose {purpose!r}", field="purpose")
             if key_factory is None:
                 raise FailedPrecondition("rotating a key needs the master key (set TENANTGATE_MASTER_KEY_FILE)")
@@ -114,16 +111,12 @@ class KeyWrites:
             for row in tx.rows(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE state <> ? AND document LIKE ?",
                                (TenantState.DELETED.value, "%rotate_every%")):
                 record = tenant_from_row(row)
-                try:
-                    keys = tenant_from_document(record.document).keys
-                except TenantgateError as exc:  # stored by a newer version: its own servers rotate it
-                    log.warning("not rotating the keys of tenant %s: %s", record.id, exc.message)
+                purposes, every = stored_keys(record.document)
+                if not every:
                     continue
-                if not keys.rotate_every:
-                    continue
-                for purpose in keys.purposes:
+                for purpose in purposes:
                     latest = newest.get((record.id, purpose))
-                    if latest is not None and latest[1] + keys.rotate_every <= write.now:
+                    if latest is not None and latest[1] + every <= write.now:
                         rotated.append(add_key(write, record.id, purpose, latest[0] + 1, key_factory, "key.rotate"))
             revision = write.commit(self._backend)
         return [RotationResult(revision, key) for key in rotated]

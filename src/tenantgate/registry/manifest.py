@@ -16,14 +16,18 @@ from typing import Any
 
 import yaml
 
-from tenantgate.model import TenantSpec, TenantState
+from tenantgate.model import DEFAULT_RETENTION, TenantSpec, TenantState
 from tenantgate.registry.bounds import fits
 from tenantgate.registry.canonical import UNREPRESENTABLE, canonical_json
 from tenantgate.registry.fields import ManifestError, Problems
 from tenantgate.registry.schema import TENANT_ID, parse_tenant
+from tenantgate.units import parse_duration
 
-__all__ = ["TENANT_ID", "ManifestDocument", "ManifestError", "document_labels", "issuer_urls", "load_manifests",
-           "manifests_from_documents", "parse_document", "parse_manifest_texts", "tenant_from_document", "with_state"]
+__all__ = [
+    "TENANT_ID", "ManifestDocument", "ManifestError", "document_labels", "issuer_urls", "load_manifests",
+    "manifests_from_documents", "parse_document", "parse_manifest_texts", "stored_keys", "stored_retention",
+    "tenant_from_document", "with_state"
+]
 
 # A tenant document, aliases expanded, is refused past this size before anything reads it (registry/bounds.py).
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
@@ -147,6 +151,22 @@ def document_labels(document: Mapping[str, Any]) -> dict[str, str]:
     """A stored document's labels, without parsing the rest (a listing filters a whole registry by them)."""
     labels = document.get("metadata", {}).get("labels") or {}
     return {str(key): str(value) for key, value in labels.items()} if isinstance(labels, dict) else {}
+
+
+def stored_retention(document: Mapping[str, Any]) -> int:
+    """A stored document's retention period in seconds, without parsing the rest: a deletion reads it, and must
+    work on a document a newer version wrote (whose other fields this version may not know)."""
+    retention = document.get("spec", {}).get("retention")
+    return DEFAULT_RETENTION if retention is None else parse_duration(str(retention))
+
+
+def stored_keys(document: Mapping[str, Any]) -> tuple[tuple[str, ...], int | None]:
+    """A stored document's key purposes and rotation period (seconds), without parsing the rest, for the same
+    reason: key rotation works whichever version wrote the document."""
+    keys = document.get("spec", {}).get("keys") or {}
+    purposes = tuple(str(purpose) for purpose in keys.get("purposes") or ())
+    every = keys.get("rotate_every")
+    return purposes, None if not every else parse_duration(str(every))
 
 
 def issuer_urls(document_json: str) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """Registry records to and from SQL rows: the one codec of the SQL representation, for every SQL backend.
 
 Each record's columns are named once here, in the order its row holds them; reads select those columns and
-writes insert them. Values are converted on the way in (a PostgreSQL ``bytea`` arrives as a memoryview, a
-SQLite number may arrive as an int where a float was stored), so every backend gives back the record it was
-given (tests/unit/registry/test_codecs.py checks that for every field).
+writes insert them. Values are converted on the way in (a binary column may arrive as bytes or a memoryview
+depending on the driver, a SQLite number as an int where a float was stored), so a backend gives back the
+record it was given: tests/unit/registry/test_codecs.py checks every field through SQLite's column types,
+and the store contract tests run every write and read on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations

@@ -7,22 +7,23 @@ from typing import Any
 
 from tenantgate.clock import Clock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tenantgate.model import TenantState
+from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.canonical import canonical_json
 from tenantgate.registry.ledger import SqlBackend, Tx, Write, digest
 from tenantgate.registry.lifecycle import check_creation, check_transition
-from tenantgate.registry.manifest import ManifestDocument, tenant_from_document, with_state
+from tenantgate.registry.manifest import ManifestDocument, stored_retention, with_state
 from tenantgate.registry.plan import plan_changes
 from tenantgate.registry.records import (
     ApplyResult,
     KeyFactory,
     KeyInfo,
+    KeyRecord,
     RegistrySettings,
     TenantChange,
     TenantRecord,
     TransitionResult,
 )
-from tenantgate.registry.rows import KEY_COLUMNS, TENANT_COLUMNS, tenant_from_row
+from tenantgate.registry.rows import KEY_COLUMNS, TENANT_COLUMNS, key_row, tenant_from_row, tenant_row
 
 
 def tenant_state(text: str, field: str = "state") -> TenantState:
@@ -58,13 +59,12 @@ def select_for(tx: Tx, query: str, column: str, ids: Iterable[str]) -> list[tupl
 def add_key(write: Write, tenant_id: str, purpose: str, version: int, key_factory: KeyFactory,
             action: str) -> KeyInfo:
     wrapped, algorithm = key_factory(tenant_id, purpose, version)
-    key = KeyInfo(tenant_id, purpose, version, algorithm, 1, write.now)
-    write.tx.run(f"INSERT INTO tenant_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (tenant_id, purpose, version, wrapped, algorithm, key.state, key.created_at))
+    key = KeyRecord(tenant_id, purpose, version, wrapped, algorithm, KeyState.ENABLED, write.now)
+    write.tx.run(f"INSERT INTO tenant_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", key_row(key))
     write.audit(action, tenant_id, detail=f"{key.key_id} ({algorithm})")
     current = write.tx.rows("SELECT digest FROM tenants WHERE id = ?", (tenant_id,))
     write.changed(tenant_id, "update", current[0][0] if current else "")
-    return key
+    return KeyInfo(tenant_id, purpose, version, algorithm, key.state, key.created_at)
 
 
 class TenantWrites:
@@ -155,13 +155,14 @@ class TenantWrites:
                       before: TenantRecord | None) -> None:
         document_digest = digest(document)
         state_since = write.now if before is None or before.state != state.value else before.state_since
+        record = TenantRecord(tenant_id, canonical_json(document), document_digest, write.next_revision, state.value,
+                              state_since)
         write.tx.run(
-            "INSERT INTO tenants (id, document, digest, state, state_since, revision, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET document = excluded.document,"
-            " digest = excluded.digest, state = excluded.state, state_since = excluded.state_since,"
-            " revision = excluded.revision, updated_at = excluded.updated_at",
-            (tenant_id, canonical_json(document), document_digest, state.value, state_since, write.next_revision,
-             write.now, write.now))
+            f"INSERT INTO tenants ({TENANT_COLUMNS}, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET document = excluded.document, digest = excluded.digest,"
+            " state = excluded.state, state_since = excluded.state_since, revision = excluded.revision,"
+            " updated_at = excluded.updated_at",
+            (*tenant_row(record), write.now, write.now))
         before_digest = before.digest if before else ""
         if before is None:
             write.audit("tenant.create", tenant_id, "", document_digest, f"state {state.value}")
@@ -205,4 +206,4 @@ class TenantWrites:
 
 def _retention(before: TenantRecord, after: TenantState) -> int:
     """The stored tenant's retention period, which only a deletion reads (parsed only then)."""
-    return tenant_from_document(before.document).retention if after is TenantState.DELETED else 0
+    return stored_retention(before.document) if after is TenantState.DELETED else 0

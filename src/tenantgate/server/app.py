@@ -106,7 +106,7 @@ class TenantgateServer:
     ``clock`` is the wall clock of everything the server builds that decides by the time: the registry store
     it opens (lifecycle times, retention, scheduled key rotation), the syncer (when the registry was last
     read), max staleness and its metric, quota windows, buckets and leases on the memory backend (Redis counts
-    on its own clock), and cached tokens' expiry (a token's first verification is PyJWT's, on the system clock).
+    on its own clock), and tokens' iat, nbf and exp, fresh and cached.
     A ``store`` passed in keeps the clock it was opened with.
     Intervals and timeouts (sync polling, drain, probes) run on the event loop's monotonic clock."""
 

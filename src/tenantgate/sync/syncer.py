@@ -106,12 +106,11 @@ class Syncer:
         # full build leaves compiling to first use: a registry of 100,000 tenants would take twice the memory.)
         compile_all(view for view in changed.values() if view is not None)
         for tenant_id, view in changed.items():
-            previous = base.tenants.get(tenant_id)
-            if view is not None and view.problem and previous is not None and previous.built is not None:
-                # Served as it was until a revision of it compiles: a bad write never takes a tenant down.
+            kept = _last_that_compiles(base.tenants.get(tenant_id), view)
+            if kept is not None:
                 log.error("serving tenant %s at revision %d, its last revision that compiles, instead of revision "
-                          "%d", tenant_id, previous.revision, view.revision)
-                changed[tenant_id] = previous
+                          "%d", tenant_id, kept.revision, view.revision if view else 0)
+                changed[tenant_id] = kept
         self._mirror_changes(changes)
         return with_changes(base, changes.revision, changed, self._clock.now())
 
@@ -282,6 +281,18 @@ class Syncer:
                 log.error("%s", exc.message)
         return KeyVersion(key.tenant_id, key.purpose, key.version, key.algorithm, KeyState(key.state),
                           key.created_at, material, unavailable, key.min_decryption_version)
+
+
+def _last_that_compiles(previous: TenantView | None, changed: TenantView | None) -> TenantView | None:
+    """The view to keep serving instead of ``changed``, a revision that does not compile: the previous one, when
+    it compiles and the change left the tenant in the same state (a bad write never takes a tenant down). Never
+    across a change of state: a suspension, archival or deletion takes effect even when the tenant's document
+    cannot be read (its calls are then refused, or denied for its state), and keys are never served past it."""
+    if changed is None or not changed.problem or previous is None or previous.state is not changed.state:
+        return None
+    # A tenant no call has needed since a full build is compiled now, so that whether it is kept does not
+    # depend on what this server happened to be asked before.
+    return previous if previous.compile() is not None else None
 
 
 def _not_loadable(tenant_id: str, revision: int) -> FailedPrecondition:
