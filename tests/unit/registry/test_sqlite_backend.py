@@ -57,3 +57,23 @@ def test_deleting_a_tenant_leaves_none_of_its_wrapped_key_bytes_in_the_files(reg
     assert not any(wrapped in data for wrapped in doomed)
     assert all(wrapped in data for wrapped in kept)
     store.close()
+
+
+def test_a_tenant_a_newer_version_wrote_can_still_be_rotated_archived_and_deleted(registry_path: Path,
+                                                                                    master_key: MasterKey) -> None:
+    """Administration reads a stored document's key purposes and retention, not its whole schema: a field this
+    version does not know (written by a newer tenantgate sharing the registry) does not lock the tenant."""
+    store = SQLiteStore(registry_path)
+    keys = {"purposes": ["data"], "readers": ["service:storage"], "rotate_every": "1s"}
+    store.apply(manifests({"acme": tenant_doc("acme", state="Suspended", keys=keys, retention="0s")}),
+                key_factory=tenant_key_factory(master_key))
+    with sqlite3.connect(registry_path) as db:
+        (text,) = db.execute("SELECT document FROM tenants WHERE id = 'acme'").fetchone()
+        db.execute("UPDATE tenants SET document = ? WHERE id = 'acme'",
+                   (text.replace('"spec":{', '"spec":{"futureField":1,'),))
+    db.close()
+    factory = tenant_key_factory(master_key)
+    assert store.rotate_key("acme", "data", key_factory=factory).key.version == 2
+    store.transition("acme", "Archived")
+    assert store.transition("acme", "Deleted").after == "Deleted"
+    store.close()
