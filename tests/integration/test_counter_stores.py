@@ -1,5 +1,6 @@
 """One contract for the quota counter stores: every test runs on memory and on Redis, through the quota
-engine, on real time (Redis counts on its own clock)."""
+engine, on a fake clock (the Redis store is told to count at the engine's time instead of the Redis server's:
+``time_from_caller``, for tests only)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tenantgate.counters import open_counter_store
+from tenantgate.clock import FakeClock
+from tenantgate.counters.memory import MemoryCounterStore
+from tenantgate.counters.redis import RedisCounterStore
 from tenantgate.engines.quota import ConsumeOutcome, CounterStore, QuotaEngine, QuotaRequestItem
 from tenantgate.errors import Aborted, NotFound
 from tenantgate.snapshot import Snapshot
@@ -27,14 +30,22 @@ QUOTAS = {
 @pytest.fixture
 async def counters(quota_backend: tuple[str, str]) -> AsyncIterator[CounterStore]:
     url, prefix = quota_backend
-    store = open_counter_store(url, prefix=prefix)
+    store: CounterStore = (MemoryCounterStore() if url.startswith("memory:")
+                           else RedisCounterStore(url, prefix=prefix, time_from_caller=True))
     yield store
     await store.close()
 
 
 @pytest.fixture
-def engine(counters: CounterStore) -> QuotaEngine:
-    return QuotaEngine(counters)
+def clock() -> FakeClock:
+    # Later than any Redis server's clock: Redis expires keys on its own clock, and a key set to expire at a
+    # fake time in its past would be gone at once.
+    return FakeClock(4_102_444_800.0)  # 2100-01-01
+
+
+@pytest.fixture
+def engine(counters: CounterStore, clock: FakeClock) -> QuotaEngine:
+    return QuotaEngine(counters, clock=clock)
 
 
 @pytest.fixture
@@ -48,11 +59,13 @@ async def consume(engine: QuotaEngine, snapshot: Snapshot, *items: tuple[str, in
                                 idempotency_key=key)
 
 
-async def test_token_bucket_denies_then_refills(engine: QuotaEngine, snapshot: Snapshot) -> None:
+async def test_token_bucket_denies_then_refills(engine: QuotaEngine, snapshot: Snapshot, clock: FakeClock) -> None:
     assert (await consume(engine, snapshot, ("api", 2))).allowed
     denied = await consume(engine, snapshot, ("api", 1))
     assert not denied.allowed and 0 < denied.items[0].retry_after <= 0.06
-    await asyncio.sleep(0.12)  # 20 per second: two tokens back
+    clock.advance(0.04)  # 20 per second: not yet one token back
+    assert not (await consume(engine, snapshot, ("api", 1))).allowed
+    clock.advance(0.08)  # two tokens back
     assert (await consume(engine, snapshot, ("api", 2))).allowed
 
 
@@ -81,7 +94,7 @@ async def test_allocations_go_up_and_down_never_below_zero(engine: QuotaEngine, 
     assert not (await consume(engine, snapshot, ("disk", 1))).allowed
 
 
-async def test_leases_release_by_id_and_expire(engine: QuotaEngine, snapshot: Snapshot) -> None:
+async def test_leases_release_by_id_and_expire(engine: QuotaEngine, snapshot: Snapshot, clock: FakeClock) -> None:
     first = await consume(engine, snapshot, ("conc", 1))
     second = await consume(engine, snapshot, ("conc", 1))
     assert first.allowed and second.allowed and first.items[0].lease_id != second.items[0].lease_id
@@ -89,7 +102,9 @@ async def test_leases_release_by_id_and_expire(engine: QuotaEngine, snapshot: Sn
     assert not full.allowed and 0 < full.items[0].retry_after <= 1.0
     assert (await consume(engine, snapshot, ("conc", 1), release=True, lease=first.items[0].lease_id)).allowed
     assert (await consume(engine, snapshot, ("conc", 1))).allowed
-    await asyncio.sleep(1.1)  # a crashed holder's leases run out
+    clock.advance(0.9)  # lease_ttl 1s: still held
+    assert not (await consume(engine, snapshot, ("conc", 1))).allowed
+    clock.advance(0.2)  # a crashed holder's leases run out
     assert (await consume(engine, snapshot, ("conc", 2))).allowed
     with pytest.raises(NotFound, match="is not held"):  # its holder learns that it ran out
         await consume(engine, snapshot, ("conc", 1), release=True, lease=second.items[0].lease_id)

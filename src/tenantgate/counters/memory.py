@@ -1,5 +1,8 @@
 """Counters in process memory: exact inside one process, lost on restart.
 
+The quota algorithms run here in Python (their arithmetic in ``engines/quota.py``); the Redis store runs them again
+in Lua (``lua/consume.lua``). ``tests/integration/test_quota_equivalence.py`` holds the two to the same answers.
+
 Every call runs without awaiting, so on the event loop it is atomic; the lock makes it so for callers
 on other threads too (the CLI, tests).
 """
@@ -46,10 +49,12 @@ class _Window:
 
 @dataclass(slots=True)
 class _Leases:
-    held: dict[str, tuple[int, float]] = field(default_factory=dict)  # lease id -> (amount, expires at)
+    # lease id -> (amount, when it expires in milliseconds): the Redis script's arithmetic, so that both stores
+    # answer alike to the last bit (it keeps the expiry as a sorted set's score in milliseconds).
+    held: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def in_use(self, now: float) -> int:
-        expired = [lease for lease, (_, expires) in self.held.items() if expires <= now]
+        expired = [lease for lease, (_, expires_ms) in self.held.items() if expires_ms <= now * 1000]
         for lease in expired:
             del self.held[lease]
         return sum(amount for amount, _ in self.held.values())
@@ -74,8 +79,9 @@ class MemoryCounterStore:
 
     async def usage(self, tenant_id: str) -> dict[str, tuple[int, int]]:
         with self._lock:
+            # Quotas that counted nothing are left out, as Redis leaves them out.
             return {quota: (counts[0], counts[1]) for (tenant, quota), counts in self._usage.items()
-                    if tenant == tenant_id}
+                    if tenant == tenant_id and (counts[0] or counts[1])}
 
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
                       idempotency: Idempotency | None = None) -> list[CounterResult]:
@@ -134,8 +140,9 @@ class MemoryCounterStore:
                     raise unknown_lease(op, index)
                 held = leases.held[op.lease_id][0]
                 return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id), (now, 0)
-            result = bounded_take(in_use, spec.limit, op.amount,
-                                  min((expires for _, expires in leases.held.values()), default=now) - now)
+            earliest_ms = min((expires_ms for _, expires_ms in leases.held.values()), default=None)
+            retry_after = 0.0 if earliest_ms is None else earliest_ms / 1000 - now
+            result = bounded_take(in_use, spec.limit, op.amount, retry_after)
             if result.allowed and op.amount:
                 result = CounterResult(True, result.remaining, lease_id=secrets.token_hex(12))
             return result, (now, 0)
@@ -162,7 +169,7 @@ class MemoryCounterStore:
             if op.release:
                 leases.held.pop(op.lease_id, None)
             elif result.lease_id:
-                leases.held[result.lease_id] = (op.amount, now + spec.lease_ttl)
+                leases.held[result.lease_id] = (op.amount, now * 1000 + int(spec.lease_ttl * 1000))
         else:
             used = int(basis[1])
             self._allocations[key] = max(0, used - op.amount) if op.release else used + op.amount

@@ -1,9 +1,11 @@
 """Counters in Redis or a Redis Cluster: exact across processes and replicas.
 
 Each ConsumeQuota call is one call of a Lua script (``lua/consume.lua``) that evaluates every item and
-applies all or none, on the Redis server's clock. Calls made concurrently in one process are sent
-together: one pipeline, one round trip for many consumes (on a cluster, one per node, all at once). How a
-batch reaches Redis is the transport's (``redis_node``, ``redis_cluster``); the rest is written once here.
+applies all or none, on the Redis server's clock. The script is the quota algorithms' second implementation:
+the memory store runs the same algorithms in Python, and ``tests/integration/test_quota_equivalence.py`` holds the
+two to the same answers. Calls made concurrently in one process are sent together: one pipeline, one round trip
+for many consumes (on a cluster, one per node, all at once). How a batch reaches Redis is the transport's
+(``redis_node``, ``redis_cluster``); the rest is written once here.
 """
 
 from __future__ import annotations
@@ -77,8 +79,13 @@ def _transport(url: str, timeout: float) -> ScriptTransport:
 
 class RedisCounterStore:
     def __init__(self, url: str, *, prefix: str = "tg:", timeout: float = 1.0,
-                 on_availability: Callable[[bool], None] | None = None) -> None:
+                 on_availability: Callable[[bool], None] | None = None, time_from_caller: bool = False) -> None:
+        """``time_from_caller``, for tests only: the script counts at the ``now`` each consume is given (the
+        engine's clock, a fake one in tests) instead of the Redis server's clock. Servers never set it: their
+        processes' clocks differ, the server's is the one they share. Redis still drops keys on its own clock, at
+        moments computed from the time given: a fake time earlier than the server's has keys dropped at once."""
         self._transport = _transport(url, timeout)
+        self._time_from_caller = time_from_caller
         self._timeout = timeout
         self._prefix = prefix
         # One lane per Redis server (one in all for a single Redis): a stalled node holds up its own calls only.
@@ -104,7 +111,7 @@ class RedisCounterStore:
         keys = [self._key(tenant_id, "usage"),
                 self._key(tenant_id, f"idem:{idempotency.key}" if idempotency else "idem")]
         args: list[Any] = [len(ops), "1" if idempotency else "0", idempotency.payload_digest if idempotency else "",
-                           int(idempotency.ttl * 1000) if idempotency else 0]
+                           int(idempotency.ttl * 1000) if idempotency else 0, now if self._time_from_caller else ""]
         for op in ops:
             spec = op.spec
             keys += [self._key(tenant_id, f"q:{spec.name}"), self._key(tenant_id, f"q:{spec.name}:leases")]
@@ -217,4 +224,6 @@ class RedisCounterStore:
         for name, value in raw.items():
             quota, _, what = (name.decode() if isinstance(name, bytes) else name).rpartition(":")
             usage.setdefault(quota, [0, 0])[0 if what == "consumed" else 1] = int(value)
-        return {quota: (counts[0], counts[1]) for quota, counts in usage.items()}
+        # A denial of amount 0 (a check against a limit lowered below what is spent) writes a 0: left out, as the
+        # memory store leaves out quotas that counted nothing.
+        return {quota: (counts[0], counts[1]) for quota, counts in usage.items() if counts[0] or counts[1]}

@@ -1,9 +1,14 @@
 -- One ConsumeQuota call, atomically: evaluate every item, then apply all of them or none.
--- Mirrors tenantgate.counters.memory; time is the Redis server's clock, so every process agrees.
+-- The quota algorithms are written twice: in Python for the memory store (tenantgate.counters.memory, with
+-- tenantgate.engines.quota) and here, in Lua, for Redis. tests/integration/test_quota_equivalence.py drives both
+-- with the same operations at the same times and requires the same answers; change them together.
+-- Time is the Redis server's clock, so every process agrees; only tests pass a time of their own (ARGV[5]). The
+-- script reads the time once: keys expire at moments computed from it.
 --
 -- KEYS[1] usage hash, KEYS[2] idempotency key, then two keys per item (state, auxiliary state);
 -- all carry the tenant as a hash tag, so they share a Redis Cluster slot.
 -- ARGV[1] item count, ARGV[2] '1' when idempotent, ARGV[3] payload digest, ARGV[4] idempotency TTL (ms),
+-- ARGV[5] the time in seconds, or '' for the server's clock,
 -- then per item: kind, amount, release, lease id, limit, per_seconds, burst, period, lease TTL (ms),
 -- shadow, quota name.
 -- Returns {'ok', json} | {'replay', json} | {'conflict'} | {'unknown_lease', item index} (a release of a lease
@@ -24,8 +29,13 @@ if idempotent then
   end
 end
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now
+if ARGV[5] == '' then
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+else
+  now = tonumber(ARGV[5])
+end
 
 local function bounded(used, limit, amount, retry, reset)
   if used + amount <= limit then
@@ -37,7 +47,7 @@ end
 local items, results, plans = {}, {}, {}
 local admitted = true
 for i = 1, count do
-  local b = 4 + (i - 1) * FIELDS
+  local b = 5 + (i - 1) * FIELDS
   local item = {
     kind = ARGV[b + 1], amount = tonumber(ARGV[b + 2]), release = ARGV[b + 3] == '1', lease = ARGV[b + 4],
     limit = tonumber(ARGV[b + 5]), per = tonumber(ARGV[b + 6]), burst = tonumber(ARGV[b + 7]),
@@ -105,7 +115,7 @@ for i = 1, count do
   if admitted and result[1] == 1 then
     if item.kind == 'rate' then
       redis.call('HSET', item.key, 'tokens', plans[i] - item.amount, 'ts', now)
-      redis.call('PEXPIRE', item.key, math.ceil(item.burst / (item.limit / item.per) * 1000) + 1000)
+      redis.call('PEXPIREAT', item.key, math.ceil((now + item.burst / (item.limit / item.per)) * 1000) + 1000)
     elseif item.kind == 'window' then
       redis.call('HSET', item.key, 'start', plans[i][1], 'used', plans[i][3] + item.amount)
       redis.call('PEXPIREAT', item.key, math.ceil(plans[i][2] * 1000) + 86400000)
@@ -116,8 +126,10 @@ for i = 1, count do
       elseif item.amount > 0 then
         redis.call('ZADD', item.key, now * 1000 + item.ttl, item.lease)
         redis.call('HSET', item.aux, item.lease, item.amount)
-        redis.call('PEXPIRE', item.key, item.ttl + 1000)
-        redis.call('PEXPIRE', item.aux, item.ttl + 1000)
+        -- Kept until the last lease ends, not this one: taken under a lease_ttl lowered since, it may end first.
+        local last = redis.call('ZRANGE', item.key, -1, -1, 'WITHSCORES')
+        redis.call('PEXPIREAT', item.key, math.ceil(tonumber(last[2])) + 1000)
+        redis.call('PEXPIREAT', item.aux, math.ceil(tonumber(last[2])) + 1000)
       end
     elseif item.release then
       redis.call('SET', item.key, math.max(0, plans[i] - item.amount))
@@ -132,7 +144,14 @@ for i = 1, count do
   end
 end
 
-local encoded = cjson.encode(results)
+-- Numbers with 17 significant digits, which a double needs to come back the same: cjson writes 14, which would
+-- round a remaining count past 10^14 (a volume quota of 100Ti) and the times the memory store answers exactly.
+local parts = {}
+for i = 1, count do
+  local r = results[i]
+  parts[i] = string.format('[%d,%.17g,%.17g,%.17g,%s]', r[1], r[2], r[3], r[4], cjson.encode(r[5]))
+end
+local encoded = '[' .. table.concat(parts, ',') .. ']'
 if idempotent then
   redis.call('SET', KEYS[2], ARGV[3] .. '|' .. encoded, 'PX', ARGV[4])
 end
