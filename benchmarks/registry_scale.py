@@ -3,6 +3,7 @@
 - apply: all tenants in one transaction (keys generated and wrapped);
 - full snapshot build (what a server does at start), against the bare read of the registry it needs;
 - memory per tenant of the loaded snapshot, and after every tenant has been asked about once;
+- a server's start until it serves (its first snapshot swapped in: health SERVING);
 - propagation: one tenant's change committed by another writer until a running server answers with it.
 
 Figures are printed with their baseline from the same run and written to benchmarks/results/registry_scale.json.
@@ -88,7 +89,9 @@ def timed(function: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey, samples: int) -> list[float]:
+def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey,
+                samples: int) -> tuple[float, list[float]]:
+    """Seconds from a server's start to its first snapshot served (health SERVING), and the delays of changes."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -100,7 +103,9 @@ def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey, 
         await server.holder.wait_for_revision(0, 300)
         return server
 
+    started_at = time.perf_counter()
     server = asyncio.run_coroutine_threadsafe(start(), loop).result(600)
+    start_seconds = time.perf_counter() - started_at
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = decision_pb2_grpc.DecisionServiceStub(channel)
     delays = []
@@ -116,7 +121,7 @@ def propagation(store: RegistryStore, registry_url: str, master_key: MasterKey, 
     asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
-    return delays
+    return start_seconds, delays
 
 
 def main() -> None:
@@ -160,7 +165,7 @@ def main() -> None:
         del snapshot
         gc.collect()
 
-        delays = propagation(store, registry_url, master_key, args.samples)
+        start_seconds, delays = propagation(store, registry_url, master_key, args.samples)
         store.close()
 
     n = args.tenants
@@ -170,6 +175,7 @@ def main() -> None:
         "apply_all_seconds": apply_seconds,
         "registry_read_seconds": load_seconds,
         "snapshot_build_seconds": build_seconds,
+        "server_start_to_serving_seconds": start_seconds,
         "snapshot_build_ratio_to_registry_read": build_seconds / load_seconds,
         "compile_every_tenant_seconds": compile_seconds,
         "bytes_per_tenant_loaded": {"rss": loaded_rss / n, "python_heap": loaded_traced / n},

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tenantgate.globs import ResourceMatcher, compile_glob
 from tenantgate.model import AccessSpec, Role
+from tenantgate.sharing import EMPTY_MAPPING, shared_set
 
 NO_ENVIRONMENT = ""
 GROUP = "group:"  # the subject kind that names a group of the tenant; never a caller's identity
@@ -145,7 +146,7 @@ def compile_policy(access: AccessSpec, environments: Iterable[str]) -> CompiledP
     return CompiledPolicy(
         tenant_deny=_rule_set(access.deny, "deny"),
         subjects=subjects,
-        grants={key: RuleSet(rules) for key, rules in grants.items()},
+        grants={key: RuleSet(rules) for key, rules in grants.items()} if grants else EMPTY_MAPPING,
         suspended_allow=_rule_set(access.suspended_allow, "suspended_allow"),
-        environments=frozenset(envs),
+        environments=shared_set(envs),
     )

@@ -60,6 +60,12 @@ def compile_issuer(spec: IssuerSpec) -> CompiledIssuer:
     return CompiledIssuer(spec, by_id, sole)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled_issuers(specs: tuple[IssuerSpec, ...]) -> tuple[CompiledIssuer, ...]:
+    """Compiled once per distinct list of issuers: tenants that trust the same ones share them."""
+    return tuple(compile_issuer(issuer) for issuer in specs)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledTenant:
     """Everything a decision reads about one tenant, built from its document on first use."""
@@ -77,7 +83,7 @@ def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> Compile
     return CompiledTenant(
         spec=spec,
         policy=compile_policy(spec.access, spec.environments),
-        issuers=tuple(compile_issuer(issuer) for issuer in spec.issuers),
+        issuers=_compiled_issuers(spec.issuers),
         keys={purpose: tuple(versions) for purpose, versions in by_purpose.items()},
     )
 

@@ -21,6 +21,7 @@ from tenantgate.registry.bounds import fits
 from tenantgate.registry.canonical import UNREPRESENTABLE, canonical_json
 from tenantgate.registry.fields import ManifestError, Problems
 from tenantgate.registry.schema import TENANT_ID, parse_tenant
+from tenantgate.sharing import shared_texts
 from tenantgate.units import parse_duration
 
 __all__ = [
@@ -120,10 +121,7 @@ def _defined_twice(documents: Iterable[ManifestDocument]) -> list[str]:
 
 
 def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
-    problems = Problems(where)
-    tenant = parse_tenant(raw, problems)
-    if problems.items or tenant is None:
-        raise ManifestError(problems.items or [f"{where}: not a tenant document"])
+    tenant = _checked_tenant(raw, where)
     try:
         document = json.loads(canonical_json(raw))
     except (TypeError, ValueError):
@@ -132,8 +130,18 @@ def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
 
 
 def tenant_from_document(document: Mapping[str, Any]) -> TenantSpec:
-    """Parse a document the registry stored; it was validated when applied."""
-    return parse_document(dict(document), f"stored tenant {document.get('metadata', {}).get('id')!r}").tenant
+    """Parse a document the registry stored; it was validated when applied. It is canonical JSON already, so
+    it is not written out and read back as a manifest's document is (a fifth of the time of compiling it)."""
+    raw = document if isinstance(document, dict) else dict(document)
+    return _checked_tenant(raw, f"stored tenant {document.get('metadata', {}).get('id')!r}")
+
+
+def _checked_tenant(raw: Any, where: str) -> TenantSpec:
+    problems = Problems(where)
+    tenant = parse_tenant(raw, problems)
+    if problems.items or tenant is None:
+        raise ManifestError(problems.items or [f"{where}: not a tenant document"])
+    return tenant
 
 
 # The stored document is the manifest as applied (so `tenant get` shows what was written, and digests stay the
@@ -177,6 +185,6 @@ def issuer_urls(document_json: str) -> tuple[str, ...]:
         return ()
     try:
         issuers = json.loads(document_json).get("spec", {}).get("tokens", {}).get("issuers") or []
-        return tuple(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
+        return shared_texts(i["issuer"] for i in issuers if isinstance(i, dict) and isinstance(i.get("issuer"), str))
     except (ValueError, AttributeError, TypeError):
         return ()

@@ -7,9 +7,8 @@ of a document's problems together; ``manifest.py`` reads files and YAML around i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
-from typing import Any, TypeVar
+from typing import Any
 
 from tenantgate.model import (
     DEFAULT_RETENTION,
@@ -37,9 +36,9 @@ from tenantgate.registry.fields import (
     table,
 )
 from tenantgate.registry.jwks import jwks_problems
+from tenantgate.sharing import interned, shared_mapping, shared_set, shared_text, shared_texts
 from tenantgate.units import parse_duration, parse_rate, parse_size
 
-T = TypeVar("T")
 API_VERSION = "tenantgate/v1"
 # Anchored with \Z, not $: "$" also matches before a final newline, which would let "acme\n" pass as an id.
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}\Z")
@@ -61,19 +60,13 @@ _PROFILES = ("multi-tenant", "single-tenant")
 _ISOLATIONS = ("soft", "hard", "network-only", "custom")
 
 
-@functools.lru_cache(maxsize=65536)
-def interned(value: T) -> T:
-    """One shared instance per distinct value: tenants made from one template share their parts."""
-    return value
-
-
 def _rules(value: Any, path: str, problems: Problems) -> tuple[str, ...]:
     rules = strings(value, path, problems)
     for i, rule in enumerate(rules):
         problem = rule_problem(rule)
         if problem:
             problems.add(f"{path}[{i}]", problem)
-    return rules
+    return shared_texts(rules)
 
 
 def rule_problem(rule: str) -> str:
@@ -112,12 +105,13 @@ def parse_tenant(raw: Any, problems: Problems) -> TenantSpec | None:
     tenant_id = string(metadata.get("id", ""), "metadata.id", problems, TENANT_ID,
                         "tenant id ([a-z0-9][a-z0-9-]{1,62})")
     name = string(metadata.get("name", tenant_id), "metadata.name", problems)
-    labels = {str(key): string(label, f"metadata.labels.{key}", problems)
+    labels = {shared_text(str(key)): shared_text(string(label, f"metadata.labels.{key}", problems))
               for key, label in table(metadata.get("labels"), "metadata.labels", problems).items()}
 
     spec = known_fields(top.get("spec") or {}, "spec", _SPEC_FIELDS, problems) or {}
     state_text = choice(spec.get("state", "Draft"), "spec.state", problems, (s.value for s in TenantState))
-    environments = strings(spec.get("environments"), "spec.environments", problems, NAME, "environment name")
+    environments = shared_texts(strings(spec.get("environments"), "spec.environments", problems, NAME,
+                                        "environment name"))
     quotas = _parse_quotas(spec.get("quotas"), problems)
     access = _parse_access(spec.get("access") or {}, frozenset(environments), problems)
     issuers = _parse_tokens(spec.get("tokens") or {}, problems)
@@ -133,14 +127,14 @@ def parse_tenant(raw: Any, problems: Problems) -> TenantSpec | None:
     return TenantSpec(
         id=tenant_id,
         name=name,
-        labels=labels,
+        labels=shared_mapping(labels.items()),
         state=TenantState(state_text),
-        plan=string(spec.get("plan", ""), "spec.plan", problems),
+        plan=shared_text(string(spec.get("plan", ""), "spec.plan", problems)),
         profile=choice(spec.get("profile", "multi-tenant"), "spec.profile", problems, _PROFILES),
         isolation=choice(spec.get("isolation", "soft"), "spec.isolation", problems, _ISOLATIONS),
         environments=environments,
-        features=strings(spec.get("features"), "spec.features", problems),
-        quotas=quotas,
+        features=shared_texts(strings(spec.get("features"), "spec.features", problems)),
+        quotas=shared_mapping(quotas.items()),
         access=access,
         issuers=issuers,
         keys=keys,
@@ -181,7 +175,8 @@ def _parse_quotas(raw: Any, problems: Problems) -> dict[str, QuotaSpec]:
             problems.add(f"{path}.on_backend_error", f"{policy!r} is not one of {', '.join(BACKEND_ERROR_POLICIES)}")
         try:
             quota = _quota(name, shape, fields, shadow, path)
-            quotas[name] = interned(dataclasses.replace(quota, on_backend_error=policy) if policy else quota)
+            quota = interned(dataclasses.replace(quota, on_backend_error=policy) if policy else quota)
+            quotas[quota.name] = quota  # the shared quota's name: one string for every tenant on the plan
         except ValueError as exc:
             problems.add(exc.args[0], exc.args[1])
     return quotas
@@ -240,8 +235,9 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
             problems.add(path, f"{role_name!r} is not a valid role name")
             continue
         fields = known_fields(role_body if role_body is not None else {}, path, {"allow", "deny"}, problems) or {}
-        roles[role_name] = interned(Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
-                                _rules(fields.get("deny"), f"{path}.deny", problems)))
+        role = interned(Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
+                             _rules(fields.get("deny"), f"{path}.deny", problems)))
+        roles[role.name] = role
 
     groups: dict[str, tuple[str, ...]] = {}
     for group_name, members in table(body.get("groups"), "spec.access.groups", problems).items():
@@ -249,6 +245,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
         if not isinstance(group_name, str) or not NAME.match(group_name):
             problems.add(path, f"{group_name!r} is not a valid group name")
             continue
+        group_name = shared_text(group_name)
         groups[group_name] = strings(members, path, problems, SUBJECT, "subject (kind:name)")
         for j, member in enumerate(groups[group_name]):
             if member.startswith(GROUP):  # never expanded: it would become a subject callers can present
@@ -261,9 +258,11 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
         if binding is None:
             continue
         subject = string(binding.get("subject"), f"{path}.subject", problems, SUBJECT, "subject (kind:name)")
-        if subject.startswith(GROUP) and subject[len(GROUP):] not in groups:
-            problems.add(f"{path}.subject", f"unknown group {subject[6:]!r}")
-        binding_roles = strings(binding.get("roles"), f"{path}.roles", problems)
+        if subject.startswith(GROUP):
+            if subject[len(GROUP):] not in groups:
+                problems.add(f"{path}.subject", f"unknown group {subject[6:]!r}")
+            subject = shared_text(subject)  # a group's name repeats across tenants; a person's does not
+        binding_roles = shared_texts(strings(binding.get("roles"), f"{path}.roles", problems))
         if not binding_roles:
             problems.add(f"{path}.roles", "at least one role is required")
         for j, role_name in enumerate(binding_roles):
@@ -271,11 +270,12 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
                 problems.add(f"{path}.roles[{j}]", f"unknown role {role_name!r}")
         envs: frozenset[str] | None = None
         if binding.get("environments") is not None:
-            envs = frozenset(strings(binding["environments"], f"{path}.environments", problems))
+            envs = shared_set(shared_texts(strings(binding["environments"], f"{path}.environments", problems)))
             for env in sorted(envs - environments):
                 problems.add(f"{path}.environments", f"unknown environment {env!r} (spec.environments lists "
                              f"{', '.join(sorted(environments)) or 'none'})")
-        bindings.append(Binding(subject, binding_roles, envs))
+        bound = Binding(subject, binding_roles, envs)
+        bindings.append(interned(bound) if subject.startswith(GROUP) else bound)
 
     grants: list[CrossTenantGrant] = []
     for i, grant_raw in enumerate(sequence(body.get("grants"), "spec.access.grants", problems)):
@@ -290,7 +290,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
         grants.append(CrossTenantGrant(home, grantee, _rules(grant.get("allow"), f"{path}.allow", problems)))
 
     return AccessSpec(
-        roles=roles,
+        roles=shared_mapping(roles.items()),
         bindings=tuple(bindings),
         groups=groups,
         deny=_rules(body.get("deny"), "spec.access.deny", problems),
@@ -324,7 +324,7 @@ def _parse_tokens(raw: Any, problems: Problems) -> tuple[IssuerSpec, ...]:
             tenant_claim=string(fields.get("tenant_claim", "tid"), f"{path}.tenant_claim", problems),
             subject_claim=string(fields.get("subject_claim", "sub"), f"{path}.subject_claim", problems),
         )))
-    return tuple(issuers)
+    return interned(tuple(issuers))
 
 
 def _checked_jwks(jwks: Any, path: str, problems: Problems) -> str:
@@ -346,22 +346,22 @@ def _parse_keys(raw: Any, problems: Problems) -> KeysSpec:
             rotate_every = parse_duration(str(body["rotate_every"]))
         except ValueError as exc:
             problems.add("spec.keys.rotate_every", str(exc))
-    purposes = strings(body.get("purposes"), "spec.keys.purposes", problems, NAME, "key purpose")
+    purposes = shared_texts(strings(body.get("purposes"), "spec.keys.purposes", problems, NAME, "key purpose"))
     if len(set(purposes)) != len(purposes):
         problems.add("spec.keys.purposes", "lists a purpose twice")
     readers: dict[str, tuple[str, ...]] = {}
     for field in ("readers", "metadata_readers"):
-        readers[field] = strings(body.get(field), f"spec.keys.{field}", problems, SUBJECT,
-                                  "caller identity (kind:name)")
+        readers[field] = shared_texts(strings(body.get(field), f"spec.keys.{field}", problems, SUBJECT,
+                                              "caller identity (kind:name)"))
         for index, reader in enumerate(readers[field]):
             # Callers are compared with these names literally: a group name here would be a caller that
             # names itself so, never the group's members.
             if reader.startswith(GROUP):
                 problems.add(f"spec.keys.{field}[{index}]", f"{reader!r} is a group; list the callers that may "
                                                             "read keys")
-    return KeysSpec(
+    return interned(KeysSpec(
         purposes=purposes,
-        readers=frozenset(readers["readers"]),
-        metadata_readers=frozenset(readers["metadata_readers"]),
+        readers=shared_set(readers["readers"]),
+        metadata_readers=shared_set(readers["metadata_readers"]),
         rotate_every=rotate_every,
-    )
+    ))

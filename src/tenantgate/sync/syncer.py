@@ -22,6 +22,7 @@ from tenantgate.keywrap import KeyProvider
 from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.manifest import issuer_urls, tenant_from_document
 from tenantgate.registry.records import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
+from tenantgate.sharing import shared_text
 from tenantgate.snapshot import (
     CompiledTenant,
     KeyVersion,
@@ -256,7 +257,7 @@ class Syncer:
                 metrics.TENANT_COMPILE_FAILURES.inc()
                 raise _not_loadable(tenant_id, revision) from None
             try:
-                return compile_tenant(spec, [self._unwrap(key) for key in wrapped])
+                return compile_tenant(spec, [self._unwrap(key, tenant_id) for key in wrapped])
             except Exception:
                 log.exception("tenant %s at revision %d does not compile", tenant_id, revision)
                 metrics.TENANT_COMPILE_FAILURES.inc()
@@ -264,7 +265,7 @@ class Syncer:
 
         return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load)
 
-    def _unwrap(self, key: KeyRecord) -> KeyVersion:
+    def _unwrap(self, key: KeyRecord, tenant_id: str) -> KeyVersion:
         """The key with its material, unwrapped under the master key (blocking: run when the tenant compiles,
         in a worker thread); a key that does not unwrap is kept with the reason it is unavailable."""
         material, unavailable = b"", ""
@@ -279,7 +280,9 @@ class Syncer:
             except TenantgateError as exc:
                 unavailable = exc.message
                 log.error("%s", exc.message)
-        return KeyVersion(key.tenant_id, key.purpose, key.version, key.algorithm, KeyState(key.state),
+        # The view's id (equal to the key's) and the shared purpose and algorithm: no string of its own.
+        return KeyVersion(tenant_id, shared_text(key.purpose), key.version, shared_text(key.algorithm),
+                          KeyState(key.state),
                           key.created_at, material, unavailable, key.min_decryption_version)
 
 
