@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
@@ -13,7 +14,9 @@ from tenantgate.channels import open_channel
 from tenantgate.cli.common import EXIT_DENIED, EXIT_OK, add_tls, default_actor, security
 from tenantgate.config import DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN
 from tenantgate.identity import CALLER_METADATA
-from tenantgate.wiretime import seconds_of
+
+if TYPE_CHECKING:
+    from tenantgate.client import Client
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,48 +83,49 @@ def _print(args: argparse.Namespace, message: object, line: str) -> None:
         print(line)
 
 
-def _check(args: argparse.Namespace) -> int:
-    from tenantgate.client import DecisionClient
-    from tenantgate.v1 import decision_pb2 as pb
+def _client(args: argparse.Namespace, caller: str = "") -> Client:
+    """A client for the one server a command names: each call made once, whatever the server's health says,
+    so that the command prints what that server answers."""
+    from tenantgate.client import NO_RETRIES, Client, ClientConfig
 
-    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
-        response = client.check_access(args.tenant, args.action, args.resource, subject=args.subject or "",
+    return Client(ClientConfig(args.target, timeout=args.timeout, caller=caller, security=security(args),
+                               retry=NO_RETRIES, health_check=False))
+
+
+def _check(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        decision = client.check_access(args.tenant, args.action, args.resource, subject=args.subject or "",
                                        token=args.token or "", subject_tenant_id=args.subject_tenant,
                                        environment=args.env)
-    verdict = "ALLOWED" if response.allowed else "DENIED"
-    reason = pb.DecisionReason.Name(response.reason).removeprefix("DECISION_REASON_")
-    _print(args, response, f"{verdict} ({reason}) rule={response.rule or '-'} revision={response.revision} "
-                           f"decision_id={response.decision_id}")
-    return EXIT_OK if response.allowed else EXIT_DENIED
+    verdict = "ALLOWED" if decision.allowed else "DENIED"
+    _print(args, decision.wire, f"{verdict} ({decision.reason}) rule={decision.rule or '-'} "
+                                f"revision={decision.revision} decision_id={decision.decision_id}")
+    return EXIT_OK if decision.allowed else EXIT_DENIED
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from tenantgate.client import DecisionClient
-
     items = []
     for text in args.quotas:
         name, _, amount = text.partition("=")
         items.append((name, int(amount) if amount else 1))
-    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
-        response = client.consume_quota(args.tenant, items, release=args.release, lease_id=args.lease_id,
-                                        idempotency_key=args.idempotency_key)
-    lines = [f"{'ALLOWED' if response.allowed else 'DENIED'} revision={response.revision}"]
-    for item in response.results:
-        retry = seconds_of(item.retry_after)
+    with _client(args) as client:
+        result = client.consume_quota(args.tenant, items, release=args.release, lease_id=args.lease_id,
+                                      idempotency_key=args.idempotency_key)
+    lines = [f"{'ALLOWED' if result.allowed else 'DENIED'} revision={result.revision}"]
+    for item in result.items:
         lines.append(f"  {item.quota}: {'ok' if item.allowed else 'over'} limit={item.limit} "
-                     f"remaining={item.remaining}" + (f" retry_after={retry:.3f}s" if not item.allowed else "")
+                     f"remaining={item.remaining}"
+                     + (f" retry_after={item.retry_after:.3f}s" if not item.allowed else "")
                      + (f" lease_id={item.lease_id}" if item.lease_id else "") + (" (shadow)" if item.shadow else ""))
-    _print(args, response, "\n".join(lines))
-    return EXIT_OK if response.allowed else EXIT_DENIED
+    _print(args, result.wire, "\n".join(lines))
+    return EXIT_OK if result.allowed else EXIT_DENIED
 
 
 def _key(args: argparse.Namespace) -> int:
-    from tenantgate.client import DecisionClient
-
-    with DecisionClient(args.target, timeout=args.timeout, caller=args.caller, security=security(args)) as client:
-        response = client.get_tenant_key(args.tenant, args.purpose, args.version)
-    _print(args, response, f"{response.key_id} version={response.version} algorithm={response.algorithm} "
-                           f"material={response.material.hex()}")
+    with _client(args, caller=args.caller) as client:
+        key = client.get_tenant_key(args.tenant, args.purpose, version=args.version)
+    _print(args, key.wire, f"{key.key_id} version={key.version} algorithm={key.algorithm} "
+                           f"material={key.material.hex()}")
     return EXIT_OK
 
 
@@ -139,9 +143,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    from tenantgate.client import DecisionClient
-
-    with DecisionClient(args.target, timeout=args.timeout, security=security(args)) as client:
-        response = client.resolve_tenant(args.tenant)
-    print(json.dumps(json_format.MessageToDict(response), indent=2))
+    with _client(args) as client:
+        tenant = client.resolve_tenant(args.tenant)
+    print(json.dumps(json_format.MessageToDict(tenant.wire), indent=2))  # type: ignore[arg-type]
     return EXIT_OK

@@ -1,0 +1,230 @@
+"""Every DecisionService call once, for both clients: the request it sends and how its answer is read.
+
+Pure: no channel, no I/O. A function here returns a ``Call``; ``Client`` runs it blocking and
+``AsyncClient`` awaits it, and each exposes these functions, with their signatures and docstrings, as its
+methods. ``timeout`` is the call's deadline in seconds, None for the client's default.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tenantgate.client._errors import status_of
+from tenantgate.client._results import (
+    Check,
+    CheckFailure,
+    DataKey,
+    Decision,
+    KeyMetadata,
+    KeyVersionInfo,
+    QuotaItemResult,
+    QuotaResult,
+    Reason,
+    TenantInfo,
+    TenantKey,
+    TokenInfo,
+)
+from tenantgate.model import KeyState, TenantState
+from tenantgate.v1 import decision_pb2 as pb
+from tenantgate.wiretime import seconds_of
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One call, ready for a transport: the method's name on the stub, its request, and how to read the
+    answer. ``min_revision`` is None for methods without one; otherwise the caller's own, which the client
+    raises to the highest revision it has observed before sending."""
+
+    method: str
+    request: Any
+    read: Callable[[Any], T]
+    timeout: float | None = None
+    min_revision: int | None = None
+
+
+def check_access(tenant_id: str, action: str, resource: str, *, subject: str = "", token: str = "",
+                 subject_tenant_id: str = "", environment: str = "", context: Mapping[str, str] | None = None,
+                 min_revision: int = 0, timeout: float | None = None) -> Call[Decision]:
+    """May ``subject`` (or the bearer of ``token``) do ``action`` on ``resource`` of tenant ``tenant_id``?
+
+    A deny is a ``Decision`` with ``allowed`` False and its ``reason``, not an error. ``subject_tenant_id``
+    is the subject's home tenant (default: ``tenant_id``; a token names its own); ``environment`` limits
+    bindings to one environment; ``context`` attributes are recorded with the decision. The answer comes from
+    a snapshot at ``min_revision`` or later (or the client's observed revision, the higher), waiting up to the
+    deadline, then ``FailedPrecondition``."""
+    request = _access_request(Check(tenant_id, action, resource, subject=subject, token=token,
+                                    subject_tenant_id=subject_tenant_id, environment=environment,
+                                    context=context or {}))
+    return Call("CheckAccess", request, partial(_decision, request), timeout, min_revision)
+
+
+def check_access_batch(checks: Iterable[Check], *, min_revision: int = 0,
+                       timeout: float | None = None) -> Call[list[Decision | CheckFailure]]:
+    """Many checks in one call (at most 1000), answered in order: a ``Decision`` for each check decided, a
+    ``CheckFailure`` for each that could not be (the others are still answered)."""
+    items = [pb.CheckAccessBatchItem(correlation_id=check.correlation_id, check=_access_request(check))
+             for check in checks]
+    return Call("CheckAccessBatch", pb.CheckAccessBatchRequest(items=items), partial(_batch, items), timeout,
+                min_revision)
+
+
+def consume_quota(tenant_id: str, quotas: Mapping[str, int] | Iterable[tuple[str, int]], *, release: bool = False,
+                  lease_id: str = "", idempotency_key: str = "", timeout: float | None = None) -> Call[QuotaResult]:
+    """Spend ``quotas`` (name -> amount; 0 only checks) of tenant ``tenant_id``, all or none.
+
+    ``release`` gives units back (concurrency and allocation quotas; ``lease_id`` names the lease to
+    release). A call repeated with the same ``idempotency_key`` gets the first answer and spends nothing
+    more. A denied call spends nothing; the result says when to retry."""
+    pairs = quotas.items() if isinstance(quotas, Mapping) else quotas
+    request = pb.ConsumeQuotaRequest(tenant_id=tenant_id, release=release, idempotency_key=idempotency_key,
+                                     items=[pb.QuotaItem(quota=quota, amount=amount, lease_id=lease_id)
+                                            for quota, amount in pairs])
+    return Call("ConsumeQuota", request, partial(_quota_result, tenant_id), timeout)
+
+
+def get_tenant_key(tenant_id: str, purpose: str, *, version: int = 0,
+                   timeout: float | None = None) -> Call[TenantKey]:
+    """The tenant's key for ``purpose`` (``version`` 0: the primary), for callers the tenant's
+    ``keys.readers`` names (else ``PermissionDenied``)."""
+    request = pb.GetTenantKeyRequest(tenant_id=tenant_id, purpose=purpose, version=version)
+    return Call("GetTenantKey", request, _tenant_key, timeout)
+
+
+def get_tenant_key_metadata(tenant_id: str, purpose: str, *, timeout: float | None = None) -> Call[KeyMetadata]:
+    """The versions of the tenant's key for ``purpose`` and their states, never their material."""
+    request = pb.GetTenantKeyMetadataRequest(tenant_id=tenant_id, purpose=purpose)
+    return Call("GetTenantKeyMetadata", request, _key_metadata, timeout)
+
+
+def get_data_key(tenant_id: str, purpose: str, *, timeout: float | None = None) -> Call[DataKey]:
+    """A fresh data key, in plaintext and wrapped under the tenant key's primary version (as a KMS's
+    GenerateDataKey): store ``wrapped`` beside the data, ``decrypt_data_key`` opens it later."""
+    request = pb.GetDataKeyRequest(tenant_id=tenant_id, purpose=purpose)
+    return Call("GetDataKey", request, _data_key, timeout)
+
+
+def decrypt_data_key(tenant_id: str, purpose: str, wrapped: bytes, *,
+                     timeout: float | None = None) -> Call[DataKey]:
+    """The plaintext of a data key that ``get_data_key`` wrapped."""
+    request = pb.DecryptDataKeyRequest(tenant_id=tenant_id, purpose=purpose, wrapped=wrapped)
+    return Call("DecryptDataKey", request, partial(_opened_data_key, wrapped), timeout)
+
+
+def validate_token(token: str, *, tenant_id: str = "", timeout: float | None = None) -> Call[TokenInfo]:
+    """Verify a bearer token against its home tenant's issuers (and, given ``tenant_id``, that it belongs
+    to that tenant). An invalid token is a ``TokenInfo`` saying why, not an error."""
+    return Call("ValidateToken", pb.ValidateTokenRequest(token=token, tenant_id=tenant_id), _token_info, timeout)
+
+
+def resolve_tenant(tenant_id: str, *, timeout: float | None = None) -> Call[TenantInfo]:
+    """The tenant's state, plan, profile, isolation, environments, features and labels."""
+    return Call("ResolveTenant", pb.ResolveTenantRequest(tenant_id=tenant_id), _tenant_info, timeout)
+
+
+# Reading answers.
+
+def _access_request(check: Check) -> pb.CheckAccessRequest:
+    return pb.CheckAccessRequest(tenant_id=check.tenant_id, subject=check.subject, token=check.token,
+                                 subject_tenant_id=check.subject_tenant_id, action=check.action,
+                                 resource=check.resource, environment=check.environment, context=check.context)
+
+
+def _decision(request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse, correlation_id: str = "") -> Decision:
+    return Decision(allowed=answer.allowed, reason=_reason(answer.reason), rule=answer.rule,
+                    revision=answer.revision, decision_id=answer.decision_id, tenant_id=request.tenant_id,
+                    subject=request.subject, action=request.action, resource=request.resource,
+                    correlation_id=correlation_id, wire=answer)
+
+
+def _batch(items: list[pb.CheckAccessBatchItem],
+           answer: pb.CheckAccessBatchResponse) -> list[Decision | CheckFailure]:
+    results: list[Decision | CheckFailure] = []
+    for item, result in zip(items, answer.results, strict=True):
+        if result.HasField("decision"):
+            results.append(_decision(item.check, result.decision, result.correlation_id))
+        else:
+            failure = CheckFailure(status=status_of(result.error.code), message=result.error.message,
+                                   field=result.error.field, correlation_id=result.correlation_id)
+            results.append(failure)
+    return results
+
+
+def _quota_result(tenant_id: str, answer: pb.ConsumeQuotaResponse) -> QuotaResult:
+    items = tuple(QuotaItemResult(quota=item.quota, allowed=item.allowed, limit=item.limit, remaining=item.remaining,
+                                  reset_after=seconds_of(item.reset_after), retry_after=seconds_of(item.retry_after),
+                                  lease_id=item.lease_id, shadow=item.shadow)
+                  for item in answer.results)
+    return QuotaResult(allowed=answer.allowed, items=items, revision=answer.revision, tenant_id=tenant_id,
+                       wire=answer)
+
+
+def _tenant_key(answer: pb.GetTenantKeyResponse) -> TenantKey:
+    return TenantKey(key_id=answer.key_id, version=answer.version, algorithm=answer.algorithm,
+                     material=answer.material, state=_key_state(answer.state),
+                     created_at=_time(answer.created_at) if answer.HasField("created_at") else None, wire=answer)
+
+
+def _key_metadata(answer: pb.GetTenantKeyMetadataResponse) -> KeyMetadata:
+    versions = tuple(KeyVersionInfo(key_id=v.key_id, version=v.version, algorithm=v.algorithm,
+                                    state=_key_state(v.state),
+                                    created_at=_time(v.created_at) if v.HasField("created_at") else None)
+                     for v in answer.versions)
+    return KeyMetadata(versions=versions, primary_version=answer.primary_version,
+                       min_decryption_version=answer.min_decryption_version, wire=answer)
+
+
+def _data_key(answer: pb.GetDataKeyResponse) -> DataKey:
+    return DataKey(key_id=answer.key_id, version=answer.version, plaintext=answer.plaintext, wrapped=answer.wrapped)
+
+
+def _opened_data_key(wrapped: bytes, answer: pb.DecryptDataKeyResponse) -> DataKey:
+    return DataKey(key_id=answer.key_id, version=answer.version, plaintext=answer.plaintext, wrapped=wrapped)
+
+
+def _token_info(answer: pb.ValidateTokenResponse) -> TokenInfo:
+    return TokenInfo(valid=answer.valid, reason=_reason(answer.reason), tenant_id=answer.tenant_id,
+                     subject=answer.subject, scopes=tuple(answer.scopes),
+                     expires_at=_time(answer.expires_at) if answer.HasField("expires_at") else None,
+                     detail=answer.detail, wire=answer)
+
+
+def _tenant_info(answer: pb.ResolveTenantResponse) -> TenantInfo:
+    return TenantInfo(tenant_id=answer.tenant_id, name=answer.name, state=_tenant_state(answer.state),
+                      plan=answer.plan, profile=answer.profile, isolation=answer.isolation,
+                      environments=tuple(answer.environments), features=tuple(answer.features),
+                      labels=MappingProxyType(dict(answer.labels)), revision=answer.revision, stale=answer.stale,
+                      wire=answer)
+
+
+# Enums by name, so that a value this client does not know yet (a newer server's) reads as "unknown", not
+# as a crash.
+
+def _reason(value: int) -> Reason:
+    name = pb.DecisionReason.Name(value).removeprefix("DECISION_REASON_") if value in _REASON_VALUES else ""
+    return Reason.__members__.get(name, Reason.UNSPECIFIED)
+
+
+def _key_state(value: int) -> KeyState | None:
+    return KeyState(value) if value in KeyState._value2member_map_ else None
+
+
+def _tenant_state(value: int) -> TenantState | None:
+    name = pb.TenantState.Name(value).removeprefix("TENANT_STATE_") if value in _TENANT_STATE_VALUES else ""
+    return TenantState.__members__.get(name)
+
+
+_REASON_VALUES = frozenset(pb.DecisionReason.values())
+_TENANT_STATE_VALUES = frozenset(pb.TenantState.values())
+
+
+def _time(stamp: Timestamp) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds_of(stamp), datetime.UTC)
