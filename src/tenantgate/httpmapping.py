@@ -29,3 +29,11 @@ def bearer_token(authorization: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return credentials.strip()
+
+
+def bearer_challenge(token_given: bool, expired: bool = False) -> str:
+    """``WWW-Authenticate`` for a 401 (RFC 6750, section 3): no error code when no credentials were sent."""
+    if not token_given:
+        return "Bearer"
+    description = "the token has expired" if expired else "the token is invalid"
+    return f'Bearer error="invalid_token", error_description="{description}"'

@@ -12,6 +12,10 @@ Both spread calls over the replicas round-robin and retry UNAVAILABLE with backo
 retry policy, from the channel's service config), give every call a deadline, send the caller's name, speak
 TLS or mutual TLS, and read at the newest registry revision they were told about (``observe_revision``).
 Errors are ``CallError`` subclasses, one per status (``NotFound``, ``PermissionDenied``, ``Unavailable``...).
+
+Inside services: ``TenantContext`` (``current_tenant()``, ``TenantLogFilter``) is who the work in progress is
+for; ``EnforcementInterceptor`` / ``AsyncEnforcementInterceptor`` decide a service's own gRPC calls by an
+``EnforcementPolicy`` and set it; ``TenantPropagation`` / ``async_tenant_propagation()`` send it on.
 """
 
 from tenantgate.channels import ChannelSecurity
@@ -43,6 +47,10 @@ from tenantgate.client._results import (
     TokenInfo,
 )
 from tenantgate.client.aio import AsyncClient
+from tenantgate.client.context import TenantContext, TenantLogFilter, current_tenant, tenant_context
+from tenantgate.client.enforcement import EnforcementInterceptor, EnforcementPolicy, MethodAccess, access_by_name
+from tenantgate.client.enforcement_aio import AsyncEnforcementInterceptor
+from tenantgate.client.propagation import TenantPropagation, async_tenant_propagation
 from tenantgate.client.sync import Client
 from tenantgate.model import KeyState, TenantState
 
@@ -50,6 +58,7 @@ __all__ = [
     "NO_RETRIES",
     "Aborted",
     "AsyncClient",
+    "AsyncEnforcementInterceptor",
     "CallError",
     "ChannelSecurity",
     "Check",
@@ -59,11 +68,14 @@ __all__ = [
     "DataKey",
     "DeadlineExceeded",
     "Decision",
+    "EnforcementInterceptor",
+    "EnforcementPolicy",
     "FailedPrecondition",
     "InvalidArgument",
     "KeyMetadata",
     "KeyState",
     "KeyVersionInfo",
+    "MethodAccess",
     "NotFound",
     "PermissionDenied",
     "QuotaItemResult",
@@ -71,10 +83,17 @@ __all__ = [
     "Reason",
     "ResourceExhausted",
     "RetryPolicy",
+    "TenantContext",
     "TenantInfo",
     "TenantKey",
+    "TenantLogFilter",
+    "TenantPropagation",
     "TenantState",
     "TokenInfo",
     "Unauthenticated",
     "Unavailable",
+    "access_by_name",
+    "async_tenant_propagation",
+    "current_tenant",
+    "tenant_context",
 ]
