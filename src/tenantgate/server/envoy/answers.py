@@ -13,6 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from tenantgate.httpmapping import bearer_challenge
 from tenantgate.server.envoy.requests import TENANT_HEADER
 
 # Request headers set for the upstream on every answer that lets the request through, each replacing whatever
@@ -131,7 +132,8 @@ def _refusal(answer: GateAnswer) -> external_auth_pb2.CheckResponse:
         _add_header(denied.headers, DECISION_ID_HEADER, answer.decision_id)
         body["decision_id"] = answer.decision_id
     if answer.status == 401:
-        _add_header(denied.headers, "www-authenticate", _challenge(answer))
+        _add_header(denied.headers, "www-authenticate",
+                    bearer_challenge(answer.token_given, expired=answer.reason == "TOKEN_EXPIRED"))
     if answer.detail:
         body["detail"] = answer.detail
     denied.body = json.dumps(body)

@@ -16,7 +16,6 @@ What a request gets (the README's "Behind Envoy" documents the same):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,15 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from tenantgate.engines.quota import MAX_ITEMS, ConsumeOutcome, ItemOutcome, QuotaRequestItem
 from tenantgate.errors import InvalidArgument
 from tenantgate.model import CalendarPeriod, QuotaKind, QuotaSpec, TenantState
+from tenantgate.ratelimit_headers import (
+    POLICY_HEADER,
+    RETRY_AFTER_HEADER,
+    STATE_HEADER,
+    joined,
+    policy_item,
+    retry_after,
+    state_item,
+)
 from tenantgate.server import requests
 from tenantgate.server.decider import Decider
 from tenantgate.server.status import maps_errors
@@ -132,13 +140,13 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         if not outcome.degraded:
             self._limits.add_headers(headers, declared, outcome.items)
         if not outcome.allowed:
-            retry_after = _retry_after(outcome.items)
-            headers.add(key="retry-after", value=str(retry_after))
+            wait = _retry_after(outcome.items)
+            headers.add(key=RETRY_AFTER_HEADER, value=str(wait))
             exceeded = [item.quota for item in outcome.items if not item.allowed and not item.shadow]
             # A counter store that cannot be reached is not an exhausted quota: the body says which it is.
             reason = "QUOTA_BACKEND_UNAVAILABLE" if outcome.degraded else "QUOTA_EXCEEDED"
             response.raw_body = json.dumps({"allowed": False, "reason": reason, "quotas": exceeded,
-                                            "retry_after": retry_after}).encode()
+                                            "retry_after": wait}).encode()
             headers.add(key="content-type", value="application/json")
         return response
 
@@ -175,7 +183,7 @@ class LimitDescriptions:
             window = _window(spec)
             known = self._limits[spec] = (
                 _Unit(name=spec.name, requests_per_unit=min(spec.limit, _UINT32_MAX), unit=unit),
-                f'"{spec.name}";q={spec.limit}' + (f";w={window}" if window else ""))
+                policy_item(spec.name, spec.limit, window))
         return known
 
     def describe(self, status: rls_pb2.RateLimitResponse.DescriptorStatus, spec: QuotaSpec,
@@ -188,11 +196,9 @@ class LimitDescriptions:
 
     def add_headers(self, headers: Any, declared: Mapping[str, QuotaSpec], items: Sequence[ItemOutcome]) -> None:
         """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), one list member per quota."""
-        policies = ", ".join(self._of(declared[item.quota])[1] for item in items)
-        states = ", ".join(f'"{item.quota}";r={max(item.remaining, 0)};t={math.ceil(item.reset_after)}'
-                           for item in items)
-        headers.add(key="ratelimit-policy", value=policies)
-        headers.add(key="ratelimit", value=states)
+        headers.add(key=POLICY_HEADER, value=joined(self._of(declared[item.quota])[1] for item in items))
+        headers.add(key=STATE_HEADER, value=joined(state_item(item.quota, item.remaining, item.reset_after)
+                                                   for item in items))
 
 
 def _window(spec: QuotaSpec) -> int:
@@ -204,5 +210,4 @@ def _window(spec: QuotaSpec) -> int:
 
 
 def _retry_after(items: Sequence[ItemOutcome]) -> int:
-    waits = [item.retry_after for item in items if not item.allowed and not item.shadow]
-    return max(1, math.ceil(max(waits, default=1.0)))
+    return retry_after(item.retry_after for item in items if not item.allowed and not item.shadow)
