@@ -10,7 +10,7 @@ ACTIONS_BY_METHOD = {"GET": "read", "HEAD": "read", "OPTIONS": "read",
 
 def action_for_method(method: str) -> str:
     """read, write or delete for the usual methods; any other method names itself, in lower case."""
-    return ACTIONS_BY_METHOD.get(method) or method.lower()
+    return ACTIONS_BY_METHOD.get(method.upper()) or method.lower()
 
 
 def resource_for_path(path: str, strip_prefix: str = "") -> str:

@@ -9,7 +9,7 @@ from tenantgate.httpmapping import action_for_method, bearer_token, resource_for
 
 @pytest.mark.parametrize(("method", "action"), [
     ("GET", "read"), ("HEAD", "read"), ("OPTIONS", "read"), ("POST", "write"), ("PUT", "write"),
-    ("PATCH", "write"), ("DELETE", "delete"), ("PURGE", "purge"), ("get", "get")])
+    ("PATCH", "write"), ("DELETE", "delete"), ("PURGE", "purge"), ("get", "read"), ("pOST", "write")])
 def test_methods_name_actions(method: str, action: str) -> None:
     assert action_for_method(method) == action
 

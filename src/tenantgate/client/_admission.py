@@ -33,7 +33,6 @@ from tenantgate import ratelimit_headers
 from tenantgate.client._calls import Call
 from tenantgate.client._errors import (
     CallError,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -51,8 +50,9 @@ T = TypeVar("T")
 
 log = logging.getLogger("tenantgate.client.enforcement")
 
-# Errors that mean tenantgate could not be asked: the only ones ``fail_open`` lets a call through on.
-NO_ANSWER = (Unavailable, DeadlineExceeded, ResourceExhausted)
+# Errors that mean tenantgate could not be asked: the only ones ``fail_open`` lets a call through on. Not a deadline
+# exceeded: a replica waiting for a revision, or compiling a tenant the caller names, answers late, not never.
+NO_ANSWER = (Unavailable, ResourceExhausted)
 TOKEN_REASONS = frozenset({Reason.TOKEN_INVALID, Reason.TOKEN_EXPIRED})
 # The reasons of refusals made here rather than by a CheckAccess decision.
 UNAUTHENTICATED = "UNAUTHENTICATED"  # no credentials at all
@@ -177,7 +177,10 @@ def _consume(tenant: TenantContext, amounts: Mapping[str, int]) -> Admission:
     quotas = dict(amounts)
     while True:
         try:
-            result: QuotaResult = (yield (calls.consume_quota(tenant.tenant_id, quotas),))[0]
+            # Keyed by the decision and what it spends: a consume the client retries after a lost answer is
+            # counted once.
+            key = f"{tenant.decision_id}/{','.join(sorted(quotas))}" if tenant.decision_id else ""
+            result: QuotaResult = (yield (calls.consume_quota(tenant.tenant_id, quotas, idempotency_key=key),))[0]
             break
         except NotFound as error:
             undeclared = _undeclared_quota(error, quotas)

@@ -1,7 +1,8 @@
 """What the client's calls answer: typed, immutable values, not protobuf messages.
 
-Each keeps the message it was read from as ``wire`` (left out of repr and comparisons), for logging it or
-printing it as JSON (``google.protobuf.json_format``); key material appears in no repr."""
+The main ones keep the message they were read from as ``wire`` (left out of repr and comparisons), for printing
+it as JSON (``google.protobuf.json_format``); a key's ``wire`` holds its material, so it is never for logs. Key
+material appears in no repr."""
 
 from __future__ import annotations
 

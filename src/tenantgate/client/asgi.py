@@ -17,11 +17,12 @@ Where each part of the check comes from:
   action       ``mapping(scope)`` when given, else the method (GET, HEAD, OPTIONS: read; POST, PUT, PATCH: write;
                DELETE: delete; any other in lower case; a websocket handshake is a GET, as Envoy sees it);
   resource     ``mapping(scope)`` when given, else the path less ``strip_prefix``, without leading slashes;
-  environment  ``environment`` when given, else the ``x-tenant-environment`` header.
+  environment  ``environment``, the service's own (never a header: a caller would choose the bindings it gets).
 The path is the one the application routes on (ASGI's decoded ``path``; it includes ``root_path`` when the server
 sets one: strip it with ``strip_prefix``), so that percent-encoding cannot make a request look like another
-resource. A decoded path holding ``?`` or ``#`` or a ``.`` or ``..`` segment is refused (400): the resource it
-would be checked as is not the one an application or file system may serve.
+resource. A decoded path holding ``?`` or ``#``, a ``.`` or ``..`` segment, or an empty one (``//``, a trailing
+``/``) is refused (400): the resource it would be checked as is not the one an application or file system may
+serve.
 
 The answers: allowed, the application runs with ``current_tenant()`` (``tenantgate.client.context``) and
 ``scope["state"]["tenant"]`` (Starlette's ``request.state.tenant``) set to the verified ``TenantContext``, and the
@@ -86,10 +87,8 @@ RequestMapping = Callable[[Scope], tuple[str, str]]
 # The tenant a request is for by its route (a path parameter, a host name); "" when the route does not say.
 TenantOf = Callable[[Scope], str]
 
-ENVIRONMENT_HEADER = "x-tenant-environment"
 DECISION_ID_HEADER = "x-tenantgate-decision-id"
-_READ = {AUTHORIZATION_METADATA.encode(): AUTHORIZATION_METADATA, TENANT_METADATA.encode(): TENANT_METADATA,
-         ENVIRONMENT_HEADER.encode(): ENVIRONMENT_HEADER}
+_READ = {AUTHORIZATION_METADATA.encode(): AUTHORIZATION_METADATA, TENANT_METADATA.encode(): TENANT_METADATA}
 # The server's bounds (server/requests.py, engines/tokens.py), checked here too so that an oversized header never
 # travels: a request over one gets the answer the Envoy adapter gives it.
 MAX_ID = 63
@@ -193,9 +192,11 @@ class TenantgateMiddleware:
             return Refused(INVALID_REQUEST, "the path names no resource: list it in public_paths, or give a mapping "
                                             "that names one")
         tenant_id = (self._tenant_of(scope) if self._tenant_of is not None else "") or headers.get(TENANT_METADATA, "")
-        environment = self._environment or headers.get(ENVIRONMENT_HEADER, "")
+        # This service's to say, never the caller's: a caller-chosen environment would switch on bindings limited
+        # to it (the Envoy adapter reads a header only where the gateway strips and sets it).
+        environment = self._environment
         for value, name, limit in ((tenant_id, TENANT_METADATA, MAX_ID), (action, "action", MAX_ACTION),
-                                   (resource, "path", MAX_RESOURCE), (environment, ENVIRONMENT_HEADER, MAX_ID)):
+                                   (resource, "path", MAX_RESOURCE)):
             if len(value) > limit:
                 return Refused(INVALID_REQUEST, f"the {name} is {len(value)} characters long; the maximum is {limit}")
         token = bearer_token(headers.get(AUTHORIZATION_METADATA, ""))
@@ -282,8 +283,13 @@ def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 def _path_problem(path: str) -> str:
     if "?" in path or "#" in path:
         return "the decoded path holds '?' or '#'"
-    if any(segment in (".", "..") for segment in path.split("/")):
+    segments = path.split("/")
+    if any(segment in (".", "..") for segment in segments):
         return "the path holds a '.' or '..' segment"
+    # An empty segment ("//", a trailing "/") would be checked as another resource than the one a framework that
+    # normalises paths serves: refused rather than guessed.
+    if path != "/" and any(segment == "" for segment in segments[1:]):
+        return "the path holds an empty segment ('//' or a trailing '/')"
     return ""
 
 

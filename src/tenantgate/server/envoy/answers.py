@@ -141,9 +141,3 @@ def _refusal(answer: GateAnswer) -> external_auth_pb2.CheckResponse:
     return response
 
 
-def _challenge(answer: GateAnswer) -> str:
-    """WWW-Authenticate for a 401 (RFC 6750, section 3): no error code when no credentials were sent."""
-    if not answer.token_given:
-        return "Bearer"
-    description = "the token has expired" if answer.reason == "TOKEN_EXPIRED" else "the token is invalid"
-    return f'Bearer error="invalid_token", error_description="{description}"'
