@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 import re
@@ -84,6 +85,10 @@ class ServeConfig:
     # The decision log: a file (rotated), "-" for stdout, or "" for none; every deny and this share of allows.
     decision_log: str = ""
     decision_log_sample: float = 0.0
+    # OpenTelemetry: a server span per call, continuing the caller's trace, with the tenant and the decision as
+    # attributes, sent to the tracer provider the process runs with (opentelemetry-instrument). Needs the otel
+    # extra; off, the server imports none of it.
+    otel: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"{name} address {address!r} is not HOST:PORT"
@@ -128,8 +133,18 @@ class ServeConfig:
             problems.append(f"log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {self.log_level!r}")
         if not 0.0 <= self.decision_log_sample <= 1.0:
             problems.append(f"decision log sample must be between 0 and 1, got {self.decision_log_sample}")
+        if self.otel and not _installed("opentelemetry.instrumentation.grpc"):
+            problems.append("otel needs OpenTelemetry's gRPC instrumentation: pip install 'tenantgate[otel]'")
         if problems:
             raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (its parent packages are)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _shared_port_problems(config: ServeConfig) -> list[str]:

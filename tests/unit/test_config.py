@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,14 @@ def test_the_registry_setting_has_one_name_and_the_old_one_is_refused_with_it(tm
         load_serve_config(str(file), {}, {})
     assert [line.strip() for line in caught.value.message.splitlines()[1:]] == [
         f"{file}: setting 'registry_url' is now called 'registry'; rename it"]
+
+
+def test_otel_is_off_by_default_and_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert describe(load_serve_config("", {}, {}))["otel"] is False
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation.grpc", None)  # as if not installed
+    with pytest.raises(ConfigurationError) as caught:
+        load_serve_config("", {"TENANTGATE_OTEL": "true"}, {})
+    assert "pip install 'tenantgate[otel]'" in caught.value.message
 
 
 def test_json_log_lines_carry_the_event_fields() -> None:

@@ -82,6 +82,9 @@ def _add_serve_settings(parser: argparse.ArgumentParser) -> None:
     add("--log-format", choices=("json", "text"), help="json (default: one object per line) or text")
     add("--decision-log", help="write every deny and sampled allows to this file (rotated), or - for stdout")
     add("--decision-log-sample", type=float, help="share of allows in the decision log, 0 to 1 (default 0)")
+    add("--otel", action="store_true", default=None,
+        help="OpenTelemetry server spans with the tenant and the decision (needs the otel extra; spans go to the "
+             "tracer provider the process is run with, e.g. by opentelemetry-instrument)")
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -60,8 +60,12 @@ LIVENESS_HEALTH = "liveness"
 RESPONSE_LINGER = 0.5
 
 
-def _grpc_server(config: ServeConfig) -> grpc.aio.Server:
+def _grpc_server(config: ServeConfig, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    # No interceptors: no argument at all, as before they existed (grpc.aio.server as OpenTelemetry's global
+    # instrumentation wraps it fails on interceptors=None in older versions).
+    extra = {"interceptors": list(interceptors)} if interceptors else {}
     return grpc.aio.server(
+        **extra,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             # One process refuses to share its port silently with another instance; workers share it.
@@ -113,6 +117,15 @@ class TenantgateServer:
     def __init__(self, config: ServeConfig, master_key: MasterKey | None, store: RegistryStore | None = None,
                  clock: Clock | None = None) -> None:
         self.config = config
+        # OpenTelemetry spans for the decision port and the Admin API (not the probes' listener), settled here,
+        # first (it may refuse the process's own OpenTelemetry setup) and once: a server without --otel neither
+        # imports OpenTelemetry (an optional extra) nor tests for it per call.
+        decisions: type[DecisionServicer] = DecisionServicer
+        self._interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+        if config.otel:
+            from tenantgate.server import tracing
+
+            decisions, self._interceptors = tracing.TracedDecisionServicer, tracing.server_interceptors()
         self.clock = clock or SystemClock()
         self.holder = SnapshotHolder()
         # A server never creates a registry: a missing one is unreachable until `tenantgate apply` makes it.
@@ -131,7 +144,7 @@ class TenantgateServer:
                               if config.decision_log else None)
         decider = Decider(self.holder, tokens, AccessEngine(tokens), quota, max_staleness=config.max_staleness,
                           clock=self.clock, decision_log=self._decision_log)
-        self._decisions = DecisionServicer(decider, KeyEngine(), identity)
+        self._decisions = decisions(decider, KeyEngine(), identity)
         self._authorization = AuthorizationServicer(decider)
         self._rate_limits = RateLimitServicer(decider)
         self._key_factory = tenant_key_factory(master_key) if master_key is not None else None
@@ -150,7 +163,7 @@ class TenantgateServer:
 
     async def start(self) -> int:
         """Bind, start serving (NOT_SERVING until the first snapshot) and return the decision port."""
-        decision = _grpc_server(self.config)
+        decision = _grpc_server(self.config, self._interceptors)
         # Envoy's ext_authz and rate limit services share the decision port, its credentials and its drain.
         decision.add_generic_rpc_handlers((
             service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name["DecisionService"],
@@ -172,7 +185,7 @@ class TenantgateServer:
         self.port = _bind(decision, self.config.listen, credentials)
         servers = [decision]
         if self.config.admin_listen:
-            admin = _grpc_server(self.config)
+            admin = _grpc_server(self.config, self._interceptors)
             admin.add_generic_rpc_handlers((service_handler(self._admin, registry_pb2.DESCRIPTOR.services_by_name[
                 "RegistryService"], self.admission),))
             _enable_reflection(admin, (REGISTRY_SERVICE, reflection.SERVICE_NAME))
@@ -343,6 +356,10 @@ async def serve(config: ServeConfig, master_key: MasterKey | None, *,
         log.exception("the shutdown failed")
         code = 1
     try:
+        if config.otel:
+            from tenantgate.server.tracing import flush_spans
+
+            flush_spans()
         flush_logs()
     finally:
         os._exit(code)

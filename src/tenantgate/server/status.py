@@ -54,7 +54,10 @@ def maps_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
         except TenantgateError as error:
             metrics.RPC_HANDLED.labels(method, error.code).inc()
             latency.observe(time.perf_counter() - started)
-            await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+            status = rpc_status.to_status(rich_status(error))
+            # What abort_with_status does, called on the context the handler was given: a wrapped one (the
+            # OpenTelemetry interceptor's, which records the code on the span) sees the status.
+            await context.abort(status.code, status.details, status.trailing_metadata)
             raise AssertionError("unreachable: abort raises") from None
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
