@@ -4,6 +4,11 @@ adapter today) decides the same request alike. Linear in the input, no regular e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container, Iterable
+from typing import TypeVar
+
+V = TypeVar("V")
+
 ACTIONS_BY_METHOD = {"GET": "read", "HEAD": "read", "OPTIONS": "read",
                      "POST": "write", "PUT": "write", "PATCH": "write", "DELETE": "delete"}
 
@@ -37,3 +42,15 @@ def bearer_challenge(token_given: bool, expired: bool = False) -> str:
         return "Bearer"
     description = "the token has expired" if expired else "the token is invalid"
     return f'Bearer error="invalid_token", error_description="{description}"'
+
+
+def joined_headers(headers: Iterable[tuple[str, V]], wanted: Container[str],
+                   text: Callable[[V], str]) -> dict[str, str]:
+    """The ``wanted`` headers of ``headers`` (lower-case name, raw value), by name, a repeated one joined with
+    commas as HTTP has it, so that a second tenant or token makes the value invalid rather than picking one.
+    One pass; only the values kept are decoded (``text``), so a flood of other headers costs linear time."""
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name in wanted:
+            found.setdefault(name, []).append(text(value))
+    return {name: ",".join(values) for name, values in found.items()}

@@ -214,6 +214,18 @@ def release(admitted: Admitted) -> Steps:
                         admitted.tenant.tenant_id, error)
 
 
+async def release_surviving_cancellation(client: AsyncClient, admitted: Admitted,
+                                         running: set[asyncio.Future[None]]) -> None:
+    """``release`` on ``client`` as a task of its own, kept in ``running`` until done, so that the cancellation of
+    the call or request that held the leases (its caller gone) does not stop their return."""
+    if not admitted.leases:
+        return
+    task = asyncio.ensure_future(run_awaiting(client, release(admitted)))
+    running.add(task)
+    task.add_done_callback(running.discard)
+    await asyncio.shield(task)
+
+
 # The runners: each call a flow asks for made through a client, its answer (or error) sent back into the flow.
 
 def run_blocking(client: Client, steps: Generator[tuple[Call[Any], ...], tuple[Any, ...], T]) -> T:

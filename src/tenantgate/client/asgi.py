@@ -54,6 +54,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from tenantgate import ratelimit_headers
+from tenantgate.bounds import MAX_ACTION, MAX_ID, MAX_RESOURCE, MAX_TOKEN_BYTES
 from tenantgate.client._admission import (
     INVALID_REQUEST,
     QUOTA_EXCEEDED,
@@ -65,7 +66,7 @@ from tenantgate.client._admission import (
     Question,
     Refused,
     admission,
-    release,
+    release_surviving_cancellation,
     run_awaiting,
 )
 from tenantgate.client._calls import Call
@@ -75,7 +76,13 @@ from tenantgate.client._results import QuotaResult, Reason
 from tenantgate.client.aio import AsyncClient
 from tenantgate.client.context import AUTHORIZATION_METADATA, TENANT_METADATA, tenant_context
 from tenantgate.errors import ConfigurationError
-from tenantgate.httpmapping import action_for_method, bearer_challenge, bearer_token, resource_for_path
+from tenantgate.httpmapping import (
+    action_for_method,
+    bearer_challenge,
+    bearer_token,
+    joined_headers,
+    resource_for_path,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,13 +95,7 @@ RequestMapping = Callable[[Scope], tuple[str, str]]
 TenantOf = Callable[[Scope], str]
 
 DECISION_ID_HEADER = "x-tenantgate-decision-id"
-_READ = {AUTHORIZATION_METADATA.encode(): AUTHORIZATION_METADATA, TENANT_METADATA.encode(): TENANT_METADATA}
-# The server's bounds (server/requests.py, engines/tokens.py), checked here too so that an oversized header never
-# travels: a request over one gets the answer the Envoy adapter gives it.
-MAX_ID = 63
-MAX_ACTION = 64
-MAX_RESOURCE = 1024
-MAX_TOKEN = 16 * 1024
+_READ = (AUTHORIZATION_METADATA, TENANT_METADATA)
 # HTTP statuses of refusals by reason; any other reason is a CheckAccess deny: 403.
 _STATUS_BY_REASON = {UNAUTHENTICATED: 401, Reason.TOKEN_INVALID.value: 401, Reason.TOKEN_EXPIRED.value: 401,
                      INVALID_REQUEST: 400, QUOTA_EXCEEDED: 429, TENANT_UNAVAILABLE: 503, UNAVAILABLE: 503}
@@ -137,7 +138,7 @@ class TenantgateMiddleware:
         self._tenant_of = tenant_of
         self._environment = environment
         self._public_paths = frozenset(public_paths)
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Future[None]] = set()
 
     @property
     def client(self) -> AsyncClient:
@@ -202,7 +203,7 @@ class TenantgateMiddleware:
         token = bearer_token(headers.get(AUTHORIZATION_METADATA, ""))
         if token is None:
             return Refused(UNAUTHENTICATED, "no bearer token")
-        if not token or len(token) > MAX_TOKEN:
+        if not token or len(token) > MAX_TOKEN_BYTES:
             return Refused(Reason.TOKEN_INVALID.value, "the bearer token is empty or too long")
         return Question(tenant_id, action, resource, token=token, environment=environment, quotas=self._quotas)
 
@@ -227,10 +228,7 @@ class TenantgateMiddleware:
     async def _release(self, admitted: Admitted) -> None:
         """Give the leases back, even when the request was cancelled (a client gone): the release runs as a task
         of its own, which a cancellation of this one does not stop."""
-        task = asyncio.ensure_future(run_awaiting(self.client, release(admitted)))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-        await asyncio.shield(task)
+        await release_surviving_cancellation(self.client, admitted, self._releases)
 
     def _closing_at_shutdown(self, send: Send) -> Send:
         async def send_after_closing(message: Message) -> None:
@@ -270,14 +268,10 @@ def _amounts(quotas: Mapping[str, int] | Iterable[str]) -> dict[str, int]:
 
 
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The request headers the mapping reads, by name; a repeated one joined with commas, as Envoy has it (so a
-    second tenant or token makes the value invalid, never picks one). One pass, keeping only those headers."""
-    found: dict[str, list[str]] = {}
-    for name, value in raw:
-        key = _READ.get(name.lower())
-        if key is not None:
-            found.setdefault(key, []).append(value.decode("latin-1"))
-    return {key: ",".join(values) for key, values in found.items()}
+    """The request headers the mapping reads (the contract's bounds, checked after, keep oversized ones from
+    travelling), as the Envoy adapter reads them."""
+    return joined_headers(((name.decode("latin-1").lower(), value) for name, value in raw), _READ,
+                          lambda value: value.decode("latin-1"))
 
 
 def _path_problem(path: str) -> str:

@@ -14,7 +14,14 @@ from typing import Any
 
 import grpc
 
-from tenantgate.client._admission import Admitted, Question, Refused, admission, release, run_awaiting
+from tenantgate.client._admission import (
+    Admitted,
+    Question,
+    Refused,
+    admission,
+    release_surviving_cancellation,
+    run_awaiting,
+)
 from tenantgate.client.aio import AsyncClient
 from tenantgate.client.enforcement import Behavior, EnforcementPolicy, as_tenant, guarded, refusal_status
 
@@ -27,7 +34,7 @@ class AsyncEnforcementInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
     def __init__(self, client: AsyncClient, policy: EnforcementPolicy | None = None) -> None:
         self._client = client
         self._policy = policy or EnforcementPolicy()
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Future[None]] = set()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
@@ -50,12 +57,7 @@ class AsyncEnforcementInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
     async def _leave(self, admitted: Admitted) -> None:
         """Give the leases back, even when the call was cancelled (its caller gone): the release runs as a task
         of its own, which a cancellation of this one does not stop."""
-        if not admitted.leases:
-            return
-        task = asyncio.ensure_future(run_awaiting(self._client, release(admitted)))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-        await asyncio.shield(task)
+        await release_surviving_cancellation(self._client, admitted, self._releases)
 
     def _unary(self, behavior: Behavior, question: Question | Refused) -> Behavior:
         if not inspect.iscoroutinefunction(behavior):

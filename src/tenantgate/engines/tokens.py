@@ -16,10 +16,9 @@ from typing import Any
 import cachetools
 import jwt
 
+from tenantgate.bounds import MAX_TOKEN_BYTES
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.snapshot import CompiledIssuer, Snapshot, TenantView
-
-MAX_TOKEN_BYTES = 16 * 1024
 
 
 class TokenProblem(IntEnum):

@@ -7,16 +7,11 @@ from typing import Any
 from tenantgate.clock import Clock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound
 from tenantgate.model import KeyState, TenantState, key_id
-from tenantgate.registry.ledger import SqlBackend, Tx, Write
+from tenantgate.registry.ledger import SqlBackend, Write
 from tenantgate.registry.manifest import stored_keys
 from tenantgate.registry.records import KeyFactory, Rewrapper, RotationResult
 from tenantgate.registry.rows import TENANT_COLUMNS, tenant_from_row
-from tenantgate.registry.tenant_writes import add_key, stored_tenant
-
-
-def _digest_of(tx: Tx, tenant_id: str) -> str:
-    rows = tx.rows("SELECT digest FROM tenants WHERE id = ?", (tenant_id,))
-    return str(rows[0][0]) if rows else ""
+from tenantgate.registry.tenant_writes import add_key, stored_digest, stored_tenant
 
 
 class KeyWrites:
@@ -80,7 +75,7 @@ class KeyWrites:
         write.destroyed_keys = state == KeyState.DESTROYED
         write.audit(f"key.{state.name.lower()}", tenant_id,
                     detail=f"{name}: {KeyState(current).name.lower()} -> {state.name.lower()}")
-        write.changed(tenant_id, "update", _digest_of(write.tx, tenant_id))
+        write.changed(tenant_id, "update", stored_digest(write.tx, tenant_id))
 
     @staticmethod
     def _change_floor(write: Write, tenant_id: str, purpose: str, floor: int, newest: int) -> None:
@@ -98,7 +93,7 @@ class KeyWrites:
         write.audit("key.min_decryption_version", tenant_id,
                     detail=f"{tenant_id}/{purpose}: min_decryption_version {int(before[0][0]) if before else 0} "
                            f"-> {floor}")
-        write.changed(tenant_id, "update", _digest_of(tx, tenant_id))
+        write.changed(tenant_id, "update", stored_digest(tx, tenant_id))
 
     def rotate_due_keys(self, key_factory: KeyFactory, *, actor: str = "rotation") -> list[RotationResult]:
         with self._backend.transaction(write=True) as tx:
@@ -129,7 +124,7 @@ class KeyWrites:
             for tenant_id, purpose, version, wrapped in rows:
                 tx.run("UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ? AND purpose = ? AND version = ?",
                        (rewrap(tenant_id, purpose, int(version), bytes(wrapped)), tenant_id, purpose, version))
-                write.changed(tenant_id, "update", _digest_of(tx, tenant_id))
+                write.changed(tenant_id, "update", stored_digest(tx, tenant_id))
             write.audit("master_key.rewrap", detail=f"{len(rows)} keys rewrapped under a new master key")
             write.commit(self._backend)
         return len(rows)

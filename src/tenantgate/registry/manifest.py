@@ -69,55 +69,46 @@ def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
 def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] | None = None) -> list[ManifestDocument]:
     """Parse (name, YAML text) pairs into tenant documents; all problems are raised together."""
     problems = list(problems or [])
-    documents: list[ManifestDocument] = []
+    named: list[tuple[str, Any]] = []
     for name, text in texts:
         try:
             loaded = list(yaml.load_all(text, Loader=_YAML_LOADER))
         except yaml.YAMLError as exc:
             problems.append(f"{name}: cannot read YAML: {exc}")
             continue
-        for index, raw_doc in enumerate(loaded, start=1):
-            if raw_doc is None:
-                continue
-            if not fits(raw_doc, MAX_DOCUMENT_BYTES):
-                problems.append(f"{name}: document {index}: larger than {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB "
-                                "once its YAML aliases are expanded")
-                continue
-            try:
-                documents.append(parse_document(raw_doc, f"{name}: document {index}"))
-            except ManifestError as exc:
-                problems.extend(exc.problems)
-    problems.extend(_defined_twice(documents))
-    if problems:
-        raise ManifestError(problems)
-    return documents
+        named.extend((f"{name}: document {index}", raw) for index, raw in enumerate(loaded, start=1)
+                     if raw is not None)
+    return _parsed(named, problems)
 
 
 def manifests_from_documents(documents: Iterable[Any]) -> list[ManifestDocument]:
     """Documents already read (mappings, as YAML or JSON loads them) parsed as manifests: what Python callers
     and tests hand to ``apply``; all problems are raised together."""
-    problems: list[str] = []
-    parsed: list[ManifestDocument] = []
-    for index, raw in enumerate(documents, start=1):
+    return _parsed(((f"document {index}", raw) for index, raw in enumerate(documents, start=1)), [])
+
+
+def _parsed(named: Iterable[tuple[str, Any]], problems: list[str]) -> list[ManifestDocument]:
+    """Each (where, document) parsed, none over the size bound and no tenant defined twice; every problem,
+    ``problems`` first, raised together."""
+    documents: list[ManifestDocument] = []
+    for where, raw in named:
+        if not fits(raw, MAX_DOCUMENT_BYTES):
+            problems.append(f"{where}: larger than {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB once its YAML aliases "
+                            "are expanded")
+            continue
         try:
-            parsed.append(parse_document(raw, f"document {index}"))
+            documents.append(parse_document(raw, where))
         except ManifestError as exc:
             problems.extend(exc.problems)
-    problems.extend(_defined_twice(parsed))
-    if problems:
-        raise ManifestError(problems)
-    return parsed
-
-
-def _defined_twice(documents: Iterable[ManifestDocument]) -> list[str]:
-    problems: list[str] = []
     seen: dict[str, str] = {}
     for doc in documents:
         if doc.tenant.id in seen:
             problems.append(f"{doc.source}: metadata.id: tenant {doc.tenant.id!r} is also defined in "
                             f"{seen[doc.tenant.id]}")
         seen.setdefault(doc.tenant.id, doc.source)
-    return problems
+    if problems:
+        raise ManifestError(problems)
+    return documents
 
 
 def parse_document(raw: Any, where: str = "document") -> ManifestDocument:

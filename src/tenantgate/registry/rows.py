@@ -56,10 +56,6 @@ def keys_by_tenant(rows: Iterable[Row]) -> dict[str, tuple[KeyRecord, ...]]:
     return {tenant_id: tuple(keys) for tenant_id, keys in grouped.items()}
 
 
-def key_info_row(key: KeyInfo) -> tuple[Any, ...]:
-    return (key.tenant_id, key.purpose, key.version, key.algorithm, key.state, key.created_at)
-
-
 def key_info_from_row(row: Row) -> KeyInfo:
     return KeyInfo(str(row[0]), str(row[1]), int(row[2]), str(row[3]), int(row[4]), float(row[5]))
 

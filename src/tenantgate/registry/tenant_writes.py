@@ -41,6 +41,12 @@ def stored_tenant(tx: Tx, tenant_id: str) -> TenantRecord:
     return tenant_from_row(rows[0])
 
 
+def stored_digest(tx: Tx, tenant_id: str) -> str:
+    """The digest of the tenant's stored document, which a key change's change-feed row names."""
+    rows = tx.rows("SELECT digest FROM tenants WHERE id = ?", (tenant_id,))
+    return str(rows[0][0]) if rows else ""
+
+
 def registry_settings(tx: Tx) -> RegistrySettings:
     rows = tx.rows("SELECT value FROM meta WHERE key = 'max_tenants'")
     return RegistrySettings(max_tenants=int(rows[0][0]) if rows and rows[0][0] != "" else None)
@@ -62,8 +68,7 @@ def add_key(write: Write, tenant_id: str, purpose: str, version: int, key_factor
     key = KeyRecord(tenant_id, purpose, version, wrapped, algorithm, KeyState.ENABLED, write.now)
     write.tx.run(f"INSERT INTO tenant_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", key_row(key))
     write.audit(action, tenant_id, detail=f"{key.key_id} ({algorithm})")
-    current = write.tx.rows("SELECT digest FROM tenants WHERE id = ?", (tenant_id,))
-    write.changed(tenant_id, "update", current[0][0] if current else "")
+    write.changed(tenant_id, "update", stored_digest(write.tx, tenant_id))
     return KeyInfo(tenant_id, purpose, version, algorithm, key.state, key.created_at)
 
 

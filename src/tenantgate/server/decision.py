@@ -9,9 +9,10 @@ from typing import TypeVar, cast
 import grpc
 
 from tenantgate.adminapi.wire import state_to_wire, timestamp
+from tenantgate.bounds import MAX_TOKEN_BYTES
 from tenantgate.engines.access import AccessRequest, Reason
 from tenantgate.engines.keys import KeyEngine
-from tenantgate.engines.tokens import MAX_TOKEN_BYTES, TokenProblem
+from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
 from tenantgate.model import KeyState, TenantState
 from tenantgate.server import requests

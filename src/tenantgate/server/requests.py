@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Container
 
+from tenantgate.bounds import MAX_ACTION as MAX_ACTION
+from tenantgate.bounds import MAX_ID as MAX_ID
+from tenantgate.bounds import MAX_RESOURCE as MAX_RESOURCE
+from tenantgate.bounds import MAX_TOKEN_BYTES
 from tenantgate.engines.access import AccessRequest
 from tenantgate.engines.quota import QuotaRequestItem
-from tenantgate.engines.tokens import MAX_TOKEN_BYTES
 from tenantgate.errors import InvalidArgument
 from tenantgate.registry.manifest import TENANT_ID
 from tenantgate.v1 import decision_pb2 as pb
 
-MAX_ID = 63
 MAX_SUBJECT = 256
-MAX_ACTION = 64
-MAX_RESOURCE = 1024
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_VALUE = 1024
 MAX_BATCH = 1000

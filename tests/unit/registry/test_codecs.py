@@ -104,9 +104,9 @@ def test_a_key_row_reads_back_as_the_record(key: KeyRecord) -> None:
 def test_key_audit_and_change_rows_read_back_as_their_records(key: KeyInfo, entry: AuditEntry,
                                                               change: ChangeEntry) -> None:
     db = _registry_tables()
-    # Key metadata is read without the material; the row is stored with an empty one.
-    db.execute(f"INSERT INTO tenant_keys ({rows.KEY_INFO_COLUMNS}, wrapped) VALUES (?, ?, ?, ?, ?, ?, x'')",
-               rows.key_info_row(key))
+    # Key metadata is written as a key (the store never writes metadata alone), read without the material.
+    stored = KeyRecord(key.tenant_id, key.purpose, key.version, b"", key.algorithm, key.state, key.created_at)
+    db.execute(f"INSERT INTO tenant_keys ({rows.KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows.key_row(stored))
     db.execute(f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.audit_row(entry))
     db.execute(f"INSERT INTO changes ({rows.CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows.change_row(change))
     assert rows.key_info_from_row(db.execute(f"SELECT {rows.KEY_INFO_COLUMNS} FROM tenant_keys").fetchone()) == key

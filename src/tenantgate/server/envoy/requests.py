@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from envoy.service.auth.v3 import attribute_context_pb2
 
+from tenantgate.bounds import MAX_TOKEN_BYTES
 from tenantgate.engines.access import AccessRequest
-from tenantgate.engines.tokens import MAX_TOKEN_BYTES
 from tenantgate.errors import InvalidArgument
-from tenantgate.httpmapping import action_for_method, bearer_token, resource_for_path
+from tenantgate.httpmapping import action_for_method, bearer_token, joined_headers, resource_for_path
 from tenantgate.server import requests
 from tenantgate.server.identity import identity_from_principal
 
@@ -49,12 +49,8 @@ def headers_of(http: attribute_context_pb2.AttributeContext.HttpRequest) -> Mapp
     if http.headers or not http.HasField("header_map"):
         headers: Mapping[str, str] = http.headers
         return headers
-    found: dict[str, list[str]] = {}
-    for header in http.header_map.headers:
-        key = header.key.lower()
-        if key in _READ:
-            found.setdefault(key, []).append(header.value or header.raw_value.decode("utf-8", "replace"))
-    return {key: ",".join(values) for key, values in found.items()}
+    return joined_headers(((header.key.lower(), header) for header in http.header_map.headers), _READ,
+                          lambda header: header.value or header.raw_value.decode("utf-8", "replace"))
 
 
 def http_access(attributes: attribute_context_pb2.AttributeContext,
