@@ -31,8 +31,6 @@ def timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
-seconds = seconds_of
-
 
 def state_to_wire(state: str) -> dpb.TenantState:
     return cast(dpb.TenantState, dpb.TenantState.Value(f"TENANT_STATE_{TenantState(state).name}"))
@@ -51,7 +49,7 @@ def key_to_wire(key: KeyInfo) -> pb.KeyMetadata:
 
 
 def key_from_wire(tenant_id: str, key: pb.KeyMetadata) -> KeyInfo:
-    return KeyInfo(tenant_id, key.purpose, key.version, key.algorithm, int(key.state), seconds(key.created_at))
+    return KeyInfo(tenant_id, key.purpose, key.version, key.algorithm, int(key.state), seconds_of(key.created_at))
 
 
 def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
@@ -65,9 +63,9 @@ def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
 
 def tenant_from_wire(tenant: pb.Tenant) -> TenantInfo:
     record = TenantRecord(tenant.tenant_id, tenant.document_json, tenant.digest, tenant.revision,
-                          state_from_wire(tenant.state), seconds(tenant.state_since))
+                          state_from_wire(tenant.state), seconds_of(tenant.state_since))
     return TenantInfo(record, tuple(key_from_wire(tenant.tenant_id, k) for k in tenant.keys),
-                      seconds(tenant.created_at), seconds(tenant.updated_at))
+                      seconds_of(tenant.created_at), seconds_of(tenant.updated_at))
 
 
 def apply_to_wire(result: ApplyResult) -> pb.ApplyManifestsResponse:
@@ -129,7 +127,7 @@ def change_to_wire(change: ChangeEntry) -> pb.Change:
 
 def change_from_wire(change: pb.Change) -> ChangeEntry:
     return ChangeEntry(change.revision, change.tenant_id, change.action, change.digest, change.actor,
-                       seconds(change.committed_at))
+                       seconds_of(change.committed_at))
 
 
 def settings_to_wire(settings: RegistrySettings) -> pb.RegistrySettings:
