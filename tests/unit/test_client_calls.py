@@ -65,6 +65,24 @@ def test_a_batch_answers_decisions_and_failures_in_order() -> None:
     assert "secret-token" not in repr(Check("acme", "read", "x", token="secret-token"))
 
 
+def test_answers_are_values_whatever_message_they_were_read_from() -> None:
+    """Equal questions answered alike are equal (and hash alike) whichever message carried them; the message
+    is in no repr; nothing can be changed in place."""
+    call = calls.check_access("acme", "read", "docs/1", subject="user:alice")
+    first = call.read(pb.CheckAccessResponse(allowed=True, revision=7, decision_id="d-1"))
+    second = call.read(pb.CheckAccessResponse(allowed=True, revision=7, decision_id="d-1", rule=""))
+    assert first == second and hash(first) == hash(second)
+    assert not first.__ne__(second)  # tuple's own != would compare the messages too
+    assert first.wire is not second.wire and "wire" not in repr(first) and "user:alice" in repr(first)
+    assert first != call.read(pb.CheckAccessResponse(allowed=True, revision=8, decision_id="d-1"))
+    assert first != tuple(first)  # a Decision equals Decisions only
+    with pytest.raises(AttributeError):
+        first.allowed = False  # type: ignore[misc]
+    quota = calls.consume_quota("acme", {"api": 1}).read(pb.ConsumeQuotaResponse(allowed=True, revision=1))
+    assert quota == calls.consume_quota("acme", {"api": 1}).read(pb.ConsumeQuotaResponse(allowed=True, revision=1))
+    assert "wire" not in repr(quota) and {quota: 1}[quota] == 1
+
+
 def test_quota_answers_carry_seconds_and_leases() -> None:
     call = calls.consume_quota("acme", {"api": 2, "slots": 1}, idempotency_key="k")
     assert [(item.quota, item.amount) for item in call.request.items] == [("api", 2), ("slots", 1)]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -38,11 +37,10 @@ from tenantgate.wiretime import seconds_of
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     """One call, ready for a transport: the method's name on the stub, its request, and how to read the
     answer. ``min_revision`` is None for methods without one; otherwise the caller's own, which the client
-    raises to the highest revision it has observed before sending."""
+    raises to the highest revision it has observed before sending. (A named tuple: one is made per call.)"""
 
     method: str
     request: Any
@@ -61,9 +59,7 @@ def check_access(tenant_id: str, action: str, resource: str, *, subject: str = "
     bindings to one environment; ``context`` attributes are recorded with the decision. The answer comes from
     a snapshot at ``min_revision`` or later (or the client's observed revision, the higher), waiting up to the
     deadline, then ``FailedPrecondition``."""
-    request = _access_request(Check(tenant_id, action, resource, subject=subject, token=token,
-                                    subject_tenant_id=subject_tenant_id, environment=environment,
-                                    context=context or {}))
+    request = _access_request(tenant_id, action, resource, subject, token, subject_tenant_id, environment, context)
     return Call("CheckAccess", request, partial(_decision, request), timeout, min_revision)
 
 
@@ -71,8 +67,9 @@ def check_access_batch(checks: Iterable[Check], *, min_revision: int = 0,
                        timeout: float | None = None) -> Call[list[Decision | CheckFailure]]:
     """Many checks in one call (at most 1000), answered in order: a ``Decision`` for each check decided, a
     ``CheckFailure`` for each that could not be (the others are still answered)."""
-    items = [pb.CheckAccessBatchItem(correlation_id=check.correlation_id, check=_access_request(check))
-             for check in checks]
+    items = [pb.CheckAccessBatchItem(correlation_id=check.correlation_id, check=_access_request(
+                 check.tenant_id, check.action, check.resource, check.subject, check.token, check.subject_tenant_id,
+                 check.environment, check.context)) for check in checks]
     return Call("CheckAccessBatch", pb.CheckAccessBatchRequest(items=items), partial(_batch, items), timeout,
                 min_revision)
 
@@ -85,9 +82,14 @@ def consume_quota(tenant_id: str, quotas: Mapping[str, int] | Iterable[tuple[str
     release). A call repeated with the same ``idempotency_key`` gets the first answer and spends nothing
     more. A denied call spends nothing; the result says when to retry."""
     pairs = quotas.items() if isinstance(quotas, Mapping) else quotas
-    request = pb.ConsumeQuotaRequest(tenant_id=tenant_id, release=release, idempotency_key=idempotency_key,
-                                     items=[pb.QuotaItem(quota=quota, amount=amount, lease_id=lease_id)
-                                            for quota, amount in pairs])
+    item = pb.QuotaItem
+    items = ([item(quota=quota, amount=amount, lease_id=lease_id) for quota, amount in pairs] if lease_id
+             else [item(quota=quota, amount=amount) for quota, amount in pairs])
+    request = pb.ConsumeQuotaRequest(tenant_id=tenant_id, items=items)
+    if release:
+        request.release = release
+    if idempotency_key:
+        request.idempotency_key = idempotency_key
     return Call("ConsumeQuota", request, partial(_quota_result, tenant_id), timeout)
 
 
@@ -132,18 +134,27 @@ def resolve_tenant(tenant_id: str, *, timeout: float | None = None) -> Call[Tena
 
 # Reading answers.
 
-def _access_request(check: Check) -> pb.CheckAccessRequest:
-    return pb.CheckAccessRequest(tenant_id=check.tenant_id, subject=check.subject, token=check.token,
-                                 subject_tenant_id=check.subject_tenant_id, action=check.action,
-                                 resource=check.resource, environment=check.environment,
-                                 context=check.context or None)  # an empty map costs a Python-level update
+def _access_request(tenant_id: str, action: str, resource: str, subject: str, token: str, subject_tenant_id: str,
+                    environment: str, context: Mapping[str, str] | None) -> pb.CheckAccessRequest:
+    # The optional fields only when given: each keyword costs the message's constructor a field look-up.
+    request = pb.CheckAccessRequest(tenant_id=tenant_id, action=action, resource=resource)
+    if subject:
+        request.subject = subject
+    if token:
+        request.token = token
+    if subject_tenant_id:
+        request.subject_tenant_id = subject_tenant_id
+    if environment:
+        request.environment = environment
+    if context:
+        request.context.update(context)
+    return request
 
 
 def _decision(request: pb.CheckAccessRequest, answer: pb.CheckAccessResponse, correlation_id: str = "") -> Decision:
-    return Decision(allowed=answer.allowed, reason=_reason(answer.reason), rule=answer.rule,
-                    revision=answer.revision, decision_id=answer.decision_id, tenant_id=request.tenant_id,
-                    subject=request.subject, action=request.action, resource=request.resource,
-                    correlation_id=correlation_id, wire=answer)
+    return Decision(answer.allowed, _REASONS.get(answer.reason, Reason.UNSPECIFIED), answer.rule, answer.revision,
+                    answer.decision_id, request.tenant_id, request.subject, request.action, request.resource,
+                    correlation_id, answer)
 
 
 def _batch(items: list[pb.CheckAccessBatchItem],
@@ -160,12 +171,10 @@ def _batch(items: list[pb.CheckAccessBatchItem],
 
 
 def _quota_result(tenant_id: str, answer: pb.ConsumeQuotaResponse) -> QuotaResult:
-    items = tuple(QuotaItemResult(quota=item.quota, allowed=item.allowed, limit=item.limit, remaining=item.remaining,
-                                  reset_after=seconds_of(item.reset_after), retry_after=seconds_of(item.retry_after),
-                                  lease_id=item.lease_id, shadow=item.shadow)
-                  for item in answer.results)
-    return QuotaResult(allowed=answer.allowed, items=items, revision=answer.revision, tenant_id=tenant_id,
-                       wire=answer)
+    items = tuple([QuotaItemResult(item.quota, item.allowed, item.limit, item.remaining, seconds_of(item.reset_after),
+                                   seconds_of(item.retry_after), item.lease_id, item.shadow)
+                   for item in answer.results])
+    return QuotaResult(answer.allowed, items, answer.revision, tenant_id, answer)
 
 
 def _tenant_key(answer: pb.GetTenantKeyResponse) -> TenantKey:

@@ -25,6 +25,9 @@ class ClientBase:
         self._plan: ChannelPlan = plan_channel(self._config)
         self._metadata = ((CALLER_METADATA, self._config.caller),) if self._config.caller else None
         self._min_revision = 0
+        # The stub's keyword arguments of a call with the default deadline: one dict for all of them.
+        self._default_options = {"timeout": self._config.timeout, "metadata": self._metadata,
+                                 "wait_for_ready": self._config.wait_for_ready}
         self._lock = threading.Lock()  # observe_revision may be called from any thread
 
     @property
@@ -53,9 +56,12 @@ class ClientBase:
     def _call_options(self, call: Call[Any]) -> dict[str, Any]:
         """The stub's keyword arguments for ``call``, its request raised to the observed revision."""
         if call.min_revision is not None:
-            call.request.min_revision = max(call.min_revision, self._min_revision)
-        timeout = self._config.timeout if call.timeout is None else call.timeout
-        return {"timeout": timeout, "metadata": self._metadata, "wait_for_ready": self._config.wait_for_ready}
+            least = max(call.min_revision, self._min_revision)
+            if least:
+                call.request.min_revision = least
+        if call.timeout is None:
+            return self._default_options
+        return {**self._default_options, "timeout": call.timeout}
 
 
 def describe_method(method: Callable[..., Any], build: Callable[..., Call[Any]], owner: str) -> None:
