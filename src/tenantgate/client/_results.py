@@ -29,24 +29,13 @@ if TYPE_CHECKING:
 
 # Equality, hashing and repr of the named tuples below that end in ``wire``: every field but the last.
 
-def _equal_without_wire(self: tuple[Any, ...], other: object) -> bool:
-    return type(other) is type(self) and self[:-1] == other[:-1]  # type: ignore[index]
+def _equal_without_wire(value: tuple[Any, ...], other: object) -> bool:
+    return type(other) is type(value) and value[:-1] == other[:-1]
 
 
-def _unequal_without_wire(self: tuple[Any, ...], other: object) -> bool:
-    return not _equal_without_wire(self, other)
-
-
-def _hash_without_wire(self: tuple[Any, ...]) -> int:
-    return hash(self[:-1])
-
-
-def _repr_without(*hidden: str) -> Any:
-    def represent(self: Any) -> str:
-        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)
-                          if name not in hidden)
-        return f"{type(self).__name__}({shown})"
-    return represent
+def _represent(value: Any, hidden: str) -> str:
+    shown = ", ".join(f"{name}={field!r}" for name, field in zip(value._fields, value, strict=True) if name != hidden)
+    return f"{type(value).__name__}({shown})"
 
 
 class Reason(StrEnum):
@@ -77,7 +66,8 @@ class Check(NamedTuple):
     context: Mapping[str, str] | None = None
     correlation_id: str = ""
 
-    __repr__ = _repr_without("token")
+    def __repr__(self) -> str:
+        return _represent(self, "token")
 
 
 class Decision(NamedTuple):
@@ -103,10 +93,17 @@ class Decision(NamedTuple):
     def __bool__(self) -> bool:
         return self.allowed
 
-    __eq__ = _equal_without_wire
-    __ne__ = _unequal_without_wire
-    __hash__ = _hash_without_wire
-    __repr__ = _repr_without("wire")
+    def __eq__(self, other: object) -> bool:
+        return _equal_without_wire(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not _equal_without_wire(self, other)
+
+    def __hash__(self) -> int:
+        return hash(self[:-1])
+
+    def __repr__(self) -> str:
+        return _represent(self, "wire")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +148,17 @@ class QuotaResult(NamedTuple):
     def __bool__(self) -> bool:
         return self.allowed
 
-    __eq__ = _equal_without_wire
-    __ne__ = _unequal_without_wire
-    __hash__ = _hash_without_wire
-    __repr__ = _repr_without("wire")
+    def __eq__(self, other: object) -> bool:
+        return _equal_without_wire(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not _equal_without_wire(self, other)
+
+    def __hash__(self) -> int:
+        return hash(self[:-1])
+
+    def __repr__(self) -> str:
+        return _represent(self, "wire")
 
     @property
     def retry_after(self) -> float:
