@@ -25,7 +25,15 @@ class InvalidArgument(TenantgateError):
 
 
 class NotFound(TenantgateError):
+    """``resource_type`` and ``resource_name`` say what was not found (``quota``, ``api-requests``), for callers that
+    act on it: the server sends them as a ``google.rpc.ResourceInfo``, so that no client reads the message."""
+
     code = "NOT_FOUND"
+
+    def __init__(self, message: str, *, field: str = "", resource_type: str = "", resource_name: str = "") -> None:
+        super().__init__(message, field=field)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
 
 
 class PermissionDenied(TenantgateError):

@@ -235,6 +235,10 @@ def test_errors_map_to_one_hierarchy(replicas: Replicas, connect: Callable[..., 
     with pytest.raises(NotFound) as missing:
         client.resolve_tenant("nobody")
     assert isinstance(missing.value, errors.NotFound)
+    with pytest.raises(NotFound) as undeclared:
+        client.consume_quota("acme", {"users": 1, "nope": 1})
+    # What was not found, from the status details (google.rpc.ResourceInfo), not the message.
+    assert (undeclared.value.resource_type, undeclared.value.resource_name) == ("quota", "nope")
     with pytest.raises(PermissionDenied):
         client.get_tenant_key("acme", "data")
     with pytest.raises(FailedPrecondition, match="FAILED_PRECONDITION: tenant 'initech' is Suspended"):

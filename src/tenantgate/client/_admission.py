@@ -163,9 +163,8 @@ def _decide(question: Question) -> Admission:
 
 
 def _undeclared_quota(error: NotFound, quotas: Mapping[str, int]) -> str | None:
-    """The quota a ConsumeQuota found undeclared, by its message (``tenant 'acme' has no quota 'x'``, from
-    engines/quota.py): a NOT_FOUND status carries no field, so the message is all there is to read."""
-    return next((quota for quota in quotas if error.details.endswith(f"has no quota {quota!r}")), None)
+    """The quota a ConsumeQuota found undeclared, as the status's ``google.rpc.ResourceInfo`` names it."""
+    return error.resource_name if error.resource_type == "quota" and error.resource_name in quotas else None
 
 
 def _token_refusal(identity: TokenInfo, decision_id: str = "") -> Refused:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tenantgate import errors
@@ -32,7 +32,8 @@ class InvalidArgument(CallError, errors.InvalidArgument):
 
 
 class NotFound(CallError, errors.NotFound):
-    """An unknown tenant, quota, key purpose or version, or a lease that is not held."""
+    """An unknown tenant, quota, key purpose or version, or a lease that is not held. ``resource_type`` and
+    ``resource_name`` say what, where the server said (``quota``, ``api-requests``)."""
 
 
 class PermissionDenied(CallError, errors.PermissionDenied):
@@ -90,21 +91,37 @@ def error_from_status(status: grpc.StatusCode, details: str, field: str = "") ->
 
 
 def error_from_rpc(error: grpc.RpcError) -> CallError:
-    """A failed call's ``grpc.RpcError`` (sync or asyncio) as the error the client raises."""
-    return error_from_status(error.code(), error.details() or "", _violated_field(error.trailing_metadata() or ()))
+    """A failed call's ``grpc.RpcError`` (sync or asyncio) as the error the client raises, with what its status
+    details say: the field a ``google.rpc.BadRequest`` names, the resource a ``google.rpc.ResourceInfo`` names."""
+    details = _status_details(error.trailing_metadata() or ())
+    field = next((violation.field for detail in details if isinstance(detail, error_details_pb2.BadRequest)
+                  for violation in detail.field_violations), "")
+    raised = error_from_status(error.code(), error.details() or "", field)
+    if isinstance(raised, NotFound):
+        for detail in details:
+            if isinstance(detail, error_details_pb2.ResourceInfo):
+                raised.resource_type, raised.resource_name = detail.resource_type, detail.resource_name
+                break
+    return raised
 
 
-def _violated_field(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    """The first field of a ``google.rpc.BadRequest`` in the status details, if the server sent one."""
+_DETAIL_TYPES = (error_details_pb2.BadRequest, error_details_pb2.ResourceInfo)
+
+
+def _status_details(metadata: Iterable[tuple[str, str | bytes]]) -> list[Message]:
+    """The details this client reads (BadRequest, ResourceInfo) of the ``google.rpc.Status`` a server sent."""
     for key, value in metadata:
         if key != _STATUS_DETAILS or not isinstance(value, bytes):
             continue
         try:
             status = status_pb2.Status.FromString(value)
         except DecodeError:
-            return ""
+            return []
+        found: list[Message] = []
         for detail in status.details:
-            bad_request = error_details_pb2.BadRequest()
-            if detail.Unpack(bad_request) and bad_request.field_violations:
-                return str(bad_request.field_violations[0].field)
-    return ""
+            for kind in _DETAIL_TYPES:
+                message = kind()
+                if detail.Unpack(message):
+                    found.append(message)
+        return found
+    return []

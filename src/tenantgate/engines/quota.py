@@ -194,7 +194,8 @@ class QuotaEngine:
         for index, item in enumerate(items):
             spec = quotas.get(item.quota)
             if spec is None:
-                raise NotFound(f"tenant {tenant_id!r} has no quota {item.quota!r}", field=f"items[{index}].quota")
+                raise NotFound(f"tenant {tenant_id!r} has no quota {item.quota!r}", field=f"items[{index}].quota",
+                               resource_type="quota", resource_name=item.quota)
             if item.amount > MAX_AMOUNT:
                 raise InvalidArgument(f"amount must be at most {MAX_AMOUNT}", field=f"items[{index}].amount")
             if release and not spec.releasable:

@@ -1,4 +1,5 @@
-"""The one place tenantgate errors become gRPC statuses (with a field violation for bad arguments)."""
+"""The one place tenantgate errors become gRPC statuses (with a field violation for bad arguments, and what was not
+found for NOT_FOUND)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tenantgate import metrics
-from tenantgate.errors import InvalidArgument, TenantgateError
+from tenantgate.errors import InvalidArgument, NotFound, TenantgateError
 from tenantgate.server.handlers import Undecodable
 
 log = logging.getLogger("tenantgate.server")
@@ -34,6 +35,10 @@ def rich_status(error: TenantgateError) -> status_pb2.Status:
     if error.field and error.code == "INVALID_ARGUMENT":
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    elif isinstance(error, NotFound) and error.resource_type:
+        status.details.add().Pack(error_details_pb2.ResourceInfo(resource_type=error.resource_type,
+                                                                 resource_name=error.resource_name,
+                                                                 description=error.message))
     return status
 
 
