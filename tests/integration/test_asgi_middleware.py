@@ -371,6 +371,22 @@ async def test_websockets_are_decided_at_the_handshake(server: RunningServer, is
                                                               "lifespan.shutdown.complete"]
 
 
+async def test_a_client_the_middleware_cannot_make_fails_the_startup_not_a_request(server: RunningServer) -> None:
+    """The client is made at lifespan startup, names resolved off the event loop: replicas that cannot be resolved
+    fail the startup, before any request is taken."""
+    app = Service(ClientConfig([server.target, "no-such-replica.invalid:50051"])).app
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = Connection()
+    running = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, messages.get,
+                                      lifespan.send))
+    await messages.put({"type": "lifespan.startup"})
+    await messages.put({"type": "lifespan.shutdown"})  # what the server would not wait to send
+    await running
+    assert [message["type"] for message in lifespan.sent] == ["lifespan.startup.failed",
+                                                              "lifespan.shutdown.complete"]
+    assert "no-such-replica.invalid" in lifespan.sent[0]["message"]
+
+
 async def test_what_the_middleware_cannot_decide_it_does_not_let_through(client: AsyncClient) -> None:
     async def application(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("reached the application")

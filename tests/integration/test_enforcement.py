@@ -447,6 +447,33 @@ def test_when_tenantgate_cannot_be_reached_calls_are_unavailable_unless_allowed_
         EnforcementPolicy(on_unavailable="open")  # type: ignore[arg-type]
 
 
+def test_no_call_to_tenantgate_outlives_the_callers_deadline(protect: Callable[..., Caller], issuer: Issuer) -> None:
+    """A caller that waits 3 s gets a decision within them: tenantgate is given what is left of the caller's
+    deadline, not the client's own 30 s. A stand-in for tenantgate records the deadline each call brought."""
+    deadlines: list[float | None] = []
+
+    def unanswered(request: bytes, context: grpc.ServicerContext) -> bytes:
+        deadlines.append(context.time_remaining())
+        context.abort(grpc.StatusCode.UNAVAILABLE, "not answering")
+        raise AssertionError("abort returned")
+
+    stand_in = grpc.server(ThreadPoolExecutor(max_workers=4))
+    stand_in.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tenantgate.v1.DecisionService", {
+        method: grpc.unary_unary_rpc_method_handler(unanswered) for method in ("CheckAccess", "ValidateToken")}),))
+    port = stand_in.add_insecure_port("127.0.0.1:0")
+    stand_in.start()
+    try:
+        slow = ClientConfig(f"127.0.0.1:{port}", timeout=30, retry=NO_RETRIES, health_check=False)
+        caller = protect(tenantgate_config=slow)
+        alice = (("x-tenant-id", "acme"), bearer(issuer.token("acme", "alice")))
+        with pytest.raises(grpc.RpcError) as refused:
+            caller.channel.unary_unary(f"/{SERVICE}/Get")(b"", metadata=alice, timeout=3)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        stand_in.stop(None)
+    assert deadlines and all(left is not None and left <= 3 for left in deadlines), deadlines
+
+
 def test_the_tenant_and_token_travel_to_the_next_service(protect: Callable[..., Caller], issuer: Issuer) -> None:
     token = issuer.token("acme", "alice")
     forwarded = protect().get(bearer(token), method="Forward")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -226,15 +226,30 @@ async def release_surviving_cancellation(client: AsyncClient, admitted: Admitted
 
 
 # The runners: each call a flow asks for made through a client, its answer (or error) sent back into the flow.
+# ``time_left``, when given, is how long the caller that the flow decides for still waits (its call's remaining
+# deadline): no call to tenantgate is given longer than that, nor longer than the client's own deadline.
 
-def run_blocking(client: Client, steps: Generator[tuple[Call[Any], ...], tuple[Any, ...], T]) -> T:
+TimeLeft = Callable[[], float | None]
+
+
+def _within(call: Call[T], time_left: TimeLeft | None, default: float | None) -> Call[T]:
+    left = time_left() if time_left is not None else None
+    if left is None:
+        return call
+    own = default if call.timeout is None else call.timeout
+    return call._replace(timeout=max(0.0, left if own is None else min(own, left)))
+
+
+def run_blocking(client: Client, steps: Generator[tuple[Call[Any], ...], tuple[Any, ...], T],
+                 time_left: TimeLeft | None = None) -> T:
     """Each step's calls one after the other on a blocking ``Client``."""
+    default = client.config.timeout
     try:
         asked = next(steps)
         while True:
             try:
                 # The client's own runner: the call with its deadline, metadata and read-your-writes.
-                answers = tuple(client._run(call) for call in asked)
+                answers = tuple(client._run(_within(call, time_left, default)) for call in asked)
             except CallError as error:
                 asked = steps.throw(error)
             else:
@@ -243,12 +258,15 @@ def run_blocking(client: Client, steps: Generator[tuple[Call[Any], ...], tuple[A
         return cast(T, finished.value)
 
 
-async def run_awaiting(client: AsyncClient, steps: Generator[tuple[Call[Any], ...], tuple[Any, ...], T]) -> T:
+async def run_awaiting(client: AsyncClient, steps: Generator[tuple[Call[Any], ...], tuple[Any, ...], T],
+                       time_left: TimeLeft | None = None) -> T:
     """Each step's calls at once on an ``AsyncClient``; an error of one is thrown once all have ended."""
+    default = client.config.timeout
     try:
         asked = next(steps)
         while True:
-            answers = await asyncio.gather(*(client._run(call) for call in asked), return_exceptions=True)
+            answers = await asyncio.gather(*(client._run(_within(call, time_left, default)) for call in asked),
+                                           return_exceptions=True)
             error = next((answer for answer in answers if isinstance(answer, BaseException)), None)
             if error is None:
                 asked = steps.send(tuple(answers))

@@ -20,9 +20,10 @@ T = TypeVar("T")
 class ClientBase:
     """State and call preparation common to ``Client`` and ``AsyncClient``; each adds its transport."""
 
-    def __init__(self, config: str | Sequence[str] | ClientConfig) -> None:
-        self._config = config if isinstance(config, ClientConfig) else ClientConfig(config)
-        self._plan: ChannelPlan = plan_channel(self._config)
+    def __init__(self, config: str | Sequence[str] | ClientConfig, plan: ChannelPlan | None = None) -> None:
+        self._config = as_config(config)
+        # ``plan``: the channel plan already made for this config (names resolved, TLS files read).
+        self._plan: ChannelPlan = plan or plan_channel(self._config)
         self._metadata = ((CALLER_METADATA, self._config.caller),) if self._config.caller else None
         self._min_revision = 0
         # The stub's keyword arguments of a call with the default deadline: one dict for all of them.
@@ -62,6 +63,10 @@ class ClientBase:
         if call.timeout is None:
             return self._default_options
         return {**self._default_options, "timeout": call.timeout}
+
+
+def as_config(config: str | Sequence[str] | ClientConfig) -> ClientConfig:
+    return config if isinstance(config, ClientConfig) else ClientConfig(config)
 
 
 def describe_method(method: Callable[..., Any], build: Callable[..., Call[Any]], owner: str) -> None:

@@ -3,6 +3,7 @@ event loop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -11,8 +12,9 @@ import grpc
 
 import tenantgate.client._calls as calls
 from tenantgate.client._calls import Call
+from tenantgate.client._channels import ChannelPlan, plan_channel
 from tenantgate.client._config import ClientConfig
-from tenantgate.client._core import ClientBase, describe_method
+from tenantgate.client._core import ClientBase, as_config, describe_method
 from tenantgate.client._errors import error_from_rpc
 from tenantgate.v1 import decision_pb2_grpc
 
@@ -35,8 +37,8 @@ class AsyncClient(ClientBase):
     client.check_access(...)``. ``interceptors``: ``grpc.aio`` client interceptors."""
 
     def __init__(self, config: str | Sequence[str] | ClientConfig, *,
-                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
-        super().__init__(config)
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] = (), _plan: ChannelPlan | None = None) -> None:
+        super().__init__(config, _plan)
         plan = self._plan
         self._channel = (
             grpc.aio.insecure_channel(plan.target, options=plan.options, interceptors=interceptors or None)
@@ -44,6 +46,15 @@ class AsyncClient(ClientBase):
             else grpc.aio.secure_channel(plan.target, plan.credentials, options=plan.options,
                                          interceptors=interceptors or None))
         self._stub = decision_pb2_grpc.DecisionServiceStub(self._channel)
+
+    @classmethod
+    async def open(cls, config: str | Sequence[str] | ClientConfig, *,
+                   interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> AsyncClient:
+        """An ``AsyncClient`` made without blocking the event loop: several replicas' names are resolved, and TLS
+        files read, on a worker thread (the constructor does both where it is called)."""
+        config = as_config(config)
+        plan = await asyncio.to_thread(plan_channel, config)
+        return cls(config, interceptors=interceptors, _plan=plan)
 
     async def _run(self, call: Call[T]) -> T:
         try:

@@ -108,13 +108,14 @@ class TenantgateMiddleware:
     """Decides every HTTP request and websocket handshake of ``app`` with tenantgate (see the module docstring).
 
     ``client``: an ``AsyncClient`` (made on the serving event loop; the caller closes it), or what makes one (a
-    ``ClientConfig``, or addresses): the middleware makes that client on the first request, on the serving event
-    loop, and closes it at lifespan shutdown (or ``close()``). ``quotas``: quota name -> amount consumed by every
-    request allowed (names alone: 1 each), all or nothing; a concurrency quota's unit is given back when the
-    request ends. ``strip_prefix``, or ``mapping`` for actions and resources of your own; ``tenant_of`` for the
-    route's tenant; ``environment`` for this service's; ``public_paths``: exact paths let through undecided
-    (health checks); ``on_unavailable="allow"``: let requests through when tenantgate cannot be reached, instead
-    of answering 503."""
+    ``ClientConfig``, or addresses): the middleware makes that client on the serving event loop at lifespan
+    startup (or, where the server runs no lifespan, on the first request), resolving names and reading TLS files
+    on a worker thread, and closes it at lifespan shutdown (or ``close()``). ``quotas``: quota name -> amount
+    consumed by every request allowed (names alone: 1 each), all or nothing; a concurrency quota's unit is given
+    back when the request ends. ``strip_prefix``, or ``mapping`` for actions and resources of your own;
+    ``tenant_of`` for the route's tenant; ``environment`` for this service's; ``public_paths``: exact paths let
+    through undecided (health checks); ``on_unavailable="allow"``: let requests through when tenantgate cannot be
+    reached, instead of answering 503."""
 
     def __init__(self, app: ASGIApp, client: AsyncClient | ClientConfig | str | Sequence[str], *,
                  quotas: Mapping[str, int] | Iterable[str] = (), strip_prefix: str = "",
@@ -127,8 +128,9 @@ class TenantgateMiddleware:
         if len(environment) > MAX_ID:
             raise ConfigurationError(f"environment is longer than {MAX_ID} characters")
         self.app = app
-        # Checked now, made on the first request: a grpc.aio channel belongs to the event loop it was made on.
+        # Checked now, made at startup: a grpc.aio channel belongs to the event loop it was made on.
         self._client = client if isinstance(client, AsyncClient) else None
+        self._making_client = asyncio.Lock()
         self._config = None if isinstance(client, AsyncClient) else (
             client if isinstance(client, ClientConfig) else ClientConfig(client))
         self._quotas = MappingProxyType(_amounts(quotas))
@@ -140,11 +142,13 @@ class TenantgateMiddleware:
         self._public_paths = frozenset(public_paths)
         self._releases: set[asyncio.Future[None]] = set()
 
-    @property
-    def client(self) -> AsyncClient:
+    async def client(self) -> AsyncClient:
+        """The client deciding requests, made once (off the event loop's thread where it blocks) if not given."""
         if self._client is None:
-            assert self._config is not None
-            self._client = AsyncClient(self._config)
+            async with self._making_client:
+                if self._client is None:
+                    assert self._config is not None
+                    self._client = await AsyncClient.open(self._config)
         return self._client
 
     async def close(self) -> None:
@@ -156,7 +160,7 @@ class TenantgateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await self.app(scope, receive, self._closing_at_shutdown(send))
+            await self.app(scope, receive, self._lifespan(send))
             return
         if kind not in ("http", "websocket"):
             raise RuntimeError(f"TenantgateMiddleware cannot decide an ASGI {kind!r} connection; refusing it")
@@ -166,7 +170,7 @@ class TenantgateMiddleware:
         question = self._question(scope)
         quota: list[QuotaResult] = []
         answer = question if isinstance(question, Refused) else await run_awaiting(
-            self.client, _watching_quota(admission(question, fail_open=self._fail_open), quota))
+            await self.client(), _watching_quota(admission(question, fail_open=self._fail_open), quota))
         headers = _quota_headers(quota[-1]) if quota else []
         if isinstance(answer, Refused):
             refusal = _Refusal(answer, quota[-1] if quota else None, headers)
@@ -228,15 +232,23 @@ class TenantgateMiddleware:
     async def _release(self, admitted: Admitted) -> None:
         """Give the leases back, even when the request was cancelled (a client gone): the release runs as a task
         of its own, which a cancellation of this one does not stop."""
-        await release_surviving_cancellation(self.client, admitted, self._releases)
+        await release_surviving_cancellation(await self.client(), admitted, self._releases)
 
-    def _closing_at_shutdown(self, send: Send) -> Send:
-        async def send_after_closing(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+    def _lifespan(self, send: Send) -> Send:
+        """The lifespan's messages to the server, the client made before startup is reported complete (a client
+        that cannot be made fails the startup, not the first request) and closed before shutdown is."""
+        async def send_with_the_client(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self.client()
+                except ConfigurationError as error:
+                    await send({"type": "lifespan.startup.failed", "message": f"tenantgate client: {error}"})
+                    return
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.close()
             await send(message)
 
-        return send_after_closing
+        return send_with_the_client
 
 
 def _watching_quota(steps: Admission, seen: list[QuotaResult]) -> Admission:

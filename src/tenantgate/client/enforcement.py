@@ -229,7 +229,8 @@ class EnforcementInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _admit(self, question: Question | Refused, context: grpc.ServicerContext) -> Admitted:
         verdict = (question if isinstance(question, Refused)
-                   else run_blocking(self._client, admission(question, fail_open=self._policy.fail_open)))
+                   else run_blocking(self._client, admission(question, fail_open=self._policy.fail_open),
+                                     context.time_remaining))
         if isinstance(verdict, Admitted):
             return verdict
         status, details, trailers = refusal_status(verdict)

@@ -47,7 +47,8 @@ class AsyncEnforcementInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
 
     async def _admit(self, question: Question | Refused, context: grpc.aio.ServicerContext) -> Admitted:
         verdict = (question if isinstance(question, Refused)
-                   else await run_awaiting(self._client, admission(question, fail_open=self._policy.fail_open)))
+                   else await run_awaiting(self._client, admission(question, fail_open=self._policy.fail_open),
+                                           context.time_remaining))
         if isinstance(verdict, Admitted):
             return verdict
         status, details, trailers = refusal_status(verdict)
