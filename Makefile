@@ -58,6 +58,7 @@ bench: venv
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/peers_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
+	$(BIN)/python benchmarks/subject_tenants_bench.py
 	$(BIN)/python benchmarks/replicas_bench.py
 	$(BIN)/python benchmarks/sdk_bench.py
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/grpc_bench.py && \

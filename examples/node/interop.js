@@ -263,6 +263,43 @@ async function resolveTenant() {
     await outcome(client.resolveTenant({ tenant_id: 'nobody' })), { code: 'NOT_FOUND' });
 }
 
+async function subjectTenants() {
+  // globex's auditor holds a role at home and acme grants it reports: two tenants, sorted by id.
+  const auditor = await client.listSubjectTenants({ subject: 'service:auditor', subject_tenant_id: 'globex' });
+  expectFields('ListSubjectTenants', "globex's auditor may use acme (by its grant) and globex (by its role)", auditor, {
+    reason: 'DECISION_REASON_ALLOWED', subject: 'service:auditor', subject_tenant_id: 'globex', next_page_token: '',
+    tenants: [
+      { tenant_id: 'acme', state: 'TENANT_STATE_ACTIVE', allowed: true, reason: 'DECISION_REASON_ALLOWED',
+        roles: [], grants: ['acme/grants/0'] },
+      { tenant_id: 'globex', state: 'TENANT_STATE_ACTIVE', allowed: true, reason: 'DECISION_REASON_ALLOWED',
+        roles: [{ role: 'auditor', group: '', environments: [] }], grants: [] },
+    ],
+  });
+  const first = await client.listSubjectTenants({ subject: 'service:auditor', subject_tenant_id: 'globex',
+    page_size: 1 });
+  const second = await client.listSubjectTenants({ subject: 'service:auditor', subject_tenant_id: 'globex',
+    page_size: 1, page_token: first.next_page_token });
+  expectThat('ListSubjectTenants', 'one tenant a page: acme, then globex, then no next page',
+    first.tenants[0].tenant_id === 'acme' && second.tenants[0].tenant_id === 'globex'
+      && first.next_page_token !== '' && second.next_page_token === '', { first, second });
+  expectFields('ListSubjectTenants', 'a page_size over 1000 is INVALID_ARGUMENT',
+    await outcome(client.listSubjectTenants({ subject: 'user:alice', subject_tenant_id: 'acme', page_size: 5000 })),
+    { code: 'INVALID_ARGUMENT' });
+}
+
+async function checkTenantAccess() {
+  expectFields('CheckTenantAccess', "bob may use acme, in dev", await client.checkTenantAccess(
+    { tenant_id: 'acme', subject: 'user:bob', environment: 'dev' }),
+  { allowed: true, reason: 'DECISION_REASON_ALLOWED', state: 'TENANT_STATE_ACTIVE',
+    roles: [{ role: 'editor', group: '', environments: ['dev', 'staging'] }] });
+  expectFields('CheckTenantAccess', "acme's alice may not use globex: no grant crosses",
+    await client.checkTenantAccess({ tenant_id: 'globex', subject: 'user:alice', subject_tenant_id: 'acme' }),
+    { allowed: false, reason: 'DECISION_REASON_CROSS_TENANT_DENIED' });
+  expectFields('CheckTenantAccess', 'initech is Suspended: TENANT_NOT_ACTIVE',
+    await client.checkTenantAccess({ tenant_id: 'initech', subject: 'user:peter' }),
+    { allowed: false, reason: 'DECISION_REASON_TENANT_NOT_ACTIVE', state: 'TENANT_STATE_SUSPENDED' });
+}
+
 try {
   await client.waitForReady(5000);
 } catch (error) {
@@ -276,6 +313,8 @@ await group('ConsumeQuota', consumeQuota);
 await group('GetTenantKey', keys);
 await group('ValidateToken', validateToken);
 await group('ResolveTenant', resolveTenant);
+await group('ListSubjectTenants', subjectTenants);
+await group('CheckTenantAccess', checkTenantAccess);
 const unchecked = client.rpcs.filter((rpc) => !rpcsWithAPassingCheck.has(rpc));
 expectThat('DecisionService', `each of its ${client.rpcs.length} RPCs passed at least one check`,
   unchecked.length === 0, { unchecked });

@@ -139,3 +139,15 @@ class TenantSpec:
     issuers: tuple[IssuerSpec, ...] = ()
     keys: KeysSpec = field(default_factory=KeysSpec)
     retention: int = DEFAULT_RETENTION
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSpec:
+    """A ``kind: Plan`` document: what every tenant naming it in ``spec.plan`` starts from (``plans.py`` merges
+    the two, field by field)."""
+
+    id: str
+    name: str = ""
+    features: tuple[str, ...] = ()
+    quotas: Mapping[str, QuotaSpec] = field(default_factory=dict)
+    roles: Mapping[str, Role] = field(default_factory=dict)  # the default access roles

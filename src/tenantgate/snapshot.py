@@ -17,6 +17,17 @@ from dataclasses import dataclass, field
 import jwt
 
 from tenantgate.errors import FailedPrecondition, TenantgateError
+from tenantgate.membership import (
+    EMPTY_INDEX,
+    NO_REACH,
+    GrantIndex,
+    HeldRole,
+    Reach,
+    build_grant_index,
+    members_of,
+    reach_of,
+    with_grant_changes,
+)
 from tenantgate.model import IssuerSpec, KeyState, TenantSpec, TenantState, key_id
 from tenantgate.policy import CompiledPolicy, compile_policy
 
@@ -74,6 +85,8 @@ class CompiledTenant:
     policy: CompiledPolicy
     issuers: tuple[CompiledIssuer, ...]
     keys: Mapping[str, tuple[KeyVersion, ...]]  # purpose -> versions, oldest first
+    # subject -> the roles it holds here, directly or through groups (ListSubjectTenants, CheckTenantAccess)
+    members: Mapping[str, tuple[HeldRole, ...]]
 
 
 def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> CompiledTenant:
@@ -85,6 +98,7 @@ def compile_tenant(spec: TenantSpec, keys: Iterable[KeyVersion] = ()) -> Compile
         policy=compile_policy(spec.access, spec.environments),
         issuers=_compiled_issuers(spec.issuers),
         keys={purpose: tuple(versions) for purpose, versions in by_purpose.items()},
+        members=members_of(spec.access),
     )
 
 
@@ -101,14 +115,15 @@ class TenantView:
     None and says why in ``problem``.
     """
 
-    __slots__ = ("_load", "built", "id", "issuer_urls", "problem", "revision", "state")
+    __slots__ = ("_load", "built", "id", "issuer_urls", "problem", "reach", "revision", "state")
 
     def __init__(self, tenant_id: str, revision: int, state: TenantState, issuer_urls: tuple[str, ...],
-                 load: Callable[[], CompiledTenant]) -> None:
+                 load: Callable[[], CompiledTenant], reach: Reach = NO_REACH) -> None:
         self.id = tenant_id
         self.revision = revision  # the revision that last changed this tenant
         self.state = state
         self.issuer_urls = issuer_urls
+        self.reach = reach  # what it grants other tenants' subjects, indexed by the snapshot (membership.py)
         # Compiles the tenant; raises a TenantgateError (logged by the loader) when it cannot.
         self._load: Callable[[], CompiledTenant] | None = load
         self.built: CompiledTenant | None = None
@@ -181,7 +196,8 @@ def build_tenant(spec: TenantSpec, revision: int, keys: Sequence[KeyVersion] = (
     """A view of a tenant already parsed (tests, tools): compiled now, or left to ``compile`` when not
     ``compiled`` (what a snapshot of many tenants does, as the syncer's full build does)."""
     view = TenantView(spec.id, revision, spec.state, tuple(i.issuer for i in spec.issuers),
-                      lambda: compile_tenant(spec, keys))
+                      lambda: compile_tenant(spec, keys),
+                      reach_of(spec.id, ((g.tenant, g.subject) for g in spec.access.grants), spec.environments))
     if compiled:
         view.compile()
     return view
@@ -195,10 +211,20 @@ class Snapshot:
     built_at: float
     # True while served from the last-known-good file because the registry cannot be read.
     stale: bool = False
+    # (home tenant, subject) -> the tenants whose grants name it (membership.py)
+    grants: GrantIndex = EMPTY_INDEX
+
+
+def _reach(view: TenantView | None) -> Reach:
+    """What a tenant's grants give in this snapshot: nothing once it is Deleted."""
+    return NO_REACH if view is None or view.state is TenantState.DELETED else view.reach
 
 
 def build_snapshot(revision: int, tenants: Iterable[TenantView], built_at: float) -> Snapshot:
-    return Snapshot(revision, {tenant.id: tenant for tenant in tenants}, built_at)
+    by_id = {tenant.id: tenant for tenant in tenants}
+    # Most tenants grant nothing: only those that do are looked at twice.
+    return Snapshot(revision, by_id, built_at, grants=build_grant_index(
+        (tenant_id, _reach(view)) for tenant_id, view in by_id.items() if view.reach.grants))
 
 
 def with_changes(base: Snapshot, revision: int, changed: Mapping[str, TenantView | None],
@@ -210,7 +236,9 @@ def with_changes(base: Snapshot, revision: int, changed: Mapping[str, TenantView
             tenants.pop(tenant_id, None)
         else:
             tenants[tenant_id] = view
-    return Snapshot(revision, tenants, built_at)
+    grants = with_grant_changes(base.grants, ((tenant_id, _reach(base.tenants.get(tenant_id)), _reach(view))
+                                              for tenant_id, view in changed.items()))
+    return Snapshot(revision, tenants, built_at, grants=grants)
 
 
 class SnapshotHolder:

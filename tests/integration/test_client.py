@@ -354,13 +354,19 @@ def test_read_your_writes(replicas: Replicas, connect: Callable[..., Any], store
         assert decision.allowed and decision.revision == 2
     client.observe_revision(1)
     assert client.min_revision == 2  # never lowered
-    # Each call that takes a min_revision sends it; the others are unaffected.
-    client.observe_revision(10**6)
-    with pytest.raises(FailedPrecondition):
-        client.check_access("acme", "read", "docs/1", subject="user:zed", timeout=0.3)
-    with pytest.raises(FailedPrecondition):
-        client.check_access_batch([Check("acme", "read", "docs/1", subject="user:zed")], timeout=0.3)
     assert client.resolve_tenant("acme").revision == 2
+    # Every call sends it: a revision no replica has reached is waited for, then FailedPrecondition.
+    client.observe_revision(10**6)
+    for call in (lambda: client.check_access("acme", "read", "docs/1", subject="user:zed", timeout=0.3),
+                 lambda: client.check_access_batch([Check("acme", "read", "docs/1", subject="user:zed")], timeout=0.3),
+                 lambda: client.resolve_tenant("acme", timeout=0.3),
+                 lambda: client.consume_quota("metered", {"calls": 1}, timeout=0.3),
+                 lambda: client.validate_token(issuer.token("acme", "alice"), timeout=0.3),
+                 lambda: client.get_tenant_key_metadata("acme", "data", timeout=0.3),
+                 lambda: client.check_tenant_access("acme", subject="user:zed", timeout=0.3),
+                 lambda: client.list_subject_tenants("user:zed", "acme", timeout=0.3)):
+        with pytest.raises(FailedPrecondition):
+            call()
 
 
 def test_mutual_tls_from_files_and_from_bytes(replicas: Replicas, connect: Callable[..., Any],

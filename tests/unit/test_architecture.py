@@ -21,6 +21,8 @@ FORBIDDEN = {
                         "tenantgate.counters", "grpc"),
     "tenantgate.snapshot": ("tenantgate.registry", "tenantgate.sync", "tenantgate.engines", "tenantgate.server",
                             "grpc"),
+    "tenantgate.membership": ("tenantgate.registry", "tenantgate.sync", "tenantgate.snapshot", "tenantgate.engines",
+                              "tenantgate.server", "grpc"),
     "tenantgate.engines": ("tenantgate.registry", "tenantgate.sync", "tenantgate.server", "tenantgate.adminapi",
                            "tenantgate.cli", "grpc"),
     # Counter stores implement the quota engine's CounterStore: they import its interface, nothing above it.
@@ -28,6 +30,13 @@ FORBIDDEN = {
                             "grpc"),
     "tenantgate.adminapi": ("tenantgate.server", "tenantgate.cli", "tenantgate.sync", "tenantgate.engines"),
     "tenantgate.server": ("tenantgate.cli",),
+    # The exporter reads the registry's ledger (from the store or the Admin API) and the counters; it serves
+    # nothing and decides nothing.
+    "tenantgate.events": ("tenantgate.server", "tenantgate.sync", "tenantgate.snapshot", "tenantgate.cli",
+                          "tenantgate.client"),
+    # How a tenant's plan and its own fields merge: plain functions over the model.
+    "tenantgate.plans": ("tenantgate.registry", "tenantgate.sync", "tenantgate.snapshot", "tenantgate.engines",
+                         "tenantgate.server", "grpc"),
 }
 
 

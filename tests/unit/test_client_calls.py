@@ -48,7 +48,7 @@ def test_check_access_sends_the_question_and_reads_the_decision() -> None:
     assert decision and decision.wire is answer
     # A reason a newer server may send reads as UNSPECIFIED; allowed still says it all.
     assert call.read(pb.CheckAccessResponse(reason=99)).reason is Reason.UNSPECIFIED  # type: ignore[arg-type]
-    assert calls.resolve_tenant("acme").min_revision is None  # a call without one
+    assert calls.resolve_tenant("acme", min_revision=4).min_revision == 4  # every call reads at a revision
 
 
 def test_a_batch_answers_decisions_and_failures_in_order() -> None:

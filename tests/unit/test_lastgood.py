@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tenantgate.errors import StorageError
 from tenantgate.model import KeyState, TenantState
-from tenantgate.registry.records import KeyRecord, RegistryState, TenantRecord
+from tenantgate.registry.records import KeyRecord, PlanRecord, RegistryState, TenantRecord
 from tenantgate.sync import lastgood
 
 # Any JSON document, unicode everywhere: what a tenant's canonical JSON can hold.
@@ -29,6 +29,7 @@ documents = st.one_of(json_values.map(lambda value: json.dumps(value, ensure_asc
 # Strategies for fields whose values have a meaning; every other field is generated from its type alone.
 BY_NAME: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (TenantRecord, "document_json"): documents,
+    (PlanRecord, "document_json"): documents,
     (TenantRecord, "state"): st.sampled_from([state.value for state in TenantState]) | st.text(),
     (KeyRecord, "state"): st.sampled_from([int(state) for state in KeyState]) | st.integers(),
 }
@@ -69,6 +70,9 @@ def states(draw: st.DrawFn) -> RegistryState:
             values[field.name] = tenants
         elif field.name == "keys":
             values[field.name] = keys
+        elif field.name == "plans":
+            values[field.name] = {plan.id: plan for plan in draw(st.lists(records(PlanRecord), max_size=3,
+                                                                          unique_by=lambda plan: plan.id))}
         elif hints[field.name] in BY_TYPE:
             values[field.name] = draw(BY_TYPE[hints[field.name]])
         else:
@@ -144,6 +148,17 @@ def test_a_file_of_the_previous_format_is_refused_and_may_be_replaced(tmp_path: 
     held = lastgood.identify(path)
     assert held is not None and held.outdated
     assert lastgood.refusal(held, STATE) is None
+
+
+def test_a_file_of_the_format_before_plans_is_read_as_a_registry_without_plans(tmp_path: Path) -> None:
+    body = lastgood.encode(STATE, 1.0)
+    del body["plans"]
+    path = written(tmp_path, {**body, "format": 3})
+    assert lastgood.load(path) == (STATE, 1.0)
+    assert lastgood.identify(path) == lastgood.Held(STATE.registry_id, STATE.revision)
+    with pytest.raises(StorageError, match="unknown field"):  # a format 4 file is read strictly
+        lastgood.load(written(tmp_path, {**body, "plans": [{"id": "p", "document_json": "{}", "digest": "",
+                                                            "revision": 1, "colour": "red"}]}))
 
 
 @pytest.mark.parametrize("body, problem", [

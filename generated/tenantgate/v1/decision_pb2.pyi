@@ -158,16 +158,18 @@ class QuotaItem(_message.Message):
     def __init__(self, quota: _Optional[str] = ..., amount: _Optional[int] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class ConsumeQuotaRequest(_message.Message):
-    __slots__ = ("tenant_id", "items", "idempotency_key", "release")
+    __slots__ = ("tenant_id", "items", "idempotency_key", "release", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     items: _containers.RepeatedCompositeFieldContainer[QuotaItem]
     idempotency_key: str
     release: bool
-    def __init__(self, tenant_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[QuotaItem, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[QuotaItem, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., release: _Optional[bool] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class QuotaItemResult(_message.Message):
     __slots__ = ("quota", "allowed", "limit", "remaining", "reset_after", "retry_after", "lease_id", "shadow")
@@ -200,14 +202,16 @@ class ConsumeQuotaResponse(_message.Message):
     def __init__(self, allowed: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[QuotaItemResult, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetTenantKeyRequest(_message.Message):
-    __slots__ = ("tenant_id", "purpose", "version")
+    __slots__ = ("tenant_id", "purpose", "version", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     purpose: str
     version: int
-    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., version: _Optional[int] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class GetTenantKeyResponse(_message.Message):
     __slots__ = ("key_id", "version", "algorithm", "material", "state", "created_at")
@@ -226,12 +230,14 @@ class GetTenantKeyResponse(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., material: _Optional[bytes] = ..., state: _Optional[_Union[KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
-    __slots__ = ("token", "tenant_id")
+    __slots__ = ("token", "tenant_id", "min_revision")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     token: str
     tenant_id: str
-    def __init__(self, token: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, token: _Optional[str] = ..., tenant_id: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class ValidateTokenResponse(_message.Message):
     __slots__ = ("valid", "reason", "tenant_id", "subject", "scopes", "expires_at", "detail")
@@ -252,10 +258,12 @@ class ValidateTokenResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., tenant_id: _Optional[str] = ..., subject: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ResolveTenantRequest(_message.Message):
-    __slots__ = ("tenant_id",)
+    __slots__ = ("tenant_id", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class ResolveTenantResponse(_message.Message):
     __slots__ = ("tenant_id", "name", "state", "plan", "profile", "isolation", "environments", "features", "labels", "revision", "stale")
@@ -305,12 +313,14 @@ class KeyVersionInfo(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetTenantKeyMetadataRequest(_message.Message):
-    __slots__ = ("tenant_id", "purpose")
+    __slots__ = ("tenant_id", "purpose", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     purpose: str
-    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class GetTenantKeyMetadataResponse(_message.Message):
     __slots__ = ("versions", "primary_version", "min_decryption_version")
@@ -323,12 +333,14 @@ class GetTenantKeyMetadataResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., primary_version: _Optional[int] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
 
 class GetDataKeyRequest(_message.Message):
-    __slots__ = ("tenant_id", "purpose")
+    __slots__ = ("tenant_id", "purpose", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     purpose: str
-    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class GetDataKeyResponse(_message.Message):
     __slots__ = ("key_id", "version", "plaintext", "wrapped")
@@ -343,14 +355,16 @@ class GetDataKeyResponse(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., wrapped: _Optional[bytes] = ...) -> None: ...
 
 class DecryptDataKeyRequest(_message.Message):
-    __slots__ = ("tenant_id", "purpose", "wrapped")
+    __slots__ = ("tenant_id", "purpose", "wrapped", "min_revision")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     purpose: str
     wrapped: bytes
-    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., wrapped: _Optional[bytes] = ...) -> None: ...
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., purpose: _Optional[str] = ..., wrapped: _Optional[bytes] = ..., min_revision: _Optional[int] = ...) -> None: ...
 
 class DecryptDataKeyResponse(_message.Message):
     __slots__ = ("key_id", "version", "plaintext")
@@ -361,3 +375,103 @@ class DecryptDataKeyResponse(_message.Message):
     version: int
     plaintext: bytes
     def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., plaintext: _Optional[bytes] = ...) -> None: ...
+
+class HeldRole(_message.Message):
+    __slots__ = ("role", "group", "environments")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    group: str
+    environments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[str] = ..., group: _Optional[str] = ..., environments: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubjectTenant(_message.Message):
+    __slots__ = ("tenant_id", "state", "allowed", "reason", "roles", "grants")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: TenantState
+    allowed: bool
+    reason: DecisionReason
+    roles: _containers.RepeatedCompositeFieldContainer[HeldRole]
+    grants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., allowed: _Optional[bool] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., roles: _Optional[_Iterable[_Union[HeldRole, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListSubjectTenantsRequest(_message.Message):
+    __slots__ = ("subject", "subject_tenant_id", "token", "environment", "include_inactive", "page_size", "page_token", "min_revision")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    subject_tenant_id: str
+    token: str
+    environment: str
+    include_inactive: bool
+    page_size: int
+    page_token: str
+    min_revision: int
+    def __init__(self, subject: _Optional[str] = ..., subject_tenant_id: _Optional[str] = ..., token: _Optional[str] = ..., environment: _Optional[str] = ..., include_inactive: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
+
+class ListSubjectTenantsResponse(_message.Message):
+    __slots__ = ("reason", "subject", "subject_tenant_id", "tenants", "next_page_token", "revision", "detail")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    reason: DecisionReason
+    subject: str
+    subject_tenant_id: str
+    tenants: _containers.RepeatedCompositeFieldContainer[SubjectTenant]
+    next_page_token: str
+    revision: int
+    detail: str
+    def __init__(self, reason: _Optional[_Union[DecisionReason, str]] = ..., subject: _Optional[str] = ..., subject_tenant_id: _Optional[str] = ..., tenants: _Optional[_Iterable[_Union[SubjectTenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CheckTenantAccessRequest(_message.Message):
+    __slots__ = ("tenant_id", "subject", "subject_tenant_id", "token", "environment", "min_revision")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    subject: str
+    subject_tenant_id: str
+    token: str
+    environment: str
+    min_revision: int
+    def __init__(self, tenant_id: _Optional[str] = ..., subject: _Optional[str] = ..., subject_tenant_id: _Optional[str] = ..., token: _Optional[str] = ..., environment: _Optional[str] = ..., min_revision: _Optional[int] = ...) -> None: ...
+
+class CheckTenantAccessResponse(_message.Message):
+    __slots__ = ("allowed", "reason", "state", "roles", "grants", "subject", "subject_tenant_id", "revision")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    reason: DecisionReason
+    state: TenantState
+    roles: _containers.RepeatedCompositeFieldContainer[HeldRole]
+    grants: _containers.RepeatedScalarFieldContainer[str]
+    subject: str
+    subject_tenant_id: str
+    revision: int
+    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., state: _Optional[_Union[TenantState, str]] = ..., roles: _Optional[_Iterable[_Union[HeldRole, _Mapping]]] = ..., grants: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ..., subject_tenant_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...

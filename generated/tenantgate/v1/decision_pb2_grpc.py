@@ -82,6 +82,16 @@ class DecisionServiceStub:
                 request_serializer=tenantgate_dot_v1_dot_decision__pb2.ResolveTenantRequest.SerializeToString,
                 response_deserializer=tenantgate_dot_v1_dot_decision__pb2.ResolveTenantResponse.FromString,
                 _registered_method=True)
+        self.ListSubjectTenants = channel.unary_unary(
+                '/tenantgate.v1.DecisionService/ListSubjectTenants',
+                request_serializer=tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsResponse.FromString,
+                _registered_method=True)
+        self.CheckTenantAccess = channel.unary_unary(
+                '/tenantgate.v1.DecisionService/CheckTenantAccess',
+                request_serializer=tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessRequest.SerializeToString,
+                response_deserializer=tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -154,6 +164,22 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubjectTenants(self, request, context):
+        """The tenants a subject may use (a binding in its home tenant, directly or through a group, or another
+        tenant's cross-tenant grant), sorted by tenant id, a page at a time: for tenant pickers and routers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckTenantAccess(self, request, context):
+        """May this subject use this tenant at all, whatever the action? CheckAccess with no action, for routers
+        that pick a tenant before they know the action; the same answer ListSubjectTenants gives for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +227,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ResolveTenant,
                     request_deserializer=tenantgate_dot_v1_dot_decision__pb2.ResolveTenantRequest.FromString,
                     response_serializer=tenantgate_dot_v1_dot_decision__pb2.ResolveTenantResponse.SerializeToString,
+            ),
+            'ListSubjectTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjectTenants,
+                    request_deserializer=tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsResponse.SerializeToString,
+            ),
+            'CheckTenantAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckTenantAccess,
+                    request_deserializer=tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessRequest.FromString,
+                    response_serializer=tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +485,60 @@ class DecisionService:
             '/tenantgate.v1.DecisionService/ResolveTenant',
             tenantgate_dot_v1_dot_decision__pb2.ResolveTenantRequest.SerializeToString,
             tenantgate_dot_v1_dot_decision__pb2.ResolveTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjectTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.DecisionService/ListSubjectTenants',
+            tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsRequest.SerializeToString,
+            tenantgate_dot_v1_dot_decision__pb2.ListSubjectTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckTenantAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantgate.v1.DecisionService/CheckTenantAccess',
+            tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessRequest.SerializeToString,
+            tenantgate_dot_v1_dot_decision__pb2.CheckTenantAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,15 +44,33 @@ class TenantChange(_message.Message):
     new_keys: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, tenant_id: _Optional[str] = ..., action: _Optional[str] = ..., before_state: _Optional[str] = ..., after_state: _Optional[str] = ..., differences: _Optional[_Iterable[str]] = ..., new_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class PlanChange(_message.Message):
+    __slots__ = ("plan_id", "action", "differences", "tenants")
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    plan_id: str
+    action: str
+    differences: _containers.RepeatedScalarFieldContainer[str]
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, plan_id: _Optional[str] = ..., action: _Optional[str] = ..., differences: _Optional[_Iterable[str]] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ApplyManifestsResponse(_message.Message):
-    __slots__ = ("revision", "changes", "dry_run")
+    __slots__ = ("revision", "changes", "dry_run", "plan_changes", "quota_changes", "warnings")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PLAN_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     changes: _containers.RepeatedCompositeFieldContainer[TenantChange]
     dry_run: bool
-    def __init__(self, revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[TenantChange, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    plan_changes: _containers.RepeatedCompositeFieldContainer[PlanChange]
+    quota_changes: _containers.RepeatedScalarFieldContainer[str]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[TenantChange, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., plan_changes: _Optional[_Iterable[_Union[PlanChange, _Mapping]]] = ..., quota_changes: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KeyMetadata(_message.Message):
     __slots__ = ("key_id", "purpose", "version", "algorithm", "state", "created_at")

@@ -15,7 +15,7 @@ from tenantgate.channels import ChannelSecurity, open_channel
 from tenantgate.identity import CALLER_METADATA
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 from tenantgate.registry.backends import open_store
-from tenantgate.registry.manifest import ManifestDocument
+from tenantgate.registry.manifest import Manifest, PlanDocument
 from tenantgate.registry.records import (
     ApplyResult,
     KeyFactory,
@@ -46,9 +46,10 @@ class RemoteRegistry:
     def close(self) -> None:
         self._channel.close()
 
-    def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
+    def apply(self, manifests: Sequence[Manifest], *, prune: bool = False, dry_run: bool = False,
               actor: str = "", key_factory: KeyFactory | None = None) -> ApplyResult:
-        files = [pb.ManifestFile(name=f"tenant {manifest.tenant.id}", content=json.dumps(manifest.document))
+        files = [pb.ManifestFile(name=f"plan {manifest.plan.id}" if isinstance(manifest, PlanDocument)
+                                 else f"tenant {manifest.tenant.id}", content=json.dumps(manifest.document))
                  for manifest in manifests]
         response = self._call("ApplyManifests", pb.ApplyManifestsRequest(files=files, dry_run=dry_run, prune=prune),
                               actor)

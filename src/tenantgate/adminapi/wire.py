@@ -13,6 +13,7 @@ from tenantgate.registry.records import (
     ApplyResult,
     ChangeEntry,
     KeyInfo,
+    PlanChange,
     RegistrySettings,
     RotationResult,
     TenantChange,
@@ -72,13 +73,17 @@ def apply_to_wire(result: ApplyResult) -> pb.ApplyManifestsResponse:
     return pb.ApplyManifestsResponse(revision=result.revision, dry_run=result.dry_run, changes=[
         pb.TenantChange(tenant_id=c.tenant_id, action=c.action, before_state=c.before_state,
                         after_state=c.after_state, differences=c.differences, new_keys=c.new_keys)
-        for c in result.changes])
+        for c in result.changes], plan_changes=[
+        pb.PlanChange(plan_id=p.plan_id, action=p.action, differences=p.differences, tenants=p.tenants)
+        for p in result.plans], quota_changes=result.quota_changes, warnings=result.warnings)
 
 
 def apply_from_wire(response: pb.ApplyManifestsResponse) -> ApplyResult:
     return ApplyResult(response.revision, tuple(
         TenantChange(c.tenant_id, c.action, c.before_state, c.after_state, tuple(c.differences), tuple(c.new_keys))
-        for c in response.changes), response.dry_run)
+        for c in response.changes), response.dry_run, tuple(
+        PlanChange(p.plan_id, p.action, tuple(p.differences), tuple(p.tenants)) for p in response.plan_changes),
+        tuple(response.quota_changes), tuple(response.warnings))
 
 
 def transition_to_wire(result: TransitionResult) -> pb.TransitionTenantResponse:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from tenantgate.cli import admin, queries, serving, tools
+from tenantgate.cli import admin, events, queries, serving, tools
 from tenantgate.cli.common import EXIT_ERROR, Handler
 from tenantgate.errors import TenantgateError
 from tenantgate.logs import configure_logging
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     # do: a subcommand's defaults override the top parser's).
     parser.set_defaults(logs_as_configured=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serving, admin, queries, tools):  # the order of `tenantgate --help`
+    for group in (serving, admin, events, queries, tools):  # the order of `tenantgate --help`
         group.register(commands)
     return parser
 

@@ -68,7 +68,8 @@ def _register_apply(commands: argparse._SubParsersAction[argparse.ArgumentParser
                        help="manifest file or directory (repeatable)")
     apply.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     apply.add_argument("--prune", action="store_true",
-                       help="delete tenants the manifests do not define (Archived ones past their retention)")
+                       help="delete tenants the manifests do not define (Archived ones past their retention) "
+                            "and plans they do not define (those no tenant names)")
     apply.set_defaults(handler=_apply)
 
 
@@ -77,14 +78,22 @@ def _apply(args: argparse.Namespace) -> int:
     with _admin_registry(args) as registry:
         result = registry.apply(manifests, prune=args.prune, dry_run=args.dry_run, actor=args.actor,
                                 key_factory=_key_factory(args))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for plan in result.plans:
+        print(plan.describe())
     for change in result.changes:
         print(change.describe())
+    if result.quota_changes:
+        print(f"effective quotas change for {len(result.quota_changes)} tenant(s): {', '.join(result.quota_changes)}")
+    plans = f" and {len(result.plans)} plan(s)" if result.plans else ""
     if not result.changed:
         print(f"no changes; the registry is at revision {result.revision}")
     elif result.dry_run:
-        print(f"dry run: {len(result.changes)} tenant(s) would change; nothing was applied")
+        print(f"dry run: {len(result.changes)} tenant(s){plans} would change; nothing was applied")
     else:
-        print(f"applied {len(result.changes)} change(s); the registry is at revision {result.revision}")
+        print(f"applied {len(result.changes) + len(result.plans)} change(s); the registry is at revision "
+              f"{result.revision}")
     return EXIT_OK
 
 

@@ -1,13 +1,15 @@
-"""Questions to a running server: ``check``, ``consume``, ``key`` and ``resolve`` on its decision API,
-``usage`` on its Admin API."""
+"""Questions to a running server: ``check``, ``consume``, ``key``, ``resolve``, ``subject-tenants`` and
+``check-tenant`` on its decision API, ``usage`` on its Admin API."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import grpc
 from google.protobuf import json_format
 
 from tenantgate.channels import open_channel
@@ -17,6 +19,8 @@ from tenantgate.identity import CALLER_METADATA
 
 if TYPE_CHECKING:
     from tenantgate.client import Client
+    from tenantgate.v1.decision_pb2 import HeldRole
+    from tenantgate.v1.decision_pb2_grpc import DecisionServiceStub
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +69,29 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _add_target(resolve)
     resolve.add_argument("--tenant", required=True)
     resolve.set_defaults(handler=_resolve)
+
+    listing = commands.add_parser("subject-tenants", help="the tenants a subject may use (ListSubjectTenants)")
+    _add_target(listing)
+    _add_subject(listing, "the subject's home tenant (required with --subject)")
+    listing.add_argument("--include-inactive", action="store_true", help="list Draft and Archived tenants too")
+    listing.add_argument("--page-size", type=int, default=0, help="tenants per page (default 100, at most 1000)")
+    listing.add_argument("--page-token", default="", help="start at the page a previous listing named")
+    listing.add_argument("--all", action="store_true", help="follow every page (otherwise one page)")
+    listing.set_defaults(handler=_subject_tenants)
+
+    tenant_check = commands.add_parser("check-tenant", help="may a subject use a tenant at all (CheckTenantAccess)")
+    _add_target(tenant_check)
+    tenant_check.add_argument("--tenant", required=True, help="the tenant the subject wants to use")
+    _add_subject(tenant_check, "the subject's home tenant (default: --tenant)")
+    tenant_check.set_defaults(handler=_check_tenant)
+
+
+def _add_subject(parser: argparse.ArgumentParser, home_help: str) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help='e.g. "user:alice"')
+    who.add_argument("--token", help="a bearer JWT")
+    parser.add_argument("--subject-tenant", default="", help=home_help)
+    parser.add_argument("--env", default="", help="only bindings that apply in this environment, e.g. prod")
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -147,3 +174,72 @@ def _resolve(args: argparse.Namespace) -> int:
         tenant = client.resolve_tenant(args.tenant)
     print(json.dumps(json_format.MessageToDict(tenant.wire), indent=2))  # type: ignore[arg-type]
     return EXIT_OK
+
+
+def _decision_stub(args: argparse.Namespace) -> tuple[grpc.Channel, DecisionServiceStub]:
+    from tenantgate.v1 import decision_pb2_grpc
+
+    channel = open_channel(args.target, security(args))
+    return channel, decision_pb2_grpc.DecisionServiceStub(channel)
+
+
+def _held(roles: Iterable[HeldRole], grants: Iterable[str]) -> str:
+    held = [f"{r.role}" + (f" via {r.group}" if r.group else "")
+            + (f" in {','.join(r.environments)}" if r.environments else "") for r in roles]
+    return "; ".join([*held, *grants]) or "-"
+
+
+def _subject_tenants(args: argparse.Namespace) -> int:
+    from tenantgate.v1 import decision_pb2
+
+    request = decision_pb2.ListSubjectTenantsRequest(
+        subject=args.subject or "", token=args.token or "", subject_tenant_id=args.subject_tenant,
+        environment=args.env, include_inactive=args.include_inactive, page_size=args.page_size,
+        page_token=args.page_token)
+    channel, stub = _decision_stub(args)
+    with channel:
+        pages = [stub.ListSubjectTenants(request, timeout=args.timeout)]
+        while args.all and pages[-1].next_page_token:
+            request.page_token = pages[-1].next_page_token
+            pages.append(stub.ListSubjectTenants(request, timeout=args.timeout))
+    first = pages[0]
+    if first.reason != decision_pb2.DECISION_REASON_ALLOWED:
+        _print(args, first, f"DENIED ({_reason_name(first.reason)}) {first.detail}")
+        return EXIT_DENIED
+    if args.json:
+        answer = decision_pb2.ListSubjectTenantsResponse()
+        answer.CopyFrom(pages[-1])
+        del answer.tenants[:]
+        answer.tenants.extend(entry for page in pages for entry in page.tenants)
+        _print(args, answer, "")
+        return EXIT_OK
+    lines = [f"{first.subject_tenant_id}/{first.subject} at revision {pages[-1].revision}:"]
+    lines += [f"  {entry.tenant_id:<24} {decision_pb2.TenantState.Name(entry.state).removeprefix('TENANT_STATE_'):<10}"
+              f" {'ALLOWED' if entry.allowed else 'DENIED (' + _reason_name(entry.reason) + ')':<30}"
+              f" {_held(entry.roles, entry.grants)}"
+              for page in pages for entry in page.tenants]
+    if pages[-1].next_page_token:
+        lines.append(f"more: --page-token {pages[-1].next_page_token}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _check_tenant(args: argparse.Namespace) -> int:
+    from tenantgate.v1 import decision_pb2
+
+    request = decision_pb2.CheckTenantAccessRequest(
+        tenant_id=args.tenant, subject=args.subject or "", token=args.token or "",
+        subject_tenant_id=args.subject_tenant, environment=args.env)
+    channel, stub = _decision_stub(args)
+    with channel:
+        answer = stub.CheckTenantAccess(request, timeout=args.timeout)
+    verdict = "ALLOWED" if answer.allowed else "DENIED"
+    _print(args, answer, f"{verdict} ({_reason_name(answer.reason)}) revision={answer.revision} "
+                         f"{_held(answer.roles, answer.grants)}")
+    return EXIT_OK if answer.allowed else EXIT_DENIED
+
+
+def _reason_name(reason: int) -> str:
+    from tenantgate.v1 import decision_pb2
+
+    return decision_pb2.DecisionReason.Name(reason).removeprefix("DECISION_REASON_")

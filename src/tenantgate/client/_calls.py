@@ -2,7 +2,9 @@
 
 Pure: no channel, no I/O. A function here returns a ``Call``; ``Client`` runs it blocking and
 ``AsyncClient`` awaits it, and each exposes these functions, with their signatures and docstrings, as its
-methods. ``timeout`` is the call's deadline in seconds, None for the client's default.
+methods. ``timeout`` is the call's deadline in seconds, None for the client's default. ``min_revision``: every
+call is answered from a snapshot at that registry revision or later (or the client's observed revision, the
+higher), waiting up to the deadline, then ``FailedPrecondition``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from tenantgate.client._results import (
     CheckFailure,
     DataKey,
     Decision,
+    HeldRole,
     KeyMetadata,
     KeyVersionInfo,
     QuotaItemResult,
     QuotaResult,
     Reason,
+    SubjectTenants,
+    TenantAccess,
     TenantInfo,
     TenantKey,
     TokenInfo,
@@ -39,14 +44,14 @@ T = TypeVar("T")
 
 class Call(NamedTuple, Generic[T]):
     """One call, ready for a transport: the method's name on the stub, its request, and how to read the
-    answer. ``min_revision`` is None for methods without one; otherwise the caller's own, which the client
-    raises to the highest revision it has observed before sending. (A named tuple: one is made per call.)"""
+    answer. ``min_revision`` is the caller's own, which the client raises to the highest revision it has
+    observed before sending. (A named tuple: one is made per call.)"""
 
     method: str
     request: Any
     read: Callable[[Any], T]
     timeout: float | None = None
-    min_revision: int | None = None
+    min_revision: int = 0
 
 
 def check_access(tenant_id: str, action: str, resource: str, *, subject: str = "", token: str = "",
@@ -75,7 +80,8 @@ def check_access_batch(checks: Iterable[Check], *, min_revision: int = 0,
 
 
 def consume_quota(tenant_id: str, quotas: Mapping[str, int] | Iterable[tuple[str, int]], *, release: bool = False,
-                  lease_id: str = "", idempotency_key: str = "", timeout: float | None = None) -> Call[QuotaResult]:
+                  lease_id: str = "", idempotency_key: str = "", min_revision: int = 0,
+                  timeout: float | None = None) -> Call[QuotaResult]:
     """Spend ``quotas`` (name -> amount; 0 only checks) of tenant ``tenant_id``, all or none.
 
     ``release`` gives units back (concurrency and allocation quotas; ``lease_id`` names the lease to
@@ -90,46 +96,76 @@ def consume_quota(tenant_id: str, quotas: Mapping[str, int] | Iterable[tuple[str
         request.release = release
     if idempotency_key:
         request.idempotency_key = idempotency_key
-    return Call("ConsumeQuota", request, partial(_quota_result, tenant_id), timeout)
+    return Call("ConsumeQuota", request, partial(_quota_result, tenant_id), timeout, min_revision)
 
 
-def get_tenant_key(tenant_id: str, purpose: str, *, version: int = 0,
+def get_tenant_key(tenant_id: str, purpose: str, *, version: int = 0, min_revision: int = 0,
                    timeout: float | None = None) -> Call[TenantKey]:
     """The tenant's key for ``purpose`` (``version`` 0: the primary), for callers the tenant's
     ``keys.readers`` names (else ``PermissionDenied``)."""
     request = pb.GetTenantKeyRequest(tenant_id=tenant_id, purpose=purpose, version=version)
-    return Call("GetTenantKey", request, _tenant_key, timeout)
+    return Call("GetTenantKey", request, _tenant_key, timeout, min_revision)
 
 
-def get_tenant_key_metadata(tenant_id: str, purpose: str, *, timeout: float | None = None) -> Call[KeyMetadata]:
+def get_tenant_key_metadata(tenant_id: str, purpose: str, *, min_revision: int = 0,
+                            timeout: float | None = None) -> Call[KeyMetadata]:
     """The versions of the tenant's key for ``purpose`` and their states, never their material."""
     request = pb.GetTenantKeyMetadataRequest(tenant_id=tenant_id, purpose=purpose)
-    return Call("GetTenantKeyMetadata", request, _key_metadata, timeout)
+    return Call("GetTenantKeyMetadata", request, _key_metadata, timeout, min_revision)
 
 
-def get_data_key(tenant_id: str, purpose: str, *, timeout: float | None = None) -> Call[DataKey]:
+def get_data_key(tenant_id: str, purpose: str, *, min_revision: int = 0,
+                 timeout: float | None = None) -> Call[DataKey]:
     """A fresh data key, in plaintext and wrapped under the tenant key's primary version (as a KMS's
     GenerateDataKey): store ``wrapped`` beside the data, ``decrypt_data_key`` opens it later."""
     request = pb.GetDataKeyRequest(tenant_id=tenant_id, purpose=purpose)
-    return Call("GetDataKey", request, _data_key, timeout)
+    return Call("GetDataKey", request, _data_key, timeout, min_revision)
 
 
-def decrypt_data_key(tenant_id: str, purpose: str, wrapped: bytes, *,
+def decrypt_data_key(tenant_id: str, purpose: str, wrapped: bytes, *, min_revision: int = 0,
                      timeout: float | None = None) -> Call[DataKey]:
     """The plaintext of a data key that ``get_data_key`` wrapped."""
     request = pb.DecryptDataKeyRequest(tenant_id=tenant_id, purpose=purpose, wrapped=wrapped)
-    return Call("DecryptDataKey", request, partial(_opened_data_key, wrapped), timeout)
+    return Call("DecryptDataKey", request, partial(_opened_data_key, wrapped), timeout, min_revision)
 
 
-def validate_token(token: str, *, tenant_id: str = "", timeout: float | None = None) -> Call[TokenInfo]:
+def validate_token(token: str, *, tenant_id: str = "", min_revision: int = 0,
+                   timeout: float | None = None) -> Call[TokenInfo]:
     """Verify a bearer token against its home tenant's issuers (and, given ``tenant_id``, that it belongs
     to that tenant). An invalid token is a ``TokenInfo`` saying why, not an error."""
-    return Call("ValidateToken", pb.ValidateTokenRequest(token=token, tenant_id=tenant_id), _token_info, timeout)
+    return Call("ValidateToken", pb.ValidateTokenRequest(token=token, tenant_id=tenant_id), _token_info, timeout,
+                min_revision)
 
 
-def resolve_tenant(tenant_id: str, *, timeout: float | None = None) -> Call[TenantInfo]:
+def resolve_tenant(tenant_id: str, *, min_revision: int = 0, timeout: float | None = None) -> Call[TenantInfo]:
     """The tenant's state, plan, profile, isolation, environments, features and labels."""
-    return Call("ResolveTenant", pb.ResolveTenantRequest(tenant_id=tenant_id), _tenant_info, timeout)
+    return Call("ResolveTenant", pb.ResolveTenantRequest(tenant_id=tenant_id), _tenant_info, timeout, min_revision)
+
+
+def list_subject_tenants(subject: str = "", subject_tenant_id: str = "", *, token: str = "", environment: str = "",
+                         include_inactive: bool = False, page_size: int = 0, page_token: str = "",
+                         min_revision: int = 0, timeout: float | None = None) -> Call[SubjectTenants]:
+    """The tenants ``subject`` of home tenant ``subject_tenant_id`` (or the bearer of ``token``) may use, a page of
+    ``page_size`` (0: 100; at most 1000) at a time, sorted by tenant id: its home tenant where it holds a role,
+    directly or through a group, and every tenant whose cross-tenant grant names it, each with its state and
+    whether it may be used now. ``environment``: only bindings that apply there, only tenants that declare it.
+    ``include_inactive``: Draft and Archived tenants too. Pass the answer's ``next_page_token`` as ``page_token``
+    for the next page."""
+    request = pb.ListSubjectTenantsRequest(subject=subject, subject_tenant_id=subject_tenant_id, token=token,
+                                           environment=environment, include_inactive=include_inactive,
+                                           page_size=page_size, page_token=page_token)
+    return Call("ListSubjectTenants", request, _subject_tenants, timeout, min_revision)
+
+
+def check_tenant_access(tenant_id: str, *, subject: str = "", token: str = "", subject_tenant_id: str = "",
+                        environment: str = "", min_revision: int = 0,
+                        timeout: float | None = None) -> Call[TenantAccess]:
+    """May ``subject`` (or the bearer of ``token``) use tenant ``tenant_id`` at all, whatever the action? For
+    routers that pick a tenant before they know the action; a no is an answer (``allowed`` False, with its
+    reason), not an error. ``subject_tenant_id``: the subject's home tenant (default: ``tenant_id``)."""
+    request = pb.CheckTenantAccessRequest(tenant_id=tenant_id, subject=subject, token=token,
+                                          subject_tenant_id=subject_tenant_id, environment=environment)
+    return Call("CheckTenantAccess", request, partial(_checked_tenant, tenant_id), timeout, min_revision)
 
 
 # Reading answers.
@@ -213,6 +249,28 @@ def _tenant_info(answer: pb.ResolveTenantResponse) -> TenantInfo:
                       environments=tuple(answer.environments), features=tuple(answer.features),
                       labels=MappingProxyType(dict(answer.labels)), revision=answer.revision, stale=answer.stale,
                       wire=answer)
+
+
+def _held_roles(roles: Iterable[pb.HeldRole]) -> tuple[HeldRole, ...]:
+    return tuple(HeldRole(held.role, held.group, tuple(held.environments)) for held in roles)
+
+
+def _subject_tenants(answer: pb.ListSubjectTenantsResponse) -> SubjectTenants:
+    tenants = tuple(TenantAccess(tenant_id=item.tenant_id, allowed=item.allowed, reason=_reason(item.reason),
+                                 state=_tenant_state(item.state), roles=_held_roles(item.roles),
+                                 grants=tuple(item.grants))
+                    for item in answer.tenants)
+    return SubjectTenants(reason=_reason(answer.reason), subject=answer.subject,
+                          subject_tenant_id=answer.subject_tenant_id, tenants=tenants,
+                          next_page_token=answer.next_page_token, revision=answer.revision, detail=answer.detail,
+                          wire=answer)
+
+
+def _checked_tenant(tenant_id: str, answer: pb.CheckTenantAccessResponse) -> TenantAccess:
+    return TenantAccess(tenant_id=tenant_id, allowed=answer.allowed, reason=_reason(answer.reason),
+                        state=_tenant_state(answer.state), roles=_held_roles(answer.roles),
+                        grants=tuple(answer.grants), subject=answer.subject,
+                        subject_tenant_id=answer.subject_tenant_id, revision=answer.revision, wire=answer)
 
 
 # Enums by name, so that a value this client does not know yet (a newer server's) reads as "unknown", not

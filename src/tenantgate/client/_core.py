@@ -9,9 +9,13 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import grpc
+
 from tenantgate.client._calls import Call
 from tenantgate.client._channels import ChannelPlan, plan_channel
 from tenantgate.client._config import ClientConfig
+from tenantgate.client._errors import Unauthenticated
+from tenantgate.client._results import Reason, SubjectTenants, TenantAccess
 from tenantgate.identity import CALLER_METADATA
 
 T = TypeVar("T")
@@ -42,13 +46,12 @@ class ClientBase:
 
     def observe_revision(self, revision: int) -> None:
         """Read your writes: after an apply (Admin API, ``tenantgate apply``) answered ``revision``, every
-        later check through this client is answered from that revision or a later one.
+        later call through this client is answered from that revision or a later one.
 
-        It is sent as ``min_revision`` on CheckAccess and CheckAccessBatch (the calls that take one) from
-        now on, not only until one answer is that fresh: with several replicas, one that has caught up says
-        nothing about the next. A server already there answers at once; one behind waits for its syncer, up
-        to the call's deadline, then answers ``FailedPrecondition``. Lower revisions than one already
-        observed change nothing."""
+        It is sent as ``min_revision`` on every call from now on, not only until one answer is that fresh:
+        with several replicas, one that has caught up says nothing about the next. A server already there
+        answers at once; one behind waits for its syncer, up to the call's deadline, then answers
+        ``FailedPrecondition``. Lower revisions than one already observed change nothing."""
         if revision < 0:
             raise ValueError(f"a registry revision is not negative, got {revision}")
         with self._lock:
@@ -56,13 +59,20 @@ class ClientBase:
 
     def _call_options(self, call: Call[Any]) -> dict[str, Any]:
         """The stub's keyword arguments for ``call``, its request raised to the observed revision."""
-        if call.min_revision is not None:
-            least = max(call.min_revision, self._min_revision)
-            if least:
-                call.request.min_revision = least
+        least = max(call.min_revision, self._min_revision)
+        if least:
+            call.request.min_revision = least
         if call.timeout is None:
             return self._default_options
         return {**self._default_options, "timeout": call.timeout}
+
+
+def every_tenant_of(page: SubjectTenants) -> tuple[TenantAccess, ...]:
+    """The tenants of one page of a listing walked page after page, where a token that does not verify is an error
+    (a single page answers it as a reason)."""
+    if page.reason in (Reason.TOKEN_INVALID, Reason.TOKEN_EXPIRED):
+        raise Unauthenticated(grpc.StatusCode.UNAUTHENTICATED, f"{page.reason.value}: {page.detail}")
+    return page.tenants
 
 
 def as_config(config: str | Sequence[str] | ClientConfig) -> ClientConfig:

@@ -251,3 +251,52 @@ class TenantInfo:
     revision: int
     stale: bool
     wire: pb.ResolveTenantResponse | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRole:
+    """A role a subject holds in its home tenant: by a binding of its own, or of ``group`` (``group:support``);
+    ``environments``: those the binding is limited to, empty when it applies in every one."""
+
+    role: str
+    group: str = ""
+    environments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAccess:
+    """Whether a subject may use a tenant at all, whatever the action (CheckTenantAccess; each tenant of
+    ListSubjectTenants). ``bool(access)`` is ``access.allowed``; ``reason`` says why not (TENANT_NOT_ACTIVE,
+    CROSS_TENANT_DENIED, NO_MATCHING_GRANT...). ``roles``: what the subject holds there, in its home tenant;
+    ``grants``: the cross-tenant grants naming it (``acme/grants/0``), in another tenant. ``subject``,
+    ``subject_tenant_id`` and ``revision`` are set on a CheckTenantAccess answer."""
+
+    tenant_id: str
+    allowed: bool
+    reason: Reason
+    state: TenantState | None
+    roles: tuple[HeldRole, ...] = ()
+    grants: tuple[str, ...] = ()
+    subject: str = ""
+    subject_tenant_id: str = ""
+    revision: int = 0
+    wire: pb.CheckTenantAccessResponse | None = field(default=None, repr=False, compare=False)
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectTenants:
+    """One page of the tenants a subject may use (ListSubjectTenants), sorted by tenant id. ``reason`` is ALLOWED
+    for a known subject (even one with no tenant), TOKEN_INVALID or TOKEN_EXPIRED (``detail`` says why) for a token
+    that does not verify. ``next_page_token``: pass it as ``page_token`` for the next page; empty on the last."""
+
+    reason: Reason
+    subject: str
+    subject_tenant_id: str
+    tenants: tuple[TenantAccess, ...]
+    next_page_token: str
+    revision: int
+    detail: str = ""
+    wire: pb.ListSubjectTenantsResponse | None = field(default=None, repr=False, compare=False)

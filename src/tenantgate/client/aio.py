@@ -4,7 +4,7 @@ event loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -14,8 +14,9 @@ import tenantgate.client._calls as calls
 from tenantgate.client._calls import Call
 from tenantgate.client._channels import ChannelPlan, plan_channel
 from tenantgate.client._config import ClientConfig
-from tenantgate.client._core import ClientBase, as_config, describe_method
+from tenantgate.client._core import ClientBase, as_config, describe_method, every_tenant_of
 from tenantgate.client._errors import error_from_rpc
+from tenantgate.client._results import TenantAccess
 from tenantgate.v1 import decision_pb2_grpc
 
 P = ParamSpec("P")
@@ -63,6 +64,20 @@ class AsyncClient(ClientBase):
             raise error_from_rpc(error) from error
         return call.read(answer)
 
+    async def every_subject_tenant(self, subject: str = "", subject_tenant_id: str = "", *, token: str = "",
+                                   **options: Any) -> AsyncIterator[TenantAccess]:
+        """Every tenant ``list_subject_tenants`` lists (same arguments but ``page_token``), page after page. A token
+        that does not verify raises ``Unauthenticated``."""
+        page_token = ""
+        while True:
+            page = await self.list_subject_tenants(subject, subject_tenant_id, token=token, page_token=page_token,
+                                                   **options)
+            for tenant in every_tenant_of(page):
+                yield tenant
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -82,3 +97,5 @@ class AsyncClient(ClientBase):
     decrypt_data_key = _awaiting(calls.decrypt_data_key)
     validate_token = _awaiting(calls.validate_token)
     resolve_tenant = _awaiting(calls.resolve_tenant)
+    list_subject_tenants = _awaiting(calls.list_subject_tenants)
+    check_tenant_access = _awaiting(calls.check_tenant_access)

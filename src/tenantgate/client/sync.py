@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
 import tenantgate.client._calls as calls
 from tenantgate.client._calls import Call
 from tenantgate.client._config import ClientConfig
-from tenantgate.client._core import ClientBase, describe_method
+from tenantgate.client._core import ClientBase, describe_method, every_tenant_of
 from tenantgate.client._errors import error_from_rpc
+from tenantgate.client._results import TenantAccess
 from tenantgate.v1 import decision_pb2_grpc
 
 P = ParamSpec("P")
@@ -52,6 +53,19 @@ class Client(ClientBase):
             raise error_from_rpc(error) from error
         return call.read(answer)
 
+    def every_subject_tenant(self, subject: str = "", subject_tenant_id: str = "", *, token: str = "",
+                             **options: Any) -> Iterator[TenantAccess]:
+        """Every tenant ``list_subject_tenants`` lists (same arguments but ``page_token``), page after page. A token
+        that does not verify raises ``Unauthenticated``."""
+        page_token = ""
+        while True:
+            page = self.list_subject_tenants(subject, subject_tenant_id, token=token, page_token=page_token,
+                                             **options)
+            yield from every_tenant_of(page)
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
     def close(self) -> None:
         self._channel.close()
 
@@ -71,3 +85,5 @@ class Client(ClientBase):
     decrypt_data_key = _blocking(calls.decrypt_data_key)
     validate_token = _blocking(calls.validate_token)
     resolve_tenant = _blocking(calls.resolve_tenant)
+    list_subject_tenants = _blocking(calls.list_subject_tenants)
+    check_tenant_access = _blocking(calls.check_tenant_access)

@@ -1,9 +1,10 @@
-"""Reading tenant manifests (MANIFEST.md, format v1): files and YAML into typed documents, parsed once.
+"""Reading manifests (MANIFEST.md, format v1): files and YAML into typed documents, parsed once.
 
 A ``ManifestDocument`` carries both forms a tenant has: its canonical document (what the registry stores,
-digests and diffs) and its typed ``TenantSpec`` (what every layer reads). Every problem is reported with the
-file, the document index and the field path, and all problems of a run are reported together; a manifest
-that has any problem is applied nowhere.
+digests and diffs) and its typed ``TenantSpec`` (what every layer reads); a ``PlanDocument`` the same for a
+``kind: Plan`` document and its ``PlanSpec``. Every problem is reported with the file, the document index and
+the field path, and all problems of a run are reported together; a manifest that has any problem is applied
+nowhere.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from typing import Any
 
 import yaml
 
-from tenantgate.model import DEFAULT_RETENTION, TenantSpec, TenantState
+from tenantgate.model import DEFAULT_RETENTION, PlanSpec, TenantSpec, TenantState
 from tenantgate.registry.bounds import fits
 from tenantgate.registry.canonical import UNREPRESENTABLE, canonical_json
 from tenantgate.registry.fields import ManifestError, Problems
+from tenantgate.registry.plan_schema import parse_plan, plan_key
 from tenantgate.registry.schema import TENANT_ID, parse_tenant
 from tenantgate.sharing import shared_texts
 from tenantgate.units import parse_duration
 
 __all__ = [
     "TENANT_ID", "ManifestDocument", "ManifestError", "document_labels", "issuer_urls", "load_manifests",
-    "manifests_from_documents", "parse_document", "parse_manifest_texts", "stored_keys", "stored_retention",
+    "manifests_from_documents", "parse_document", "parse_manifest_texts", "stored_grants", "stored_keys",
+    "stored_retention",
     "tenant_from_document", "with_state"
 ]
 
@@ -43,7 +46,18 @@ class ManifestDocument:
     tenant: TenantSpec
 
 
-def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
+@dataclass(frozen=True)
+class PlanDocument:
+    source: str
+    document: dict[str, Any]  # canonical form, as stored in the registry
+    plan: PlanSpec
+
+
+# One document of a manifest: a tenant or a plan.
+Manifest = ManifestDocument | PlanDocument
+
+
+def load_manifests(paths: Iterable[str | Path]) -> list[Manifest]:
     """Read every ``*.yaml``/``*.yml`` file under the given files or directories (sorted, recursive)."""
     files: list[Path] = []
     problems: list[str] = []
@@ -66,8 +80,8 @@ def load_manifests(paths: Iterable[str | Path]) -> list[ManifestDocument]:
     return parse_manifest_texts(texts, problems)
 
 
-def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] | None = None) -> list[ManifestDocument]:
-    """Parse (name, YAML text) pairs into tenant documents; all problems are raised together."""
+def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] | None = None) -> list[Manifest]:
+    """Parse (name, YAML text) pairs into tenant and plan documents; all problems are raised together."""
     problems = list(problems or [])
     named: list[tuple[str, Any]] = []
     for name, text in texts:
@@ -81,43 +95,70 @@ def parse_manifest_texts(texts: Iterable[tuple[str, str]], problems: list[str] |
     return _parsed(named, problems)
 
 
-def manifests_from_documents(documents: Iterable[Any]) -> list[ManifestDocument]:
+def manifests_from_documents(documents: Iterable[Any]) -> list[Manifest]:
     """Documents already read (mappings, as YAML or JSON loads them) parsed as manifests: what Python callers
     and tests hand to ``apply``; all problems are raised together."""
     return _parsed(((f"document {index}", raw) for index, raw in enumerate(documents, start=1)), [])
 
 
-def _parsed(named: Iterable[tuple[str, Any]], problems: list[str]) -> list[ManifestDocument]:
-    """Each (where, document) parsed, none over the size bound and no tenant defined twice; every problem,
-    ``problems`` first, raised together."""
-    documents: list[ManifestDocument] = []
+def _parsed(named: Iterable[tuple[str, Any]], problems: list[str]) -> list[Manifest]:
+    """Each (where, document) parsed, none over the size bound and no tenant or plan defined twice; every
+    problem, ``problems`` first, raised together."""
+    documents: list[Manifest] = []
     for where, raw in named:
         if not fits(raw, MAX_DOCUMENT_BYTES):
             problems.append(f"{where}: larger than {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB once its YAML aliases "
                             "are expanded")
             continue
         try:
-            documents.append(parse_document(raw, where))
+            documents.append(parse_plan_document(raw, where) if _is_plan(raw) else parse_document(raw, where))
         except ManifestError as exc:
             problems.extend(exc.problems)
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for doc in documents:
-        if doc.tenant.id in seen:
-            problems.append(f"{doc.source}: metadata.id: tenant {doc.tenant.id!r} is also defined in "
-                            f"{seen[doc.tenant.id]}")
-        seen.setdefault(doc.tenant.id, doc.source)
+        what, name = ("plan", doc.plan.id) if isinstance(doc, PlanDocument) else ("tenant", doc.tenant.id)
+        if (what, name) in seen:
+            problems.append(f"{doc.source}: metadata.id: {what} {name!r} is also defined in {seen[what, name]}")
+        seen.setdefault((what, name), doc.source)
     if problems:
         raise ManifestError(problems)
     return documents
 
 
+def _is_plan(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("kind") == "Plan"
+
+
 def parse_document(raw: Any, where: str = "document") -> ManifestDocument:
     tenant = _checked_tenant(raw, where)
+    return ManifestDocument(source=where, document=_canonical(raw, where), tenant=tenant)
+
+
+def parse_plan_document(raw: Any, where: str = "document") -> PlanDocument:
+    plan = _checked_plan(raw, where)
+    return PlanDocument(source=where, document=_canonical(raw, where), plan=plan)
+
+
+def _canonical(raw: Any, where: str) -> dict[str, Any]:
     try:
-        document = json.loads(canonical_json(raw))
+        document: dict[str, Any] = json.loads(canonical_json(raw))
     except (TypeError, ValueError):
         raise ManifestError([f"{where}: {UNREPRESENTABLE}"]) from None
-    return ManifestDocument(source=where, document=document, tenant=tenant)
+    return document
+
+
+def plan_from_document(document: Mapping[str, Any]) -> PlanSpec:
+    """Parse a plan document the registry stored; it was validated when applied."""
+    raw = document if isinstance(document, dict) else dict(document)
+    return _checked_plan(raw, f"stored plan {document.get('metadata', {}).get('id')!r}")
+
+
+def _checked_plan(raw: Any, where: str) -> PlanSpec:
+    problems = Problems(where)
+    plan = parse_plan(raw, problems)
+    if problems.items or plan is None:
+        raise ManifestError(problems.items or [f"{where}: not a plan document"])
+    return plan
 
 
 def tenant_from_document(document: Mapping[str, Any]) -> TenantSpec:
@@ -166,6 +207,38 @@ def stored_keys(document: Mapping[str, Any]) -> tuple[tuple[str, ...], int | Non
     purposes = tuple(str(purpose) for purpose in keys.get("purposes") or ())
     every = keys.get("rotate_every")
     return purposes, None if not every else parse_duration(str(every))
+
+
+def stored_grants(document_json: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (home tenant, subject) each of a stored document's cross-tenant grants names, in order, and the
+    tenant's environments, without parsing the rest (a snapshot indexes every tenant's grants, compiled or not);
+    nothing for a document without grants or one this version cannot read, whose compiling reports the problem."""
+    if '"grants"' not in document_json:
+        return [], []
+    try:
+        spec = json.loads(document_json).get("spec", {})
+        found = [(grant["tenant"], grant["subject"]) for grant in spec.get("access", {}).get("grants") or []]
+        environments = list(spec.get("environments") or [])
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return [], []
+    if all(isinstance(home, str) and isinstance(subject, str) for home, subject in found) \
+            and all(isinstance(environment, str) for environment in environments):
+        return found, environments
+    return [], []
+
+
+def document_plan(document: Mapping[str, Any]) -> str:
+    """The plan id a stored tenant document names ("" for none, or for a ``spec.plan`` that cannot be a plan id):
+    the registry keeps it in a column, to find every tenant on a plan without reading their documents."""
+    plan = document.get("spec", {}).get("plan")
+    return plan_key(plan) if isinstance(plan, str) else ""
+
+
+def stored_quotas(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored tenant or plan document's quotas as written, without parsing the rest: an apply compares the
+    effective quotas of every tenant on a changed plan, and a plan may have many."""
+    quotas = document.get("spec", {}).get("quotas") or {}
+    return dict(quotas) if isinstance(quotas, dict) else {}
 
 
 def issuer_urls(document_json: str) -> tuple[str, ...]:

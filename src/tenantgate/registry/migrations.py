@@ -70,12 +70,36 @@ CREATE TABLE key_policies (
 # last-known-good file names the registry it came from, and is not replaced by another registry's state.
 _IDENTITY = "INSERT INTO meta (key, value) VALUES ('registry_id', {random_hex})"
 
+# 4: Plan documents, and each tenant's plan id in a column (filled from the stored documents: "" where spec.plan
+# cannot be a plan id, as registry/plan_schema.py's plan_key says), so that a plan change finds its tenants.
+_PLANS = """
+CREATE TABLE plans (
+    id TEXT PRIMARY KEY,
+    document TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    revision {int} NOT NULL,
+    created_at {float} NOT NULL,
+    updated_at {float} NOT NULL
+);
+ALTER TABLE tenants ADD COLUMN plan TEXT NOT NULL DEFAULT '';
+UPDATE tenants SET plan = {plan} WHERE {plan_is_an_id};
+CREATE INDEX tenants_by_plan ON tenants (plan, id)
+"""
+_SQLITE_PLAN = "json_extract(document, '$.spec.plan')"
+_POSTGRES_PLAN = "(document::jsonb -> 'spec' ->> 'plan')"
+
 MIGRATIONS: dict[str, list[str]] = {
     "sqlite": [_COMMON.format(float="REAL", int="INTEGER", bytes="BLOB"), _KEY_POLICIES.format(int="INTEGER"),
-               _IDENTITY.format(random_hex="lower(hex(randomblob(16)))")],
+               _IDENTITY.format(random_hex="lower(hex(randomblob(16)))"),
+               _PLANS.format(int="INTEGER", float="REAL", plan=_SQLITE_PLAN, plan_is_an_id=(
+                   f"json_type(document, '$.spec.plan') = 'text' AND length({_SQLITE_PLAN}) BETWEEN 1 AND 63"
+                   f" AND {_SQLITE_PLAN} GLOB '[A-Za-z0-9]*' AND NOT {_SQLITE_PLAN} GLOB '*[^A-Za-z0-9_.-]*'"))],
     "postgresql": [_COMMON.format(float="DOUBLE PRECISION", int="BIGINT", bytes="BYTEA"),
                    _KEY_POLICIES.format(int="BIGINT"),
-                   _IDENTITY.format(random_hex="md5(random()::text || clock_timestamp()::text)")],
+                   _IDENTITY.format(random_hex="md5(random()::text || clock_timestamp()::text)"),
+                   _PLANS.format(int="BIGINT", float="DOUBLE PRECISION", plan=_POSTGRES_PLAN, plan_is_an_id=(
+                       f"jsonb_typeof(document::jsonb -> 'spec' -> 'plan') = 'string'"
+                       f" AND {_POSTGRES_PLAN} ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}$'"))],
 }
 
 CREATE_LEDGER = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

@@ -1,4 +1,4 @@
-"""What an apply would change: a pure comparison of stored tenants with the manifests."""
+"""What an apply would change: a pure comparison of stored tenants and plans with the manifests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Mapping, Set
 from typing import Any
 
 from tenantgate.model import TenantState
-from tenantgate.registry.manifest import ManifestDocument
-from tenantgate.registry.records import TenantChange, TenantRecord
+from tenantgate.registry.manifest import ManifestDocument, PlanDocument
+from tenantgate.registry.records import PlanChange, PlanRecord, TenantChange, TenantRecord
 
 
 def plan_changes(
@@ -35,6 +35,23 @@ def plan_changes(
         elif before.document != after.document or new_keys:
             changes.append(TenantChange(tenant_id, "update", before.state, spec.state.value,
                                         tuple(_differences(before.document, after.document)), new_keys))
+    return changes
+
+
+def plan_document_changes(current: Mapping[str, PlanRecord], desired: Mapping[str, PlanDocument], *,
+                          prune: bool) -> list[PlanChange]:
+    """Changes of Plan documents in id order (the tenants on each are found by the store); with ``prune``,
+    plans the manifests no longer define are planned for deletion."""
+    changes: list[PlanChange] = []
+    for plan_id in sorted(set(current) | set(desired)):
+        before, after = current.get(plan_id), desired.get(plan_id)
+        if after is None:
+            if prune:
+                changes.append(PlanChange(plan_id, "delete"))
+        elif before is None:
+            changes.append(PlanChange(plan_id, "create"))
+        elif before.document != after.document:
+            changes.append(PlanChange(plan_id, "update", tuple(_differences(before.document, after.document))))
     return changes
 
 

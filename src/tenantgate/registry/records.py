@@ -18,7 +18,7 @@ from tenantgate.model import key_id
 from tenantgate.registry.audit import AuditEntry, AuditVerification
 
 if TYPE_CHECKING:  # the manifest parser is a layer above these records; only its type is named here
-    from tenantgate.registry.manifest import ManifestDocument
+    from tenantgate.registry.manifest import Manifest
 
 # (tenant_id, purpose, version) -> (wrapped key, algorithm); the store never sees plaintext keys.
 KeyFactory = Callable[[str, str, int], tuple[bytes, str]]
@@ -34,6 +34,21 @@ class TenantRecord:
     revision: int
     state: str = "Draft"
     state_since: float = 0.0  # when the tenant entered its state (retention counts from Archived)
+
+    @cached_property
+    def document(self) -> Mapping[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.document_json)
+        return parsed
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """A ``kind: Plan`` document as stored; tenants name it by ``id`` in their ``spec.plan``."""
+
+    id: str
+    document_json: str  # canonical JSON
+    digest: str
+    revision: int  # the revision that last changed the plan
 
     @cached_property
     def document(self) -> Mapping[str, Any]:
@@ -94,17 +109,20 @@ class RegistryState:
     keys: Mapping[str, tuple[KeyRecord, ...]]
     # Created at random with the registry and kept by its copies and backups: which registry this is.
     registry_id: str
+    plans: Mapping[str, PlanRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ChangeSet:
     """What changed after a revision, read in one transaction: the current record of each changed
-    tenant (None when it is gone) and its current keys."""
+    tenant (None when it is gone), its current keys, and the current record of each plan a changed tenant
+    names (None when no Plan document defines it). A plan change lists every tenant on it as changed."""
 
     revision: int
     tenants: Mapping[str, TenantRecord | None]
     keys: Mapping[str, tuple[KeyRecord, ...]]
     registry_id: str
+    plans: Mapping[str, PlanRecord | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,14 +155,35 @@ class TenantChange:
 
 
 @dataclass(frozen=True)
+class PlanChange:
+    plan_id: str
+    action: str  # create | update | delete
+    differences: tuple[str, ...] = ()
+    # Every tenant on the plan that is not Deleted: each changes at the apply's revision.
+    tenants: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
+        lines = [f"{sign} {self.action} plan {self.plan_id}"]
+        lines.extend(f"    {difference}" for difference in self.differences)
+        if self.tenants:
+            lines.append(f"    tenants on it ({len(self.tenants)}): {', '.join(self.tenants)}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class ApplyResult:
     revision: int
     changes: tuple[TenantChange, ...]
     dry_run: bool
+    plans: tuple[PlanChange, ...] = ()
+    # Tenants whose effective quotas (their own laid over their plan's) the apply changes, in id order.
+    quota_changes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes or self.plans)
 
 
 @dataclass(frozen=True)
@@ -188,9 +227,10 @@ class RegistryAdmin(Protocol):
     """Every write commits atomically with its audit entries and bumps the revision by one; a write
     that changes nothing commits nothing."""
 
-    def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
+    def apply(self, manifests: Sequence[Manifest], *, prune: bool = False, dry_run: bool = False,
               actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult:
-        """Make the registry hold ``manifests`` (parsed and validated: ``registry/manifest.py``)."""
+        """Make the registry hold ``manifests`` (parsed and validated: ``registry/manifest.py``): tenants and
+        plans; with ``prune``, those they do not define are deleted."""
         ...
 
     def transition(self, tenant_id: str, state: str, *, actor: str = "cli", force: bool = False,

@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tenantgate.registry.audit import AuditEntry
-from tenantgate.registry.records import ChangeEntry, KeyInfo, KeyRecord, TenantRecord
+from tenantgate.registry.records import ChangeEntry, KeyInfo, KeyRecord, PlanRecord, TenantRecord
 
 Row = Sequence[Any]
 
 TENANT_COLUMNS = "id, document, digest, revision, state, state_since"
+PLAN_COLUMNS = "id, document, digest, revision"
 KEY_COLUMNS = "tenant_id, purpose, version, wrapped, algorithm, state, created_at"
 # A key's row, with its purpose's version floor (kept in key_policies) joined on.
 KEY_SELECT = ("SELECT k.tenant_id, k.purpose, k.version, k.wrapped, k.algorithm, k.state, k.created_at,"
@@ -35,6 +36,14 @@ def tenant_row(record: TenantRecord) -> tuple[Any, ...]:
 def tenant_from_row(row: Row) -> TenantRecord:
     return TenantRecord(id=str(row[0]), document_json=str(row[1]), digest=str(row[2]), revision=int(row[3]),
                         state=str(row[4]), state_since=float(row[5]))
+
+
+def plan_row(record: PlanRecord) -> tuple[Any, ...]:
+    return (record.id, record.document_json, record.digest, record.revision)
+
+
+def plan_from_row(row: Row) -> PlanRecord:
+    return PlanRecord(id=str(row[0]), document_json=str(row[1]), digest=str(row[2]), revision=int(row[3]))
 
 
 def key_row(key: KeyRecord) -> tuple[Any, ...]:

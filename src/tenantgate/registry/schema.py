@@ -98,7 +98,7 @@ def parse_tenant(raw: Any, problems: Problems) -> TenantSpec | None:
     if top.get("apiVersion") != API_VERSION:
         problems.add("apiVersion", f"expected {API_VERSION!r}, got {top.get('apiVersion')!r}")
     if top.get("kind") != "Tenant":
-        problems.add("kind", f"expected 'Tenant', got {top.get('kind')!r}")
+        problems.add("kind", f"expected 'Tenant' or 'Plan', got {top.get('kind')!r}")
     metadata = known_fields(top.get("metadata"), "metadata", _METADATA_FIELDS, problems) or {}
     if "id" not in metadata:
         problems.add("metadata.id", "required")
@@ -112,8 +112,9 @@ def parse_tenant(raw: Any, problems: Problems) -> TenantSpec | None:
     state_text = choice(spec.get("state", "Draft"), "spec.state", problems, (s.value for s in TenantState))
     environments = shared_texts(strings(spec.get("environments"), "spec.environments", problems, NAME,
                                         "environment name"))
-    quotas = _parse_quotas(spec.get("quotas"), problems)
-    access = _parse_access(spec.get("access") or {}, frozenset(environments), problems)
+    quotas = parse_quotas(spec.get("quotas"), problems)
+    plan = string(spec.get("plan", ""), "spec.plan", problems)
+    access = _parse_access(spec.get("access") or {}, frozenset(environments), problems, plan=plan)
     issuers = _parse_tokens(spec.get("tokens") or {}, problems)
     keys = _parse_keys(spec.get("keys") or {}, problems)
     retention = DEFAULT_RETENTION
@@ -129,7 +130,7 @@ def parse_tenant(raw: Any, problems: Problems) -> TenantSpec | None:
         name=name,
         labels=shared_mapping(labels.items()),
         state=TenantState(state_text),
-        plan=shared_text(string(spec.get("plan", ""), "spec.plan", problems)),
+        plan=shared_text(plan),
         profile=choice(spec.get("profile", "multi-tenant"), "spec.profile", problems, _PROFILES),
         isolation=choice(spec.get("isolation", "soft"), "spec.isolation", problems, _ISOLATIONS),
         environments=environments,
@@ -152,7 +153,8 @@ _QUOTA_SHAPES: dict[str, set[str]] = {
 BACKEND_ERROR_POLICIES = ("deny", "allow")
 
 
-def _parse_quotas(raw: Any, problems: Problems) -> dict[str, QuotaSpec]:
+def parse_quotas(raw: Any, problems: Problems) -> dict[str, QuotaSpec]:
+    """``spec.quotas``: of a tenant, or of a plan."""
     quotas: dict[str, QuotaSpec] = {}
     for name, body in table(raw, "spec.quotas", problems).items():
         path = f"spec.quotas.{name}"
@@ -224,12 +226,10 @@ def _quota(name: str, shape: str, body: dict[str, Any], shadow: bool, path: str)
 _ACCESS_FIELDS = {"roles", "bindings", "groups", "deny", "grants", "suspended_allow"}
 
 
-def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) -> AccessSpec:
-    body = known_fields(raw, "spec.access", _ACCESS_FIELDS, problems)
-    if body is None:
-        return AccessSpec()
+def parse_roles(raw: Any, problems: Problems) -> dict[str, Role]:
+    """``spec.access.roles``: of a tenant, or of a plan (its default roles)."""
     roles: dict[str, Role] = {}
-    for role_name, role_body in table(body.get("roles"), "spec.access.roles", problems).items():
+    for role_name, role_body in table(raw, "spec.access.roles", problems).items():
         path = f"spec.access.roles.{role_name}"
         if not isinstance(role_name, str) or not NAME.match(role_name):
             problems.add(path, f"{role_name!r} is not a valid role name")
@@ -238,6 +238,16 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
         role = interned(Role(role_name, _rules(fields.get("allow"), f"{path}.allow", problems),
                              _rules(fields.get("deny"), f"{path}.deny", problems)))
         roles[role.name] = role
+    return roles
+
+
+def _parse_access(raw: Any, environments: frozenset[str], problems: Problems, *, plan: str) -> AccessSpec:
+    """A tenant naming a ``plan`` may bind the plan's roles: its bindings' roles are checked when the plan is
+    known (``plans.unknown_roles``, at apply), not here."""
+    body = known_fields(raw, "spec.access", _ACCESS_FIELDS, problems)
+    if body is None:
+        return AccessSpec()
+    roles = parse_roles(body.get("roles"), problems)
 
     groups: dict[str, tuple[str, ...]] = {}
     for group_name, members in table(body.get("groups"), "spec.access.groups", problems).items():
@@ -266,7 +276,7 @@ def _parse_access(raw: Any, environments: frozenset[str], problems: Problems) ->
         if not binding_roles:
             problems.add(f"{path}.roles", "at least one role is required")
         for j, role_name in enumerate(binding_roles):
-            if role_name and role_name not in roles:
+            if role_name and role_name not in roles and not plan:
                 problems.add(f"{path}.roles[{j}]", f"unknown role {role_name!r}")
         envs: frozenset[str] | None = None
         if binding.get("environments") is not None:

@@ -16,6 +16,7 @@ from tenantgate.registry.records import (
     ChangeEntry,
     ChangeSet,
     KeyRecord,
+    PlanRecord,
     RegistrySettings,
     RegistryState,
     TenantInfo,
@@ -26,14 +27,16 @@ from tenantgate.registry.rows import (
     CHANGE_COLUMNS,
     KEY_INFO_COLUMNS,
     KEY_SELECT,
+    PLAN_COLUMNS,
     TENANT_COLUMNS,
     audit_from_row,
     change_from_row,
     key_info_from_row,
     keys_by_tenant,
+    plan_from_row,
     tenant_from_row,
 )
-from tenantgate.registry.tenant_writes import TenantWrites, registry_settings, tenant_state
+from tenantgate.registry.tenant_writes import TenantWrites, registry_settings, select_for, tenant_state
 
 __all__ = ["SqlBackend", "SqlRegistry", "Tx"]
 
@@ -74,7 +77,8 @@ class SqlRegistry(TenantWrites, KeyWrites):
             revision, registry_id = self._revision(tx), self._registry_id(tx)
             tenants = {row[0]: tenant_from_row(row) for row in tx.rows(f"SELECT {TENANT_COLUMNS} FROM tenants")}
             keys = keys_by_tenant(tx.rows(f"{KEY_SELECT} ORDER BY k.tenant_id, k.purpose, k.version"))
-        return RegistryState(revision, tenants, keys, registry_id)
+            plans = {row[0]: plan_from_row(row) for row in tx.rows(f"SELECT {PLAN_COLUMNS} FROM plans ORDER BY id")}
+        return RegistryState(revision, tenants, keys, registry_id, plans)
 
     def changes_since(self, revision: int) -> ChangeSet:
         with self._backend.transaction(write=False) as tx:
@@ -88,7 +92,11 @@ class SqlRegistry(TenantWrites, KeyWrites):
                 tenants[tenant_id] = tenant_from_row(rows[0]) if rows else None
                 keys.update(keys_by_tenant(tx.rows(f"{KEY_SELECT} WHERE k.tenant_id = ? ORDER BY k.purpose, k.version",
                                                (tenant_id,))))
-        return ChangeSet(current, tenants, keys, registry_id)
+            named = {str(row[0]) for row in select_for(tx, "SELECT DISTINCT plan FROM tenants", "id", changed)} - {""}
+            plans: dict[str, PlanRecord | None] = dict.fromkeys(sorted(named))
+            plans.update((row[0], plan_from_row(row)) for row in select_for(
+                tx, f"SELECT {PLAN_COLUMNS} FROM plans", "id", named))
+        return ChangeSet(current, tenants, keys, registry_id, plans)
 
     def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
         with self._backend.transaction(write=False) as tx:

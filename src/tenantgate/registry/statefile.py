@@ -15,13 +15,15 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from tenantgate.registry.records import KeyRecord, RegistryState, TenantRecord
+from tenantgate.registry.records import KeyRecord, PlanRecord, RegistryState, TenantRecord
 
 # 3: every field of every record (format 2 lost KeyRecord.min_decryption_version) and the registry's identity.
-FORMAT = 3
+# 4: plans. A format 3 file is read as a registry without plans, which it is: no version writing it knew any.
+FORMAT = 4
+OLDEST_FORMAT = _WITHOUT_PLANS = 3  # the oldest format read
 
 _SCALARS = (str, int, float, bytes)
-_Record = TypeVar("_Record", TenantRecord, KeyRecord)
+_Record = TypeVar("_Record", TenantRecord, KeyRecord, PlanRecord)
 
 
 def _fields_of(cls: type) -> tuple[tuple[str, type], ...]:
@@ -35,10 +37,10 @@ def _fields_of(cls: type) -> tuple[tuple[str, type], ...]:
     return fields
 
 
-_FIELDS = {cls: _fields_of(cls) for cls in (TenantRecord, KeyRecord)}
+_FIELDS = {cls: _fields_of(cls) for cls in (TenantRecord, KeyRecord, PlanRecord)}
 
 
-def _encode(record: TenantRecord | KeyRecord) -> dict[str, Any]:
+def _encode(record: TenantRecord | KeyRecord | PlanRecord) -> dict[str, Any]:
     encoded: dict[str, Any] = {}
     for name, kind in _FIELDS[type(record)]:
         value = getattr(record, name)
@@ -82,6 +84,7 @@ def encode(state: RegistryState, saved_at: float) -> dict[str, Any]:
         "saved_at": saved_at,
         "tenants": [_encode(record) for record in state.tenants.values()],
         "keys": {tenant_id: [_encode(key) for key in keys] for tenant_id, keys in state.keys.items()},
+        "plans": [_encode(record) for record in state.plans.values()],
     }
 
 
@@ -90,7 +93,7 @@ def decode(body: Any) -> tuple[RegistryState, float]:
     if not isinstance(body, dict):
         raise ValueError("not a last-known-good file")
     found = body.get("format")
-    if found != FORMAT:
+    if found != FORMAT and not (found == _WITHOUT_PLANS and "plans" not in body):
         if isinstance(found, int) and not isinstance(found, bool) and found < FORMAT:
             raise ValueError(f"written by an older tenantgate (format {found}, this one reads {FORMAT}) that did not "
                              "save every field, key version floors among them; not used, as it could serve retired "
@@ -112,8 +115,14 @@ def decode(body: Any) -> tuple[RegistryState, float]:
         keys[tenant_id] = tuple(_decode(KeyRecord, raw) for raw in _list(raw_keys, f"keys of {tenant_id!r}"))
         if any(key.tenant_id != tenant_id for key in keys[tenant_id]):
             raise ValueError(f"a key of another tenant among the keys of {tenant_id!r}")
+    plans: dict[str, PlanRecord] = {}
+    for raw in _list(body.get("plans"), "plans") if found == FORMAT else ():
+        plan = _decode(PlanRecord, raw)
+        if plan.id in plans:
+            raise ValueError(f"plan {plan.id!r} twice")
+        plans[plan.id] = plan
     state = RegistryState(_value(body.get("revision"), int, "revision"), tenants, keys,
-                          _value(body.get("registry_id"), str, "registry_id"))
+                          _value(body.get("registry_id"), str, "registry_id"), plans)
     return state, _value(body.get("saved_at"), float, "saved_at")
 
 

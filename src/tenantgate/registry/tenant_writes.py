@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,8 +12,9 @@ from tenantgate.model import KeyState, TenantState
 from tenantgate.registry.canonical import canonical_json
 from tenantgate.registry.ledger import SqlBackend, Tx, Write, digest
 from tenantgate.registry.lifecycle import check_creation, check_transition
-from tenantgate.registry.manifest import ManifestDocument, stored_retention, with_state
+from tenantgate.registry.manifest import Manifest, PlanDocument, document_plan, stored_retention, with_state
 from tenantgate.registry.plan import plan_changes
+from tenantgate.registry.plan_writes import plan_effects, write_plans
 from tenantgate.registry.records import (
     ApplyResult,
     KeyFactory,
@@ -78,9 +80,10 @@ class TenantWrites:
     _backend: SqlBackend
     _clock: Clock
 
-    def apply(self, manifests: Sequence[ManifestDocument], *, prune: bool = False, dry_run: bool = False,
+    def apply(self, manifests: Sequence[Manifest], *, prune: bool = False, dry_run: bool = False,
               actor: str = "cli", key_factory: KeyFactory | None = None) -> ApplyResult:
-        desired = {doc.tenant.id: doc for doc in manifests}
+        desired = {doc.tenant.id: doc for doc in manifests if not isinstance(doc, PlanDocument)}
+        desired_plans = {doc.plan.id: doc for doc in manifests if isinstance(doc, PlanDocument)}
         with self._backend.transaction(write=True) as tx:
             write = Write(tx, actor, self._clock.now())
             current = self._current_for(tx, desired, prune=prune)
@@ -90,8 +93,11 @@ class TenantWrites:
                 existing_keys.setdefault(tenant_id, set()).add(purpose)
             changes = plan_changes(current, desired, existing_keys, prune=prune)
             self._check_plan(tx, changes, current, write.now)
-            if dry_run or not changes:
-                return ApplyResult(write.revision, tuple(changes), dry_run)
+            effects = plan_effects(tx, changes, current, desired, desired_plans, prune=prune)
+            planned = ApplyResult(write.revision, tuple(changes), dry_run, tuple(effects.changes),
+                                  effects.quota_changes, effects.warnings)
+            if dry_run or not planned.changed:
+                return planned
             needing = sorted(c.tenant_id for c in changes if c.new_keys)
             if needing and key_factory is None:
                 raise FailedPrecondition(f"tenants {', '.join(needing)} declare keys.purposes but no master key is "
@@ -108,11 +114,13 @@ class TenantWrites:
                 for purpose in change.new_keys:
                     assert key_factory is not None
                     add_key(write, change.tenant_id, purpose, 1, key_factory, "key.create")
-            write.audit("apply", detail="; ".join(f"{c.action} {c.tenant_id}" for c in changes))
+            write_plans(write, effects, desired_plans, {c.tenant_id for c in changes})
+            if changes:  # a plan change has its own entry, which lists the tenants it changes
+                write.audit("apply", detail="; ".join(f"{c.action} {c.tenant_id}" for c in changes))
             revision = write.commit(self._backend)
         if write.destroyed_keys:
             self._backend.after_destroy()
-        return ApplyResult(revision, tuple(changes), dry_run)
+        return dataclasses.replace(planned, revision=revision)
 
     @staticmethod
     def _current_for(tx: Tx, tenant_ids: Iterable[str], *, prune: bool) -> dict[str, TenantRecord]:
@@ -163,11 +171,11 @@ class TenantWrites:
         record = TenantRecord(tenant_id, canonical_json(document), document_digest, write.next_revision, state.value,
                               state_since)
         write.tx.run(
-            f"INSERT INTO tenants ({TENANT_COLUMNS}, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO tenants ({TENANT_COLUMNS}, plan, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET document = excluded.document, digest = excluded.digest,"
             " state = excluded.state, state_since = excluded.state_since, revision = excluded.revision,"
-            " updated_at = excluded.updated_at",
-            (*tenant_row(record), write.now, write.now))
+            " plan = excluded.plan, updated_at = excluded.updated_at",
+            (*tenant_row(record), document_plan(document), write.now, write.now))
         before_digest = before.digest if before else ""
         if before is None:
             write.audit("tenant.create", tenant_id, "", document_digest, f"state {state.value}")

@@ -19,6 +19,7 @@ from tenantgate.server import requests
 from tenantgate.server.decider import Decider
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
+from tenantgate.server.tenancy import TenancyCalls
 from tenantgate.snapshot import KeyVersion, Snapshot, TenantView
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
@@ -73,6 +74,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         self._identity = identity
         self._keys = keys
         self._key_answers = KeyAnswers()
+        self._tenancy = TenancyCalls(decider)
 
     async def _snapshot_at(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
         """A snapshot at ``min_revision`` or later, waiting for the syncer until just before the deadline."""
@@ -80,6 +82,11 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         # Answer a little before the caller's deadline, so it gets FAILED_PRECONDITION, not a timeout.
         wait = DEFAULT_REVISION_WAIT if remaining is None else max(0.0, remaining - max(0.05, remaining / 20))
         return await self._decider.snapshot_at(min_revision, wait)
+
+    async def _snapshot_of(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
+        """The current snapshot, or one at ``min_revision`` when the current one is older."""
+        snapshot = self._decider.snapshot()
+        return await self._snapshot_at(min_revision, context) if min_revision > snapshot.revision else snapshot
 
     def _decide(self, snapshot: Snapshot, access_request: AccessRequest, answer: pb.CheckAccessResponse) -> None:
         """Decide ``access_request`` and write the answer into ``answer`` (a batch fills its results in place)."""
@@ -142,6 +149,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,
                            context: grpc.aio.ServicerContext) -> pb.ConsumeQuotaResponse:
         snapshot = self._decider.snapshot()
+        if request.min_revision > snapshot.revision:
+            snapshot = await self._snapshot_at(request.min_revision, context)
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         outcome = await self._decider.consume(snapshot, tenant_id, requests.quota_items(request),
                                               release=request.release, idempotency_key=request.idempotency_key)
@@ -160,7 +169,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                         read: Callable[[Snapshot, str, str, str], T]) -> T:
         """A key read (snapshot, caller, tenant, purpose), logged allowed or not: who asked for which key
         and what they got, never the material."""
-        snapshot = self._decider.snapshot()
+        snapshot = await self._snapshot_of(request.min_revision, context)
         tenant_id = requests.tenant_id(request.tenant_id, known_tenants=snapshot.tenants)
         purpose = requests.require_text(request.purpose, "purpose", requests.MAX_ID)
         caller = self._identity.of(context)
@@ -215,7 +224,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
                             context: grpc.aio.ServicerContext) -> pb.ValidateTokenResponse:
-        snapshot = self._decider.snapshot()
+        snapshot = await self._snapshot_of(request.min_revision, context)
         token = requests.require_text(request.token, "token", MAX_TOKEN_BYTES)
         home_tenant_id = requests.tenant_id(request.tenant_id, required=False)
         result = await self._decider.verify_token(snapshot, token, home_tenant_id)
@@ -238,7 +247,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     @maps_errors
     async def ResolveTenant(self, request: pb.ResolveTenantRequest,
                             context: grpc.aio.ServicerContext) -> pb.ResolveTenantResponse:
-        snapshot = self._decider.snapshot()
+        snapshot = await self._snapshot_of(request.min_revision, context)
         tenant_id = requests.tenant_id(request.tenant_id)
         tenant = snapshot.tenants.get(tenant_id)
         if tenant is None:
@@ -249,3 +258,15 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             tenant_id=spec.id, name=spec.name, state=state_to_wire(spec.state), plan=spec.plan,
             profile=spec.profile, isolation=spec.isolation, environments=spec.environments,
             features=spec.features, labels=dict(spec.labels), revision=snapshot.revision, stale=snapshot.stale)
+
+    @maps_errors
+    async def ListSubjectTenants(self, request: pb.ListSubjectTenantsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListSubjectTenantsResponse:
+        snapshot = await self._snapshot_of(request.min_revision, context)
+        return await self._tenancy.list_subject_tenants(request, snapshot)
+
+    @maps_errors
+    async def CheckTenantAccess(self, request: pb.CheckTenantAccessRequest,
+                                context: grpc.aio.ServicerContext) -> pb.CheckTenantAccessResponse:
+        snapshot = await self._snapshot_of(request.min_revision, context)
+        return await self._tenancy.check_tenant_access(request, snapshot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Container
+from dataclasses import dataclass
 
 from tenantgate.bounds import MAX_ACTION as MAX_ACTION
 from tenantgate.bounds import MAX_ID as MAX_ID
@@ -99,3 +100,43 @@ def quota_items(request: pb.ConsumeQuotaRequest) -> list[QuotaRequestItem]:
             bounded_text(lease_id, f"items[{index}].lease_id", MAX_ID)
         items.append(QuotaRequestItem(quota, item.amount, lease_id))
     return items
+
+
+# ListSubjectTenants: a page holds at most MAX_PAGE_SIZE tenants, DEFAULT_PAGE_SIZE when the request says 0.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+SubjectRequest = pb.ListSubjectTenantsRequest | pb.CheckTenantAccessRequest
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who a ListSubjectTenants or CheckTenantAccess asks about: a subject and its home tenant, or a token
+    (verified by the servicer; ``home``, when given, the only tenant it may belong to)."""
+
+    subject: str
+    home: str
+    token: str
+    environment: str
+
+
+def identity(request: SubjectRequest, known_tenants: Container[str] = (), *, default_home: str = "") -> Identity:
+    """Checked as CheckAccess checks its subject, token, home tenant and environment; a subject needs its home
+    tenant (``default_home`` when the request names none)."""
+    subject, token = request.subject, request.token
+    if subject and token:
+        raise InvalidArgument("give a subject or a token, not both", field="token")
+    if not subject and not token:
+        raise InvalidArgument("a subject or a token is required", field="subject")
+    bounded_text(token, "token", MAX_TOKEN_BYTES)
+    bounded_text(subject, "subject", MAX_SUBJECT)
+    bounded_text(request.environment, "environment", MAX_ID)
+    home = tenant_id(request.subject_tenant_id or default_home, "subject_tenant_id", required=bool(subject),
+                     known_tenants=known_tenants)
+    return Identity(subject, home, token, request.environment)
+
+
+def page_size(value: int) -> int:
+    if value > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size is {value}; the maximum is {MAX_PAGE_SIZE}", field="page_size")
+    return value or DEFAULT_PAGE_SIZE

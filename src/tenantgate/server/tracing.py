@@ -86,6 +86,11 @@ def _access_decision(response: pb.CheckAccessResponse) -> Attributes:
             DECISION_ID: response.decision_id, REVISION: response.revision}
 
 
+def _tenant_access_decision(response: pb.CheckTenantAccessResponse) -> Attributes:
+    return {REASON: _REASONS.get(response.reason, "UNSPECIFIED"), ALLOWED: response.allowed,
+            REVISION: response.revision}
+
+
 def _quota_decision(response: pb.ConsumeQuotaResponse) -> Attributes:
     return {REASON: "ALLOWED" if response.allowed else "QUOTA_EXCEEDED", ALLOWED: response.allowed,
             REVISION: response.revision}
@@ -131,3 +136,5 @@ class TracedDecisionServicer(DecisionServicer):
     GetDataKey = _traced(DecisionServicer.GetDataKey, pb.GetDataKeyRequest)
     DecryptDataKey = _traced(DecisionServicer.DecryptDataKey, pb.DecryptDataKeyRequest)
     ResolveTenant = _traced(DecisionServicer.ResolveTenant, pb.ResolveTenantRequest)
+    CheckTenantAccess = _traced(DecisionServicer.CheckTenantAccess, pb.CheckTenantAccessRequest,
+                                _tenant_access_decision)

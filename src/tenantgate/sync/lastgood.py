@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tenantgate.errors import StorageError
 from tenantgate.registry.records import RegistryState
-from tenantgate.registry.statefile import FORMAT, decode, encode
+from tenantgate.registry.statefile import OLDEST_FORMAT, decode, encode
 
 
 def save(path: Path, state: RegistryState, saved_at: float) -> None:
@@ -60,7 +60,7 @@ def identify(path: Path) -> Held | None:
     except (OSError, ValueError) as exc:
         return Held(unreadable=str(exc))
     found = body.get("format") if isinstance(body, dict) else None
-    if isinstance(found, int) and not isinstance(found, bool) and found < FORMAT:
+    if isinstance(found, int) and not isinstance(found, bool) and found < OLDEST_FORMAT:
         return Held(outdated=True)
     try:
         state, _ = decode(body)

@@ -12,16 +12,25 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, TenantgateError
 from tenantgate.keywrap import KeyProvider
-from tenantgate.model import KeyState, TenantState
-from tenantgate.registry.manifest import issuer_urls, tenant_from_document
-from tenantgate.registry.records import ChangeSet, KeyRecord, RegistryReader, RegistryState, TenantRecord
+from tenantgate.membership import reach_of
+from tenantgate.model import KeyState, PlanSpec, TenantState
+from tenantgate.plans import effective_spec
+from tenantgate.registry.manifest import issuer_urls, plan_from_document, stored_grants, tenant_from_document
+from tenantgate.registry.records import (
+    ChangeSet,
+    KeyRecord,
+    PlanRecord,
+    RegistryReader,
+    RegistryState,
+    TenantRecord,
+)
 from tenantgate.sharing import shared_text
 from tenantgate.snapshot import (
     CompiledTenant,
@@ -84,7 +93,9 @@ class Syncer:
         return self._build(state, stale=False)
 
     def _build(self, state: RegistryState, *, stale: bool) -> Snapshot:
-        views = [self._view(record, state.keys.get(tenant_id, ())) for tenant_id, record in state.tenants.items()]
+        plans = _parsed_plans(state.plans)
+        views = [self._view(record, state.keys.get(tenant_id, ()), plans)
+                 for tenant_id, record in state.tenants.items()]
         snapshot = build_snapshot(state.revision, views, self._clock.now())
         return dataclasses.replace(snapshot, stale=True) if stale else snapshot
 
@@ -101,7 +112,8 @@ class Syncer:
             log.warning("registry revision went back from %d to %d; rebuilding the snapshot",
                         base.revision, changes.revision)
             return self.build_full()
-        changed = {tenant_id: None if record is None else self._view(record, changes.keys.get(tenant_id, ()))
+        plans = _parsed_plans(changes.plans)
+        changed = {tenant_id: None if record is None else self._view(record, changes.keys.get(tenant_id, ()), plans)
                    for tenant_id, record in changes.tenants.items()}
         # Compiled here, in the syncer's thread, so that the first call after a change finds them ready. (A
         # full build leaves compiling to first use: a registry of 100,000 tenants would take twice the memory.)
@@ -129,7 +141,14 @@ class Syncer:
             keys.pop(tenant_id, None)
             if changes.keys.get(tenant_id):
                 keys[tenant_id] = changes.keys[tenant_id]
-        self._mirror = RegistryState(changes.revision, tenants, keys, changes.registry_id)
+        # The plans the changed tenants name: a plan that changed lists every tenant on it among the changes.
+        plans = dict(self._mirror.plans)
+        for plan_id, plan in changes.plans.items():
+            if plan is None:
+                plans.pop(plan_id, None)
+            else:
+                plans[plan_id] = plan
+        self._mirror = RegistryState(changes.revision, tenants, keys, changes.registry_id, plans)
 
     async def sync_once(self) -> Snapshot:
         """One read of the registry; raises when it cannot be read."""
@@ -242,8 +261,10 @@ class Syncer:
         finally:
             await self._save_last_good(force=True)
 
-    def _view(self, record: TenantRecord, keys: Iterable[KeyRecord]) -> TenantView:
-        """A view that parses the tenant, compiles it and unwraps its keys when it is first compiled."""
+    def _view(self, record: TenantRecord, keys: Iterable[KeyRecord],
+              plans: Mapping[str, PlanSpec | None]) -> TenantView:
+        """A view that parses the tenant, lays it over its plan (``plans``: as ``_parsed_plans`` makes them),
+        compiles it and unwraps its keys when it is first compiled."""
         tenant_id, revision, text, wrapped = record.id, record.revision, record.document_json, tuple(keys)
 
         def load() -> CompiledTenant:
@@ -251,6 +272,9 @@ class Syncer:
             # view keeps the reason), rather than decided on a guess; every other tenant is served.
             try:
                 spec = tenant_from_document(json.loads(text))
+                if spec.plan in plans and plans[spec.plan] is None:
+                    raise FailedPrecondition(f"its plan {spec.plan!r} cannot be read by this server")
+                spec = effective_spec(plans.get(spec.plan), spec)
             except Exception as exc:  # any stored text: not JSON, JSON but not a document, a bad document
                 detail = exc.message if isinstance(exc, TenantgateError) else f"{type(exc).__name__}: {exc}"
                 log.error("tenant %s at revision %d is not loadable: %s", tenant_id, revision, detail)
@@ -263,7 +287,8 @@ class Syncer:
                 metrics.TENANT_COMPILE_FAILURES.inc()
                 raise _not_loadable(tenant_id, revision) from None
 
-        return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load)
+        return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load,
+                          reach_of(tenant_id, *stored_grants(text)))
 
     def _unwrap(self, key: KeyRecord, tenant_id: str) -> KeyVersion:
         """The key with its material, unwrapped under the master key (blocking: run when the tenant compiles,
@@ -284,6 +309,22 @@ class Syncer:
         return KeyVersion(tenant_id, shared_text(key.purpose), key.version, shared_text(key.algorithm),
                           KeyState(key.state),
                           key.created_at, material, unavailable, key.min_decryption_version)
+
+
+def _parsed_plans(records: Mapping[str, PlanRecord | None]) -> dict[str, PlanSpec | None]:
+    """Each stored plan parsed once for all its tenants: its spec, or None when this version cannot read it
+    (logged; its tenants are then refused, not served without their plan). A name no plan defines is left out."""
+    parsed: dict[str, PlanSpec | None] = {}
+    for plan_id, record in records.items():
+        if record is None:
+            continue
+        try:
+            parsed[plan_id] = plan_from_document(json.loads(record.document_json))
+        except Exception as exc:  # any stored text, as for tenants
+            detail = exc.message if isinstance(exc, TenantgateError) else f"{type(exc).__name__}: {exc}"
+            log.error("plan %s at revision %d is not loadable: %s", plan_id, record.revision, detail)
+            parsed[plan_id] = None
+    return parsed
 
 
 def _last_that_compiles(previous: TenantView | None, changed: TenantView | None) -> TenantView | None:

@@ -20,7 +20,18 @@ from tenantgate.registry import rows
 from tenantgate.registry.audit import AuditEntry
 from tenantgate.registry.canonical import canonical_json
 from tenantgate.registry.migrations import MIGRATIONS
-from tenantgate.registry.records import ChangeEntry, KeyInfo, KeyRecord, RegistryState, TenantInfo, TenantRecord
+from tenantgate.registry.records import (
+    ApplyResult,
+    ChangeEntry,
+    KeyInfo,
+    KeyRecord,
+    PlanChange,
+    PlanRecord,
+    RegistryState,
+    TenantChange,
+    TenantInfo,
+    TenantRecord,
+)
 from tenantgate.registry.statefile import decode, encode
 from tenantgate.v1 import registry_pb2 as pb
 
@@ -48,7 +59,20 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
                  "before_digest": texts, "after_digest": texts, "detail": texts, "prev_hash": texts, "hash": texts},
     ChangeEntry: {"revision": counters, "tenant_id": names, "action": texts, "digest": texts, "actor": texts,
                   "committed_at": times},
+    PlanRecord: {"id": names, "document_json": documents, "digest": texts, "revision": counters},
+    TenantChange: {"tenant_id": names, "action": st.sampled_from(["create", "update", "delete"]),
+                   "before_state": tenant_states, "after_state": tenant_states,
+                   "differences": st.lists(texts, max_size=3).map(tuple),
+                   "new_keys": st.lists(names, max_size=2).map(tuple)},
+    PlanChange: {"plan_id": names, "action": st.sampled_from(["create", "update", "delete"]),
+                 "differences": st.lists(texts, max_size=3).map(tuple),
+                 "tenants": st.lists(names, max_size=3).map(tuple)},
 }
+FIELDS[ApplyResult] = {"revision": counters, "dry_run": st.booleans(),
+                       "changes": st.lists(st.builds(TenantChange, **FIELDS[TenantChange]), max_size=3).map(tuple),
+                       "plans": st.lists(st.builds(PlanChange, **FIELDS[PlanChange]), max_size=3).map(tuple),
+                       "quota_changes": st.lists(names, max_size=3).map(tuple),
+                       "warnings": st.lists(texts, max_size=2).map(tuple)}
 
 
 def records(cls: type) -> st.SearchStrategy[Any]:
@@ -69,7 +93,7 @@ def _registry_tables() -> sqlite3.Connection:
         _DB = sqlite3.connect(":memory:")
         for migration in MIGRATIONS["sqlite"]:
             _DB.executescript(migration)
-    for table in ("tenants", "tenant_keys", "key_policies", "audit", "changes"):
+    for table in ("tenants", "tenant_keys", "key_policies", "audit", "changes", "plans"):
         _DB.execute(f"DELETE FROM {table}")
     return _DB
 
@@ -114,6 +138,15 @@ def test_key_audit_and_change_rows_read_back_as_their_records(key: KeyInfo, entr
     assert rows.change_from_row(db.execute(f"SELECT {rows.CHANGE_COLUMNS} FROM changes").fetchone()) == change
 
 
+@settings(max_examples=100)
+@given(records(PlanRecord))
+def test_a_plan_row_reads_back_as_the_record(record: PlanRecord) -> None:
+    db = _registry_tables()
+    db.execute(f"INSERT INTO plans ({rows.PLAN_COLUMNS}, created_at, updated_at) VALUES (?, ?, ?, ?, 0, 0)",
+               rows.plan_row(record))
+    assert rows.plan_from_row(db.execute(f"SELECT {rows.PLAN_COLUMNS} FROM plans").fetchone()) == record
+
+
 # -- the last-known-good JSON ------------------------------------------------------------------------------
 
 @st.composite
@@ -124,7 +157,8 @@ def registry_states(draw: st.DrawFn) -> RegistryState:
         owned = draw(st.lists(records(KeyRecord), max_size=3))
         if owned:
             keys[tenant_id] = tuple(dataclasses.replace(key, tenant_id=tenant_id) for key in owned)
-    return RegistryState(draw(counters), tenants, keys, draw(texts))
+    plans = {record.id: record for record in draw(st.lists(records(PlanRecord), max_size=3))}
+    return RegistryState(draw(counters), tenants, keys, draw(texts), plans)
 
 
 @settings(max_examples=100)
@@ -151,3 +185,10 @@ def test_a_tenant_message_reads_back_as_the_record(record: TenantRecord, keys: l
 def test_audit_and_change_messages_read_back_as_their_records(entry: AuditEntry, change: ChangeEntry) -> None:
     assert wire.audit_from_wire(pb.AuditEntry.FromString(wire.audit_to_wire(entry).SerializeToString())) == entry
     assert wire.change_from_wire(pb.Change.FromString(wire.change_to_wire(change).SerializeToString())) == change
+
+
+@settings(max_examples=100)
+@given(records(ApplyResult))
+def test_an_apply_result_message_reads_back_as_the_result(result: ApplyResult) -> None:
+    message = pb.ApplyManifestsResponse.FromString(wire.apply_to_wire(result).SerializeToString())
+    assert wire.apply_from_wire(message) == result
