@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tenantgate.certs import make_dev_certificates
 from tenantgate.client import (
     NO_RETRIES,
     AsyncClient,
@@ -35,6 +36,7 @@ from tenantgate.client import (
     current_tenant,
     tenant_context,
 )
+from tenantgate.errors import ConfigurationError
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.sqlite import SQLiteStore
@@ -220,14 +222,21 @@ class AwaitingThings:
             return str(error.code().name).encode()
 
 
+def listening(server: grpc.Server | grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> str:
+    port = (server.add_insecure_port("127.0.0.1:0") if credentials is None
+            else server.add_secure_port("127.0.0.1:0", credentials))
+    return f"127.0.0.1:{port}"
+
+
 class BlockingService:
-    def __init__(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str) -> None:
+    def __init__(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.client = Client(tenantgate)
         self.things = BlockingThings(downstream)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=8),
                                   interceptors=[EnforcementInterceptor(self.client, policy)])
         self.server.add_generic_rpc_handlers((self.things.handlers(),))
-        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.target = listening(self.server, credentials)
         self.server.start()
         self.things.itself = grpc.intercept_channel(grpc.insecure_channel(self.target), TenantPropagation())
 
@@ -239,21 +248,23 @@ class BlockingService:
 class AwaitingService:
     """The grpc.aio server, its AsyncClient and channels made and closed on an event loop thread of its own."""
 
-    def __init__(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str) -> None:
+    def __init__(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.target = self._call(self._start(tenantgate, policy, downstream))
+        self.target = self._call(self._start(tenantgate, policy, downstream, credentials))
 
     def _call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
-    async def _start(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str) -> str:
+    async def _start(self, tenantgate: ClientConfig, policy: EnforcementPolicy, downstream: str,
+                     credentials: grpc.ServerCredentials | None) -> str:
         self.client = AsyncClient(tenantgate)
         self.things = AwaitingThings(downstream)
         self.server = grpc.aio.server(interceptors=[AsyncEnforcementInterceptor(self.client, policy)])
         self.server.add_generic_rpc_handlers((self.things.handlers(),))
-        target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        target = listening(self.server, credentials)
         await self.server.start()
         self.things.itself = grpc.aio.insecure_channel(target, interceptors=async_tenant_propagation())
         return target
@@ -275,8 +286,9 @@ class AwaitingService:
 class Caller:
     """A caller of demo.Things with a plain channel: each method in its own call kind."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = (grpc.insecure_channel(target) if credentials is None
+                        else grpc.secure_channel(target, credentials))
 
     def get(self, *metadata: tuple[str, str], method: str = "Get", request: bytes = b"") -> Any:
         answer = self.channel.unary_unary(f"/{SERVICE}/{method}")(request, metadata=metadata, timeout=10)
@@ -306,15 +318,25 @@ def protect(request: pytest.FixtureRequest, tenantgate: RunningServer,
     running: list[BlockingService | AwaitingService] = []
     callers: list[Caller] = []
 
-    def protect(policy: EnforcementPolicy | None = None, tenantgate_config: ClientConfig | None = None) -> Caller:
+    def protect(policy: EnforcementPolicy | None = None, tenantgate_config: ClientConfig | None = None,
+                credentials: grpc.ServerCredentials | None = None) -> Callable[..., Caller]:
+        """The protected service; a function making callers of it (with these channel credentials, if any)."""
         config = tenantgate_config or ClientConfig(tenantgate.target, timeout=5)
         kind = BlockingService if request.param == "grpc" else AwaitingService
-        service = kind(config, policy or EnforcementPolicy(), downstream)
+        service = kind(config, policy or EnforcementPolicy(), downstream, credentials)
         running.append(service)
-        callers.append(Caller(service.target))
-        return callers[-1]
 
-    yield protect
+        def caller(channel_credentials: grpc.ChannelCredentials | None = None) -> Caller:
+            callers.append(Caller(service.target, channel_credentials))
+            return callers[-1]
+        return caller
+
+    def protect_plainly(policy: EnforcementPolicy | None = None,
+                        tenantgate_config: ClientConfig | None = None) -> Caller:
+        return protect(policy, tenantgate_config)()
+
+    protect_plainly.with_tls = protect  # type: ignore[attr-defined]
+    yield protect_plainly
     for caller in callers:
         caller.channel.close()
     for service in running:
@@ -409,6 +431,34 @@ def test_a_trusted_subject_metadata_names_the_caller_only_where_configured(prote
     assert protect().refused(*alice).code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_only_the_callers_listed_may_name_a_subject(protect: Callable[..., Caller], tmp_path: Path) -> None:
+    """With subject_callers, a subject named in metadata is taken only from a caller whose client certificate names
+    it one of them (service:web here); another certificate, or none, is UNAUTHENTICATED."""
+    folder = tmp_path / "certs"
+    make_dev_certificates(folder, ["web", "batch"])
+
+    def read(name: str) -> bytes:
+        return (folder / name).read_bytes()
+
+    server_credentials = grpc.ssl_server_credentials([(read("server-key.pem"), read("server.pem"))],
+                                                     root_certificates=read("ca.pem"), require_client_auth=True)
+    policy = EnforcementPolicy(subject_metadata="x-tenantgate-subject", subject_callers={"service:web"})
+    callers = protect.with_tls(policy, credentials=server_credentials)  # type: ignore[attr-defined]
+
+    def as_service(name: str) -> Caller:
+        return callers(grpc.ssl_channel_credentials(read("ca.pem"), read(f"client-{name}-key.pem"),
+                                                    read(f"client-{name}.pem")))
+
+    alice = (("x-tenant-id", "acme"), ("x-tenantgate-subject", "user:alice"))
+    assert as_service("web").get(*alice)["subject"] == "user:alice"
+    for caller in (as_service("batch"), protect(policy)):  # another certificate; none (plaintext)
+        refused = caller.refused(*alice)
+        assert refused.code() is grpc.StatusCode.UNAUTHENTICATED and "may not name its subject" in (
+            refused.details() or "")
+    with pytest.raises(ConfigurationError):
+        EnforcementPolicy(subject_callers={"service:web"})  # without subject_metadata: nothing to trust them with
+
+
 def test_a_spent_quota_is_resource_exhausted_with_retry_after(protect: Callable[..., Caller], issuer: Issuer) -> None:
     # A quota acme does not declare is left out; gated-calls counts.
     caller = protect(EnforcementPolicy(quotas={"gated-calls": 1, "not-declared": 1}))
@@ -471,7 +521,8 @@ def test_no_call_to_tenantgate_outlives_the_callers_deadline(protect: Callable[.
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         stand_in.stop(None)
-    assert deadlines and all(left is not None and left <= 3 for left in deadlines), deadlines
+    # (gRPC sends a deadline rounded up to its wire format's precision: a few milliseconds over 3 s may arrive.)
+    assert deadlines and all(left is not None and left <= 3.1 for left in deadlines), deadlines
 
 
 def test_the_tenant_and_token_travel_to_the_next_service(protect: Callable[..., Caller], issuer: Issuer) -> None:

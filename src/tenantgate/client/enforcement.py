@@ -52,6 +52,7 @@ from tenantgate.client.context import AUTHORIZATION_METADATA, TENANT_METADATA, T
 from tenantgate.client.sync import Client
 from tenantgate.errors import ConfigurationError
 from tenantgate.httpmapping import bearer_token
+from tenantgate.identity import identity_from_certificate
 
 T = TypeVar("T")
 # Trailing metadata of a refused call: the decision to look up in tenantgate's decision log, and (a quota
@@ -92,9 +93,13 @@ class EnforcementPolicy:
     The tenant is the ``x-tenant-id`` metadata, else the home tenant of the bearer token (``authorization:
     Bearer``); the subject is the one the token verifies. ``subject_metadata``: a metadata key (say
     ``x-tenantgate-subject``) naming the subject of a call with no token, which must then name its tenant:
-    for service-to-service calls from callers this service trusts to name themselves (a network or mTLS it
-    trusts), since any caller that reaches it can claim any subject there. ``environment``: the environment
-    this service runs in, for bindings limited to environments; this service's to say, not the caller's.
+    for service-to-service calls from callers this service trusts to name themselves. ``subject_callers``: the
+    callers allowed to, as their client certificates name them under mutual TLS (``service:<name>``, named as
+    tenantgate names its own callers: a SAN URI ending ``/service/<name>``, else the first DNS SAN, else the
+    CN); a call naming a subject from any other caller is UNAUTHENTICATED. Without ``subject_callers``, any
+    caller that reaches the service can claim any subject: only where a network it trusts keeps others out.
+    ``environment``: the environment this service runs in, for bindings limited to environments; this
+    service's to say, not the caller's.
 
     ``on_unavailable``: what a call gets when tenantgate gives no answer (down, overloaded, past the
     client's deadline): ``"deny"`` (UNAVAILABLE, the default) or ``"allow"``, which runs it with no tenant
@@ -106,6 +111,7 @@ class EnforcementPolicy:
     quotas: Mapping[str, int] = field(default_factory=dict)
     environment: str = ""
     subject_metadata: str = ""
+    subject_callers: Collection[str] = ()
     on_unavailable: Literal["deny", "allow"] = "deny"
 
     def __post_init__(self) -> None:
@@ -124,7 +130,12 @@ class EnforcementPolicy:
                 TENANT_METADATA, AUTHORIZATION_METADATA):
             raise ConfigurationError(f"subject_metadata {self.subject_metadata!r} must be a lower-case metadata "
                                      "key of its own (gRPC metadata keys are lower case)")
+        if self.subject_callers and not self.subject_metadata:
+            raise ConfigurationError("subject_callers name who may use subject_metadata: give subject_metadata too")
+        if isinstance(self.subject_callers, str):
+            raise ConfigurationError("subject_callers is a collection of callers, such as {'service:web'}")
         # Frozen: the normalised forms are set once, here.
+        object.__setattr__(self, "subject_callers", frozenset(self.subject_callers))
         object.__setattr__(self, "methods", MappingProxyType(dict(self.methods)))
         object.__setattr__(self, "public", frozenset(self.public))
         object.__setattr__(self, "quotas", MappingProxyType(dict(self.quotas)))
@@ -165,6 +176,19 @@ class EnforcementPolicy:
             return Refused(INVALID_REQUEST, f"a call naming its subject must name its tenant ({TENANT_METADATA})")
         return Question(tenant_id, access.action, access.resource, subject=subject, environment=self.environment,
                         quotas=quotas)
+
+
+    def untrusted_subject(self, question: Question | Refused, auth: Mapping[str, Any] | None) -> Refused | None:
+        """A refusal for ``question`` when it names a subject (``subject_metadata``) and its caller, by the
+        connection's ``auth`` context (``context.auth_context()``), is not one of ``subject_callers``."""
+        if not self.subject_callers or not isinstance(question, Question) or not question.subject:
+            return None
+        certificates = (auth or {}).get("x509_pem_cert")
+        caller = identity_from_certificate(bytes(certificates[0])) if certificates else ""
+        if caller in self.subject_callers:
+            return None
+        return Refused(UNAUTHENTICATED, f"{caller or 'a caller without a client certificate'} may not name its "
+                                        f"subject ({self.subject_metadata})")
 
 
 # Refusals by reason; any other reason is a CheckAccess deny: PERMISSION_DENIED.
@@ -228,6 +252,7 @@ class EnforcementInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                        lambda behavior: self._streaming(behavior, question))
 
     def _admit(self, question: Question | Refused, context: grpc.ServicerContext) -> Admitted:
+        question = self._policy.untrusted_subject(question, context.auth_context()) or question
         verdict = (question if isinstance(question, Refused)
                    else run_blocking(self._client, admission(question, fail_open=self._policy.fail_open),
                                      context.time_remaining))

@@ -1,46 +1,16 @@
-"""Who is calling: from the client certificate under mutual TLS, or, only where the operator says a
-proxy or mesh sets and strips it, from the ``x-tenantgate-caller`` metadata.
-
-A certificate names a caller ``service:<name>``, taken from the first that applies:
-a SAN URI ending in ``/service/<name>`` (SPIFFE style), else the first DNS SAN, else the subject CN.
-"""
+"""Who is calling: from the client certificate under mutual TLS (named as ``tenantgate.identity`` says), or, only
+where the operator says a proxy or mesh sets and strips it, from the ``x-tenantgate-caller`` metadata."""
 
 from __future__ import annotations
-
-import functools
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tenantgate.identity import CALLER_METADATA
+from tenantgate.identity import CALLER_METADATA, identity_from_certificate, service_in_uri
 
 # Longer principals are not parsed as certificate subjects (a subject's attributes are at most 64 characters).
 MAX_PRINCIPAL = 1024
-
-
-@functools.lru_cache(maxsize=1024)
-def identity_from_certificate(pem: bytes) -> str:
-    certificate = x509.load_pem_x509_certificate(pem)
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names = None
-    if names is not None:
-        for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
-            name = _service_in_uri(uri)
-            if name:
-                return f"service:{name}"
-        dns = names.get_values_for_type(x509.DNSName)
-        if dns:
-            return f"service:{dns[0]}"
-    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return f"service:{common[0].value!s}" if common else ""
-
-
-def _service_in_uri(uri: str) -> str:
-    head, sep, name = uri.rpartition("/service/")
-    return name if sep and head and name and "/" not in name else ""
 
 
 def identity_from_principal(principal: str) -> str:
@@ -54,7 +24,7 @@ def identity_from_principal(principal: str) -> str:
             common = []
         if common:
             return f"service:{common[0].value!s}"
-    return f"service:{_service_in_uri(principal) or principal}"
+    return f"service:{service_in_uri(principal) or principal}"
 
 
 class CallerIdentity:
