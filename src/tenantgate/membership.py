@@ -14,7 +14,7 @@ Plain data: no I/O, nothing of the layers above.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -140,26 +140,31 @@ def build_grant_index(tenants: Iterable[tuple[str, Reach]]) -> GrantIndex:
 
 
 def with_grant_changes(index: GrantIndex, changes: Iterable[tuple[str, Reach, Reach]]) -> GrantIndex:
-    """``index`` with each changed tenant's grants (tenant id, reach before, reach after) replaced: work in
-    proportion to the grantees those tenants name, plus one copy of the top-level mapping when any changed."""
-    by_grantee: dict[tuple[str, str], Granting] | None = None
+    """``index`` with each changed tenant's grants (tenant id, reach before, reach after) replaced. The changes are
+    grouped by grantee first, then each grantee they touch gets its list rebuilt once: its untouched entries kept,
+    the changed tenants' new ones merged in. Work in proportion to the changes plus the lists of the grantees they
+    touch (not the product: an apply of N tenants that all grant one subject rebuilds its list once, not N times),
+    and one copy of the top-level mapping when anything changed."""
+    # grantee -> changed tenant -> the indexes of its grants that name the grantee now; () when none do any more
+    touched: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
     for tenant_id, before, after in changes:
         if before is after or before.grants == after.grants:
             continue
-        if by_grantee is None:
-            by_grantee = dict(index._by_grantee)
-        now = _by_grantee(tenant_id, after)
-        for key in {*_by_grantee(tenant_id, before), *now}:
-            entries = list(by_grantee.get(key, _NOTHING))
-            at = bisect_left(entries, tenant_id, key=_tenant_of)
-            if at < len(entries) and entries[at][0] == tenant_id:
-                del entries[at]
-            if key in now:
-                entries.insert(bisect_right(entries, tenant_id, key=_tenant_of), (tenant_id, now[key]))
-            if entries:
-                by_grantee[key] = tuple(entries)
-            else:
-                by_grantee.pop(key, None)
-    if by_grantee is None:
+        for home, subject, _ in before.grants:
+            touched.setdefault((home, subject), {})[tenant_id] = ()
+        for key, indexes in _by_grantee(tenant_id, after).items():
+            touched.setdefault(key, {})[tenant_id] = indexes
+    if not touched:
         return index
+    by_grantee = dict(index._by_grantee)
+    for key, changed in touched.items():
+        kept = [entry for entry in by_grantee.get(key, _NOTHING) if entry[0] not in changed]
+        added = [(tenant_id, indexes) for tenant_id, indexes in changed.items() if indexes]
+        if added:
+            # kept is sorted already (a run the sort takes whole): the cost is the list plus the new entries' sort.
+            kept = sorted(kept + added, key=_tenant_of)
+        if kept:
+            by_grantee[key] = tuple(kept)
+        else:
+            by_grantee.pop(key, None)
     return GrantIndex(by_grantee) if by_grantee else EMPTY_INDEX

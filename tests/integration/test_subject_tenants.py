@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tenantgate.client import AsyncClient, Client, ClientConfig, HeldRole, Reason, TenantState, Unauthenticated
 from tenantgate.registry.records import RegistryStore
+from tenantgate.server import tenancy as tenancy_calls
 from tenantgate.v1 import decision_pb2 as pb
 from tests.conftest import TENANTGATE, Issuer, RunningServer, manifests, tenant_doc
 from tests.integration.test_decision_service import violation_field
@@ -180,6 +181,39 @@ def test_pages_join_to_the_whole_listing(store: RegistryStore, start_server: Cal
     assert violation_field(other_question.value) == "page_token"
 
 
+def test_a_page_that_may_examine_many_candidates_is_built_off_the_event_loop(
+        store: RegistryStore, start_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a page may examine decides where it is built, not its page_size: 150 grantors that do not declare prod
+    are all examined (and left out) by a page of 10 in prod."""
+    grantors = [tenant_doc(f"t{i:03d}", environments=["dev"], access={"grants": [grant("home", "user:pat")]})
+                for i in range(150)]
+    home = tenant_doc("home", environments=["prod"], access={
+        "roles": ROLES, "bindings": [{"subject": "user:pat", "roles": ["viewer"]}]})
+    few = tenant_doc("few", environments=["prod"], access={"grants": [grant("home", "user:sam")]})
+    revision = store.apply(manifests([home, few, *grantors])).revision
+    server = start_server()
+    server.wait_synced(revision)
+    built_on: list[threading.Thread] = []
+    real = tenancy_calls.list_tenants
+
+    def recorded(*args: Any, **options: Any) -> Any:
+        built_on.append(threading.current_thread())
+        return real(*args, **options)
+
+    monkeypatch.setattr(tenancy_calls, "list_tenants", recorded)
+    filtered = listing(server, subject="user:pat", subject_tenant_id="home", environment="prod", page_size=10)
+    assert [t.tenant_id for t in filtered.tenants] == ["home"] and filtered.next_page_token == ""
+    assert built_on.pop() is not server.thread
+    # Few candidates left (after the page token), or few at all: answered on the loop, no thread hop.
+    first = listing(server, subject="user:pat", subject_tenant_id="home", page_size=145)
+    assert built_on.pop() is not server.thread
+    last = listing(server, subject="user:pat", subject_tenant_id="home", page_size=10, page_token=first.next_page_token)
+    assert [t.tenant_id for t in last.tenants] == [f"t{i:03d}" for i in range(144, 150)]
+    assert built_on.pop() is server.thread
+    assert [t.tenant_id for t in listing(server, subject="user:sam", subject_tenant_id="home").tenants] == ["few"]
+    assert built_on.pop() is server.thread
+
+
 @pytest.mark.parametrize(("fields", "field"), [
     ({"subject": "user:alice", "subject_tenant_id": "acme", "page_size": 1001}, "page_size"),
     ({"subject": "user:alice", "subject_tenant_id": "acme", "page_size": 2**32 - 1}, "page_size"),
@@ -333,6 +367,26 @@ def test_the_command_lists_and_checks(server: RunningServer) -> None:
     refused = tenantgate("subject-tenants", *target, "--subject", "user:alice", "--subject-tenant", "acme",
                          "--page-size", "5000")
     assert refused.returncode == 2 and "INVALID_ARGUMENT: page_size is 5000; the maximum is 1000" in refused.stderr
+
+
+@pytest.mark.parametrize(("command", "flags", "refused"), [
+    ("subject-tenants", ["--page-size", "-1"], "argument --page-size: -1 is not a page size"),
+    ("subject-tenants", ["--page-size", str(2**32)], f"argument --page-size: {2**32} is not a page size"),
+    ("subject-tenants", ["--page-size", "ten"], "argument --page-size: 'ten' is not a whole number"),
+    ("subject-tenants", ["--timeout", "0"], "argument --timeout: 0 is not a deadline"),
+    ("check-tenant", ["--timeout", "nan"], "argument --timeout: nan is not a deadline"),
+    ("check-tenant", ["--timeout", "1e10"], "argument --timeout: 1e10 is not a deadline"),
+    ("subject-tenants", ["--env", "prod\udcff"], "argument --env: 'prod\\udcff' is not valid UTF-8"),
+    ("subject-tenants", ["--page-token", "\udcff"], "argument --page-token: '\\udcff' is not valid UTF-8"),
+    ("check-tenant", ["--subject-tenant", "\udce9"], "argument --subject-tenant: '\\udce9' is not valid UTF-8"),
+])
+def test_the_command_refuses_flags_a_request_cannot_carry(server: RunningServer, command: str, flags: list[str],
+                                                          refused: str) -> None:
+    """Bytes that are not UTF-8 reach a command as surrogates; protobuf refuses them, as it refuses a negative
+    uint32: refused before anything is sent, with the flag named, never a traceback."""
+    named = ["--tenant", "acme"] if command == "check-tenant" else ["--subject-tenant", "acme"]
+    answer = tenantgate(command, "--target", server.target, *named, "--subject", "user:alice", *flags)
+    assert answer.returncode == 2 and refused in answer.stderr and "Traceback" not in answer.stderr, answer.stderr
 
 
 ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

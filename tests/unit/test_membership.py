@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantgate.membership import NO_REACH, HeldRole, members_of, reach_of
+from tenantgate import membership
+from tenantgate.membership import NO_REACH, HeldRole, build_grant_index, members_of, reach_of, with_grant_changes
 from tenantgate.model import TenantState
 from tenantgate.registry.manifest import parse_document, stored_grants
 from tenantgate.snapshot import Snapshot, TenantView, build_snapshot, build_tenant, with_changes
@@ -123,3 +124,30 @@ def test_an_unchanged_index_is_shared_not_copied() -> None:
     deleted = with_changes(base, 3, {"acme": _view(tenant_doc("acme", state="Deleted", access={"grants": [
         {"tenant": "globex", "subject": "user:a", "allow": ["read:*"]}]}), 3)}, time.time())
     assert deleted.grants.as_dict() == {} and base.grants.grants("globex", "user:a", "acme") == (0,)
+
+
+def test_an_apply_of_many_tenants_granting_one_subject_rebuilds_its_list_once(monkeypatch: Any) -> None:
+    """Work, counted as the entries the index code copies into lists and tuples: in proportion to the entries
+    touched, never to their product (one copy of the grantee's list per changed tenant was quadratic)."""
+    copied = [0]
+
+    def counting(kind: Any) -> Any:
+        def copy(iterable: Any = (), **options: Any) -> Any:
+            copied[0] += len(iterable) if hasattr(iterable, "__len__") else 0
+            return kind(iterable, **options)
+        return copy
+
+    for kind in (list, tuple, sorted):
+        monkeypatch.setattr(membership, kind.__name__, counting(kind), raising=False)
+    support = [("platform", "service:support")]
+    existing = [(f"a{i:05d}", reach_of(f"a{i:05d}", support, ["prod"])) for i in range(1000)]
+    index = build_grant_index(existing)
+    applied = [(f"t{i:05d}", NO_REACH, reach_of(f"t{i:05d}", support, ["prod"])) for i in range(2000)]
+    # Half the existing grantors stop granting in the same apply.
+    applied += [(tenant_id, reach, NO_REACH) for tenant_id, reach in existing[::2]]
+    copied[0] = 0
+    changed = with_grant_changes(index, applied)
+    assert copied[0] <= 4 * (len(existing) + len(applied)), copied[0]
+    expected = build_grant_index([*existing[1::2], *((t, after) for t, _, after in applied[:2000])])
+    assert changed.as_dict() == expected.as_dict()
+    assert len(changed.granting("platform", "service:support")) == 2500

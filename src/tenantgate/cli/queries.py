@@ -74,31 +74,69 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _add_target(listing)
     _add_subject(listing, "the subject's home tenant (required with --subject)")
     listing.add_argument("--include-inactive", action="store_true", help="list Draft and Archived tenants too")
-    listing.add_argument("--page-size", type=int, default=0, help="tenants per page (default 100, at most 1000)")
-    listing.add_argument("--page-token", default="", help="start at the page a previous listing named")
+    listing.add_argument("--page-size", type=_page_size, default=0,
+                         help="tenants per page (default 100, at most 1000)")
+    listing.add_argument("--page-token", type=_text, default="", help="start at the page a previous listing named")
     listing.add_argument("--all", action="store_true", help="follow every page (otherwise one page)")
     listing.set_defaults(handler=_subject_tenants)
 
     tenant_check = commands.add_parser("check-tenant", help="may a subject use a tenant at all (CheckTenantAccess)")
     _add_target(tenant_check)
-    tenant_check.add_argument("--tenant", required=True, help="the tenant the subject wants to use")
+    tenant_check.add_argument("--tenant", type=_text, required=True, help="the tenant the subject wants to use")
     _add_subject(tenant_check, "the subject's home tenant (default: --tenant)")
     tenant_check.set_defaults(handler=_check_tenant)
 
 
 def _add_subject(parser: argparse.ArgumentParser, home_help: str) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--subject", help='e.g. "user:alice"')
-    who.add_argument("--token", help="a bearer JWT")
-    parser.add_argument("--subject-tenant", default="", help=home_help)
-    parser.add_argument("--env", default="", help="only bindings that apply in this environment, e.g. prod")
+    who.add_argument("--subject", type=_text, help='e.g. "user:alice"')
+    who.add_argument("--token", type=_text, help="a bearer JWT")
+    parser.add_argument("--subject-tenant", type=_text, default="", help=home_help)
+    parser.add_argument("--env", type=_text, default="", help="only bindings that apply in this environment, e.g. prod")
+
+
+# What a request's page_size (a uint32) can carry; the server refuses more than its maximum (1000) itself.
+_MAX_UINT32 = 2**32 - 1
+_MAX_TIMEOUT = 86400
+
+
+def _page_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= _MAX_UINT32:
+        raise argparse.ArgumentTypeError(f"{text} is not a page size: 0 (the server's default, 100) up to the "
+                                         "server's maximum (1000)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # gRPC turns a deadline past its clock's range (about 1e10 s) into one already passed: refuse it here.
+    if not 0 < value <= _MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text} is not a deadline: seconds above 0, at most {_MAX_TIMEOUT}")
+    return value
+
+
+def _text(text: str) -> str:
+    """An argument as it goes on the wire: protobuf strings are UTF-8, and a command line may hold bytes that are
+    not (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!a} is not valid UTF-8") from None
+    return text
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=os.environ.get("TENANTGATE_TARGET", DEFAULT_LISTEN),
                         help=f"server address (env TENANTGATE_TARGET; default {DEFAULT_LISTEN})")
     add_tls(parser)
-    parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    parser.add_argument("--timeout", type=_seconds, default=5.0, help="deadline in seconds (default 5)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
 
 

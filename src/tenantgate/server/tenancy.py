@@ -2,18 +2,22 @@
 
 Each call reads one snapshot (its grant index and tenants are of one revision), verifies a token with the
 verifier and cache CheckAccess uses, and compiles the tenants it needs in a worker thread, never on the event
-loop. A page of up to INLINE_TENANTS tenants is answered on the loop (about 3 µs a tenant, engine and protobuf);
-a larger one in a worker thread, so that no call holds the loop for a millisecond or more (a page of 1000 takes
-several): the snapshot is immutable, and the tenants it reads compiled are compiled before."""
+loop. A listing is answered on the loop only when the page can examine at most INLINE_TENANTS candidates (about
+3 µs each, engine and protobuf); otherwise in a worker thread, so that no call holds the loop for a millisecond or
+more. What bounds a page's work is the candidates it examines, not its page_size: a page stops at page_size tenants
+listed, but candidates left out (an environment they do not declare, inactive states) do not count towards it, so a
+page of 10 may examine up to MAX_EXAMINED of them (several milliseconds). The snapshot is immutable, and the
+tenants it reads compiled are compiled before."""
 
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from typing import cast
 
 from tenantgate.adminapi.wire import state_to_wire
 from tenantgate.engines.access import Reason, Undecided
-from tenantgate.engines.tenancy import TenantAccess, check_tenant, list_tenants, to_compile
+from tenantgate.engines.tenancy import MAX_EXAMINED, TenantAccess, check_tenant, list_tenants, to_compile
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, NotFound
 from tenantgate.membership import HeldRole
@@ -41,6 +45,14 @@ def _fill(answer: pb.SubjectTenant | pb.CheckTenantAccessResponse, access: Tenan
         answer.state = state_to_wire(access.state)
     answer.roles.extend(_roles(access.roles))
     answer.grants.extend(access.grants)
+
+
+def _examinable(snapshot: Snapshot, home: str, subject: str, after: str) -> int:
+    """The most candidates a page of (home, subject)'s listing that starts after tenant ``after`` may examine,
+    whatever its page_size: the grantors that follow ``after``, and the home tenant when it does."""
+    granting = snapshot.grants.granting(home, subject)
+    following = len(granting) - (bisect_right(granting, after, key=lambda entry: entry[0]) if after else 0)
+    return min(following + (home > after), MAX_EXAMINED)
 
 
 class TenancyCalls:
@@ -88,8 +100,7 @@ class TenancyCalls:
                 _fill(response.tenants.add(tenant_id=access.tenant_id), access)
             return response
 
-        candidates = len(snapshot.grants.granting(home, subject)) + 1  # its grantors, and its home
-        if min(limit, candidates) > INLINE_TENANTS:
+        if _examinable(snapshot, home, subject, after) > INLINE_TENANTS:
             return await asyncio.to_thread(answer)
         return answer()
 
