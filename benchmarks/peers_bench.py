@@ -2,7 +2,9 @@
 
 - the access engine against pycasbin's RBAC-with-domains enforcer (allow rules only: casbin's model here
   has no deny, so neither side uses one);
-- the quota engine against the `limits` library: in memory, and on Redis (one call at a time on both sides).
+- the quota engine against the `limits` library's fixed window: in memory, and on Redis (one call at a time,
+  and 100 at a time in one process), with the parts of tenantgate's path that limits has no counterpart for
+  measured apart (see quota_rows).
 
 Figures are ratios: tenantgate's operations per second over the peer's. Needs the bench extra
 (pip install -e '.[bench]'). Writes benchmarks/results/peers.json.
@@ -16,19 +18,23 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import casbin
 import limits
+import uvloop
 from limits import storage as limits_storage
 from limits import strategies
+from limits.aio import storage as aio_storage
+from limits.aio import strategies as aio_strategies
 from measure import async_rate, rate
 
 from tenantgate.counters.memory import MemoryCounterStore
 from tenantgate.counters.redis import RedisCounterStore
 from tenantgate.engines.access import AccessEngine, AccessRequest
-from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem
+from tenantgate.engines.quota import CounterOp, QuotaEngine, QuotaRequestItem
 from tenantgate.engines.tokens import TokenVerifier
 from tenantgate.registry.manifest import parse_document
 from tenantgate.snapshot import build_snapshot, build_tenant
@@ -82,38 +88,102 @@ def access_rows() -> list[dict[str, Any]]:
              "peer": f"pycasbin {casbin.__name__} RBAC with domains", "peer_ops_per_s": theirs_rate}]
 
 
-def quota_rows(redis_url: str) -> list[dict[str, Any]]:
-    document = {"apiVersion": "tenantgate/v1", "kind": "Tenant", "metadata": {"id": "acme"},
-                "spec": {"state": "Active", "quotas": {"api": {"rate": "1000000000/second"}}}}
-    snapshot = build_snapshot(1, [build_tenant(parse_document(document).tenant, 1)], time.time())
-    items = [QuotaRequestItem("api", 1)]
-    item = limits.parse("1000000000/second")
-    rows = []
-    loop = asyncio.new_event_loop()
-    engine = QuotaEngine(MemoryCounterStore())
-    peer = strategies.FixedWindowRateLimiter(limits_storage.MemoryStorage())
-    rows.append({"scenario": "quota consume, in memory",
-                 "tenantgate_ops_per_s": async_rate(loop, lambda: engine.consume(snapshot, "acme", items)),
-                 "peer": f"limits {limits.__version__} fixed window, memory",
-                 "peer_ops_per_s": rate(lambda: peer.hit(item, "acme", "api"), 1.5, 200)})
-    prefix = f"tgpeers-{os.getpid()}:"
-    try:
-        redis_store = RedisCounterStore(redis_url, prefix=prefix)
-        redis_engine = QuotaEngine(redis_store)
-        redis_peer = strategies.FixedWindowRateLimiter(limits_storage.RedisStorage(redis_url, key_prefix=prefix))
-        rows.append({"scenario": "quota consume, Redis, one at a time",
-                     "tenantgate_ops_per_s": async_rate(loop, lambda: redis_engine.consume(snapshot, "acme", items)),
-                     "peer": f"limits {limits.__version__} fixed window, Redis",
-                     "peer_ops_per_s": rate(lambda: redis_peer.hit(item, "acme", "api"), 1.5, 200)})
-        loop.run_until_complete(redis_store.close())
-        import redis
+QUOTAS = {"api": {"rate": "1000000000/second"},  # a token bucket that never runs dry
+          "daily": {"limit": 10**15, "period": "day"}}  # a UTC calendar window: like limits' fixed window
+CONCURRENT = 100
 
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    except Exception as exc:  # Redis missing: the memory rows still stand
+
+def _redis_calls(client: Any) -> tuple[int, int]:
+    """EVALSHA calls and the microseconds Redis spent in them so far (both sides call one Lua script per hit)."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+def _side_by_side(ours: Callable[[], float], theirs: Callable[[], float], client: Any = None) -> dict[str, Any]:
+    """Each side measured three times, taking turns, its best figure kept; with ``client``, also the microseconds
+    Redis spent per script call on each side."""
+    best = {"tenantgate": 0.0, "peer": 0.0}
+    spent = {"tenantgate": [0, 0], "peer": [0, 0]}
+    for _ in range(3):
+        for side, measure in (("tenantgate", ours), ("peer", theirs)):
+            before = _redis_calls(client) if client is not None else (0, 0)
+            best[side] = max(best[side], measure())
+            if client is not None:
+                after = _redis_calls(client)
+                spent[side] = [spent[side][0] + after[0] - before[0], spent[side][1] + after[1] - before[1]]
+    figures: dict[str, Any] = {"tenantgate_ops_per_s": best["tenantgate"], "peer_ops_per_s": best["peer"]}
+    if client is not None:
+        figures["tenantgate_redis_us_per_call"] = spent["tenantgate"][1] / max(1, spent["tenantgate"][0])
+        figures["peer_redis_us_per_call"] = spent["peer"][1] / max(1, spent["peer"][0])
+    return figures
+
+
+def _concurrent_rate(loop: asyncio.AbstractEventLoop, operation: Callable[[], Awaitable[object]]) -> float:
+    """Operations per second, ``CONCURRENT`` at a time (as many callers of one server process)."""
+    return async_rate(loop, lambda: asyncio.gather(*(operation() for _ in range(CONCURRENT))), 1.5, 20) * CONCURRENT
+
+
+def quota_rows(redis_url: str) -> list[dict[str, Any]]:
+    """tenantgate's quota engine, as the server calls it (on uvloop, as the server runs), beside limits' fixed
+    window strategy on the same backend; and the parts of tenantgate's path measured apart: the counter store
+    alone (no request validation, tenant state, outcome), a calendar window instead of the token bucket, an
+    idempotency key."""
+    document = {"apiVersion": "tenantgate/v1", "kind": "Tenant", "metadata": {"id": "acme"},
+                "spec": {"state": "Active", "quotas": QUOTAS}}
+    snapshot = build_snapshot(1, [build_tenant(parse_document(document).tenant, 1)], time.time())
+    rate_items, window_items = [QuotaRequestItem("api", 1)], [QuotaRequestItem("daily", 1)]
+    rate_ops = [CounterOp(snapshot.tenants["acme"].spec.quotas["api"], 1)]
+    item = limits.parse("1000000000/second")
+    peer_name = f"limits {limits.__version__} fixed window"
+    rows = []
+    loop = uvloop.new_event_loop()
+    store = MemoryCounterStore()
+    engine = QuotaEngine(store)
+    peer = strategies.FixedWindowRateLimiter(limits_storage.MemoryStorage())
+    hit = lambda: rate(lambda: peer.hit(item, "acme", "api"), 1.5, 200)  # noqa: E731
+    rows.append({"scenario": "quota consume, memory", "peer": f"{peer_name}, memory", **_side_by_side(
+        lambda: async_rate(loop, lambda: engine.consume(snapshot, "acme", rate_items)), hit)})
+    rows.append({"scenario": "quota consume, memory, counter store alone", "peer": f"{peer_name}, memory",
+                 **_side_by_side(lambda: async_rate(loop, lambda: store.consume("acme", rate_ops, time.time())), hit)})
+    prefix = f"tgpeers-{os.getpid()}:"
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # Redis missing: the memory rows still stand
         print(f"(skipping the Redis rows: {exc})")
+        loop.close()
+        return rows
+    redis_store = RedisCounterStore(redis_url, prefix=prefix)
+    redis_engine = QuotaEngine(redis_store)
+    redis_peer = strategies.FixedWindowRateLimiter(limits_storage.RedisStorage(redis_url, key_prefix=prefix))
+    redis_hit = lambda: rate(lambda: redis_peer.hit(item, "acme", "api"), 1.5, 200)  # noqa: E731
+    # limits' asyncio flavour on redis-py's asyncio client, for many callers at once in one process.
+    async_peer = aio_strategies.FixedWindowRateLimiter(aio_storage.RedisStorage(
+        redis_url.replace("redis://", "async+redis://", 1), implementation="redispy", key_prefix=prefix))
+    keys = iter(range(10**12))
+    one_at_a_time = [
+        ("quota consume, Redis, one at a time", lambda: redis_engine.consume(snapshot, "acme", rate_items)),
+        ("quota consume, Redis, one at a time, calendar window",
+         lambda: redis_engine.consume(snapshot, "acme", window_items)),
+        ("quota consume, Redis, one at a time, idempotency key",
+         lambda: redis_engine.consume(snapshot, "acme", rate_items, idempotency_key=f"k{next(keys)}")),
+        ("quota consume, Redis, one at a time, counter store alone",
+         lambda: redis_store.consume("acme", rate_ops, 0.0)),
+    ]
+    for scenario, operation in one_at_a_time:
+        rows.append({"scenario": scenario, "peer": f"{peer_name}, Redis", **_side_by_side(
+            lambda operation=operation: async_rate(loop, operation), redis_hit, client)})
+    rows.append({"scenario": f"quota consume, Redis, {CONCURRENT} at a time",
+                 "peer": f"{peer_name}, Redis (limits.aio, redis-py asyncio)", **_side_by_side(
+                     lambda: _concurrent_rate(loop, lambda: redis_engine.consume(snapshot, "acme", rate_items)),
+                     lambda: _concurrent_rate(loop, lambda: async_peer.hit(item, "acme", "api")), client)})
+    loop.run_until_complete(redis_store.close())
+    found = list(client.scan_iter(match=f"{prefix}*"))
+    if found:
+        client.delete(*found)
+    client.close()
     loop.close()
     return rows
 
@@ -127,8 +197,10 @@ def main() -> None:
     (RESULTS / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"cores: {report['cores']}")
     for row in rows:
-        print(f"{row['scenario']:<38} tenantgate {row['tenantgate_ops_per_s']:>10,.0f}/s   {row['peer']:<40} "
-              f"{row['peer_ops_per_s']:>10,.0f}/s   ratio {row['ratio_to_peer']:.2f}")
+        inside = (f"   Redis us/call {row['tenantgate_redis_us_per_call']:.1f} vs {row['peer_redis_us_per_call']:.1f}"
+                  if "peer_redis_us_per_call" in row else "")
+        print(f"{row['scenario']:<58} tenantgate {row['tenantgate_ops_per_s']:>10,.0f}/s   "
+              f"peer {row['peer_ops_per_s']:>10,.0f}/s   ratio {row['ratio_to_peer']:.2f}{inside}")
 
 
 if __name__ == "__main__":

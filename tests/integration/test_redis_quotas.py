@@ -5,6 +5,7 @@ riding out a Redis outage (one Redis here; a cluster's failover is in test_redis
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from tenantgate.clock import FakeClock
 from tenantgate.counters import open_counter_store
-from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem, calendar_window
+from tenantgate.engines.quota import QuotaEngine, QuotaRequestItem, calendar_window, payload_digest
 from tenantgate.model import CalendarPeriod
 from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.v1 import decision_pb2 as pb
@@ -188,3 +189,61 @@ def test_a_redis_outage_is_answered_by_policy_and_recovered_from(
     assert recovered.allowed and recovered.results[0].remaining == 98
     with pytest.raises(grpc.RpcError):
         server.stub.ConsumeQuota(pb.ConsumeQuotaRequest(tenant_id="acme", items=[pb.QuotaItem(quota="nope")]))
+
+
+async def test_counters_and_answers_kept_by_the_previous_release_carry_on(redis_url: str, redis_prefix: str) -> None:
+    """The key layout is the previous release's, with fields added: its buckets, windows and idempotency answers
+    (kept as JSON) are read as they are, so an upgrade resets no counter and a retry across it counts once."""
+    client = redis.Redis.from_url(redis_url)
+    seconds, micros = client.time()
+    now = seconds + micros / 1_000_000
+    start, end = calendar_window(CalendarPeriod.DAY, now)
+    # As the previous release's script left them: a bucket just emptied, with no stored expiry; a window with 99
+    # of 100 spent; the answer to an idempotent call.
+    client.hset(f"{redis_prefix}{{acme}}:q:api", mapping={"tokens": 0, "ts": now})
+    client.hset(f"{redis_prefix}{{acme}}:q:jobs", mapping={"start": start, "used": 99})
+    jobs = [QuotaRequestItem("jobs", 1)]
+    client.set(f"{redis_prefix}{{acme}}:idem:k1", payload_digest("acme", jobs, False) + '|[[1,7,0.5,0,""]]',
+               px=60_000)
+    store = open_counter_store(redis_url, prefix=redis_prefix)
+    engine = QuotaEngine(store)
+    snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))
+    try:
+        assert not (await engine.consume(snapshot, "acme", [QuotaRequestItem("api", 1)])).allowed
+        replayed = await engine.consume(snapshot, "acme", jobs, idempotency_key="k1")
+        assert replayed.allowed and (replayed.items[0].remaining, replayed.items[0].reset_after) == (7, 0.5)
+        assert (await engine.consume(snapshot, "acme", jobs)).items[0].remaining == 0
+        assert not (await engine.consume(snapshot, "acme", jobs)).allowed
+        # The window's key now expires a day after the window ends, as it did.
+        assert client.pexpiretime(f"{redis_prefix}{{acme}}:q:jobs") == math.ceil(end * 1000) + 86_400_000
+    finally:
+        await store.close()
+        client.close()
+
+
+async def test_a_buckets_expiry_is_moved_only_when_it_would_come_before_the_bucket_is_full(
+        redis_url: str, redis_prefix: str) -> None:
+    """A bucket's key is dropped once the bucket has refilled (it then holds nothing a full bucket does not).
+    Moving its expiry on every call would cost a Redis command each time: it is moved, with as much slack again,
+    only when the expiry kept in the hash comes before the bucket could be full."""
+    client = redis.Redis.from_url(redis_url)
+    key = f"{redis_prefix}{{acme}}:q:api"
+    store = open_counter_store(redis_url, prefix=redis_prefix)
+    engine = QuotaEngine(store)
+    snapshot = snapshot_of(tenant_doc("acme", quotas=QUOTAS))  # 1/minute, burst 2: full 120 s after empty
+    try:
+        seconds, _ = client.time()
+        assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("api", 1)])).allowed
+        first = client.pexpiretime(key)
+        assert int(client.hget(key, "expires") or 0) == first
+        assert (seconds + 120) * 1000 < first <= (seconds + 1 + 241) * 1000  # full by then, with slack
+        client.hset(key, "expires", first + 3_600_000)
+        client.pexpireat(key, first + 3_600_000)  # later than needed: left alone
+        assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("api", 1)])).allowed
+        assert client.pexpiretime(key) == first + 3_600_000
+        client.hset(key, mapping={"tokens": 2, "expires": seconds * 1000})  # too early: moved
+        assert (await engine.consume(snapshot, "acme", [QuotaRequestItem("api", 1)])).allowed
+        assert (seconds + 120) * 1000 < client.pexpiretime(key) == int(client.hget(key, "expires") or 0)
+    finally:
+        await store.close()
+        client.close()

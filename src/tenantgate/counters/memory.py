@@ -21,7 +21,6 @@ from tenantgate.engines.quota import (
     CounterResult,
     Idempotency,
     bounded_take,
-    bucket_level,
     bucket_take,
     calendar_window,
     unknown_lease,
@@ -93,30 +92,41 @@ class MemoryCounterStore:
                         raise Aborted(f"idempotency key {idempotency.key!r} was used with a different request",
                                       field="idempotency_key")
                     return remembered[2]
-            evaluated = []
-            admitted = True
-            for index, op in enumerate(ops):
-                result, basis = self._evaluate((tenant_id, op.spec.name), op, now, index)
-                evaluated.append((op, result, basis))
-                if not result.allowed and not op.spec.shadow:
-                    admitted = False
-            results = []
-            for op, result, basis in evaluated:
+            if len(ops) == 1:  # the usual call: its one item's answer decides
+                op = ops[0]
                 key = (tenant_id, op.spec.name)
-                counts = self._usage.get(key)
-                if counts is None:
-                    counts = self._usage[key] = [0, 0]
-                if not result.allowed:
-                    counts[1] += op.amount
-                elif admitted:
-                    self._commit(key, op, result, basis)
-                    if not op.release:
-                        counts[0] += op.amount
-                results.append(result)
+                result, basis = self._evaluate(key, op, now, 0)
+                self._settle(key, op, result, basis, result.allowed)
+                results = [result]
+            else:
+                evaluated = []
+                admitted = True
+                for index, op in enumerate(ops):
+                    key = (tenant_id, op.spec.name)
+                    result, basis = self._evaluate(key, op, now, index)
+                    evaluated.append((key, op, result, basis))
+                    if not result.allowed and not op.spec.shadow:
+                        admitted = False
+                results = []
+                for key, op, result, basis in evaluated:
+                    self._settle(key, op, result, basis, admitted)
+                    results.append(result)
             if idempotency is not None:
                 self._answers[(tenant_id, idempotency.key)] = (idempotency.payload_digest,
                                                                now + idempotency.ttl, results)
             return results
+
+    def _settle(self, key: CounterKey, op: CounterOp, result: CounterResult, basis: Basis, admitted: bool) -> None:
+        """Meter ``op`` and apply it when its call is admitted as a whole."""
+        counts = self._usage.get(key)
+        if counts is None:
+            counts = self._usage[key] = [0, 0]
+        if not result.allowed:
+            counts[1] += op.amount
+        elif admitted:
+            self._commit(key, op, result, basis)
+            if not op.release:
+                counts[0] += op.amount
 
     def _evaluate(self, key: CounterKey, op: CounterOp, now: float, index: int) -> tuple[CounterResult, Basis]:
         """The answer for ``op`` (item ``index`` of its call), and what it was read against, which a commit
@@ -124,8 +134,9 @@ class MemoryCounterStore:
         spec = op.spec
         if spec.kind is QuotaKind.RATE:
             bucket = self._buckets.get(key)
-            level = float(spec.burst) if bucket is None else bucket_level(bucket.tokens, bucket.updated, spec, now)
-            return bucket_take(level, spec, op.amount), (level, now)
+            result, level = (bucket_take(None, 0.0, spec, now, op.amount) if bucket is None
+                             else bucket_take(bucket.tokens, bucket.updated, spec, now, op.amount))
+            return result, (level, now)
         if spec.kind is QuotaKind.WINDOW:
             assert spec.period is not None
             start, end = calendar_window(spec.period, now)

@@ -13,6 +13,7 @@ once it is no longer a primary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -24,10 +25,10 @@ from redis.backoff import NoBackoff
 
 from tenantgate.counters.scripts import (
     CONSUME_SCRIPT,
-    CONSUME_SHA,
     PersistenceReport,
     ScriptCall,
     awaitable,
+    command_arguments,
     missing_script,
     own_connection,
     send_calls,
@@ -139,18 +140,16 @@ class ClusterScripts:
     async def _follow(self, calls: list[ScriptCall], replies: list[Any], again: list[int]) -> None:
         """Send again, under a deadline of their own, the calls that did not run: their slot moved (they go
         through redis-py, which follows MOVED and ASK and waits out TRYAGAIN), or their node lacked the script
-        (a promoted replica: the script is loaded on the nodes that now own those calls' slots). A call that
+        (a promoted replica: the script is loaded on the nodes that serve those calls' slots). A call that
         still fails gets its error in its place; the lane's other replies are kept."""
         try:
             async with asyncio.timeout(self._timeout):
                 for _ in range(2):
                     if any(isinstance(replies[index], _REDIRECTIONS) for index in again):
                         self._refresh_soon()
-                    missing = [calls[index][0][0] for index in again if missing_script(replies[index])]
+                    missing = [calls[index][0] for index in again if missing_script(replies[index])]
                     if missing:
-                        owners = {self._cluster.get_node_from_key(key) for key in missing} - {None}
-                        await self._cluster.execute_command("SCRIPT LOAD", CONSUME_SCRIPT,
-                                                            target_nodes=list(owners) or RedisCluster.PRIMARIES)
+                        await self._load_script(missing)
                     for index, reply in zip(again, await self._pipeline([calls[i] for i in again]), strict=True):
                         replies[index] = reply
                     again = [index for index in again
@@ -161,6 +160,22 @@ class ClusterScripts:
             for index in again:
                 replies[index] = exc
 
+    async def _load_script(self, keys: list[str]) -> None:
+        """Loads the script on the nodes that serve ``keys``' slots by the slot map known here, replicas included:
+        after a failover that map may still name the old primary, and a call, redirected, reach the replica promoted
+        in its place. A node that does not answer is passed over (a call that needs it fails on its own)."""
+        serving = self._cluster.nodes_manager.slots_cache
+        nodes = {node.name: node for key in keys for node in serving.get(self._cluster.keyslot(key), [])}
+
+        async def load(node: ClusterNode) -> None:
+            with contextlib.suppress(redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
+                await self._cluster.execute_command("SCRIPT LOAD", CONSUME_SCRIPT, target_nodes=node)
+
+        if nodes:
+            await asyncio.gather(*(load(node) for node in nodes.values()))
+        else:
+            await self._cluster.execute_command("SCRIPT LOAD", CONSUME_SCRIPT, target_nodes=RedisCluster.PRIMARIES)
+
     async def _on_node(self, node: ClusterNode, calls: list[ScriptCall]) -> list[Any]:
         connection = self._connections.get(node.name)
         if connection is None:
@@ -169,9 +184,9 @@ class ClusterScripts:
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         pipeline = self._cluster.pipeline()
-        for keys, args in calls:
+        for _, command in calls:
             # execute_command: redis-py's cluster pipeline refuses its evalsha method, not the command.
-            pipeline.execute_command("EVALSHA", CONSUME_SHA, len(keys), *keys, *args)
+            pipeline.execute_command(*command_arguments(command))
         replies: list[Any] = await pipeline.execute(raise_on_error=False)
         return replies
 

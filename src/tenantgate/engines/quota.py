@@ -117,20 +117,19 @@ def calendar_window(period: CalendarPeriod, now: float) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
-def bucket_level(tokens: float, updated: float, spec: QuotaSpec, now: float) -> float:
-    """Tokens in a rate quota's bucket at ``now``, refilled since ``updated`` and capped at the burst."""
+def bucket_take(tokens: float | None, updated: float, spec: QuotaSpec, now: float,
+                amount: int) -> tuple[CounterResult, float]:
+    """What taking ``amount`` from a rate quota's bucket would answer at ``now`` (state is not changed here), and
+    the bucket's level then: ``tokens`` at ``updated`` (None: never used, full), refilled since and capped at the
+    burst."""
+    burst = spec.burst
     refill = spec.limit / spec.per_seconds
-    return min(float(spec.burst), tokens + max(0.0, now - updated) * refill)
-
-
-def bucket_take(level: float, spec: QuotaSpec, amount: int) -> CounterResult:
-    """What taking ``amount`` from a bucket at ``level`` would answer (state is not changed here)."""
-    refill = spec.limit / spec.per_seconds
+    level = float(burst) if tokens is None else min(float(burst), tokens + max(0.0, now - updated) * refill)
     if amount <= level:
         after = level - amount
-        return CounterResult(True, math.floor(after), (spec.burst - after) / refill, 0.0)
-    wait = (min(amount, spec.burst) - level) / refill
-    return CounterResult(False, math.floor(level), (spec.burst - level) / refill, wait)
+        return CounterResult(True, math.floor(after), (burst - after) / refill, 0.0), level
+    wait = (min(amount, burst) - level) / refill
+    return CounterResult(False, math.floor(level), (burst - level) / refill, wait), level
 
 
 def bounded_take(used: int, limit: int, amount: int, retry_after: float, reset_after: float = 0.0) -> CounterResult:
@@ -198,12 +197,13 @@ class QuotaEngine:
                                resource_type="quota", resource_name=item.quota)
             if item.amount > MAX_AMOUNT:
                 raise InvalidArgument(f"amount must be at most {MAX_AMOUNT}", field=f"items[{index}].amount")
-            if release and not spec.releasable:
-                raise InvalidArgument(f"quota {item.quota!r} is a {spec.kind.value} quota; only concurrency "
-                                      "and allocation quotas can be released", field="release")
-            if release and spec.kind is QuotaKind.CONCURRENCY and not item.lease_id:
-                raise InvalidArgument("releasing a concurrency quota needs the lease_id it was acquired with",
-                                      field=f"items[{index}].lease_id")
+            if release:
+                if not spec.releasable:
+                    raise InvalidArgument(f"quota {item.quota!r} is a {spec.kind.value} quota; only concurrency "
+                                          "and allocation quotas can be released", field="release")
+                if spec.kind is QuotaKind.CONCURRENCY and not item.lease_id:
+                    raise InvalidArgument("releasing a concurrency quota needs the lease_id it was acquired with",
+                                          field=f"items[{index}].lease_id")
             ops.append(CounterOp(spec, item.amount, release, item.lease_id))
         if len(items) > 1:
             _refuse_repeated_quotas(items)
