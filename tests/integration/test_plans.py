@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import pytest
 import yaml
 
 from tenantgate.registry.backends import open_store
+from tenantgate.registry.ledger import Write
+from tenantgate.registry.records import NAMED_TENANTS
 from tenantgate.v1 import decision_pb2 as dpb
 from tenantgate.v1 import registry_pb2 as pb
 from tests.conftest import ADMIN, EXAMPLES, REPO, TENANTGATE, RunningServer, tenant_doc
@@ -147,3 +151,83 @@ def test_the_example_plans_apply_over_the_demo_tenants(registry_path: Path, mast
     assert result.returncode == 0 and result.stderr == "", result.stderr
     for plan, tenants in (("free", "initech"), ("professional", "acme"), ("starter", "globex")):
         assert f"+ create plan {plan}\n    tenants on it (1): {tenants}\n" in result.stdout
+
+
+def test_a_plan_on_many_tenants_is_applied_through_the_admin_api_in_answers_of_bounded_size(
+        tmp_path: Path, registry_url: str, start_server: Callable[..., RunningServer]) -> None:
+    """The answer to an apply names the first NAMED_TENANTS tenants of each list and counts them all: it listed
+    every tenant on the plan twice, and past 4 MiB a committed apply was reported as failed (RESOURCE_EXHAUSTED)."""
+    many = NAMED_TENANTS + 50
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump_all(
+        [plan_doc("pro", "10/minute"), *(tenant_doc(f"t{i:04d}", plan="pro") for i in range(many))]))
+    assert tenantgate("apply", "-f", str(tmp_path / "tenants.yaml"), "--registry", registry_url).returncode == 0
+    server = start_server()
+    server.wait_synced(1)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan_doc("pro", "20/minute")))
+    admin = ["--registry", f"grpc://{server.admin_target}", "--actor", ADMIN]
+    first = ", ".join(f"t{i:04d}" for i in range(NAMED_TENANTS))
+    for extra in (["--dry-run"], []):
+        answer = tenantgate("apply", "-f", str(tmp_path / "plan.yaml"), *extra, *admin)
+        assert answer.returncode == 0, answer.stderr
+        assert f"    tenants on it ({many}): {first} and 50 more\n" in answer.stdout
+        assert f"effective quotas change for {many} tenant(s): {first} and 50 more\n" in answer.stdout
+    assert "the change feed (WatchChanges) at revision 2 names every tenant it changed" in answer.stdout
+    assert len(answer.stdout) < 3 * NAMED_TENANTS * 8
+    (entry,) = [e for e in _audit(registry_url) if e.action == "plan.update"]
+    assert entry.detail.endswith(" and 50 more (the change feed at revision 2 names every one)")
+    server.wait_synced(2)
+    assert consume(server, f"t{many - 1:04d}", "api").results[0].limit == 20
+
+
+def _older_entries(registry_url: str, *sizes: int) -> None:
+    """Ledger entries as an older tenantgate wrote them for a plan on many tenants: one that listed them all."""
+    store = open_store(registry_url)
+    try:
+        for size in sizes:
+            with store._backend.transaction(write=True) as tx:  # type: ignore[attr-defined]
+                write = Write(tx, "older", time.time())
+                write.audit("plan.update", detail="plan pro; tenants on it: " + "t, " * (size // 3))
+                write.commit(store._backend)  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+def test_the_ledger_is_read_through_the_admin_api_in_pages_that_fit_a_message(
+        tmp_path: Path, registry_url: str, start_server: Callable[..., RunningServer]) -> None:
+    """Pages of the ledger stop filling at 1 MiB: four 1.5 MB entries of an older version made every page past
+    4 MiB, and `audit log` failed while `events export` retried the same page forever. An entry that alone cannot
+    travel ends the export with what to do instead."""
+    _older_entries(registry_url, *[1_500_000] * 4)
+    server = start_server()
+    server.wait_synced(4)
+    admin = ["--registry", f"grpc://{server.admin_target}", "--actor", ADMIN]
+    log = tenantgate("audit", "log", *admin)
+    assert log.returncode == 0, log.stderr
+    assert [line.split()[0] for line in log.stdout.splitlines()] == ["1", "2", "3", "4"]
+    export = tenantgate("events", "export", *admin, "--sink", f"file:{tmp_path / 'events'}", "--once")
+    assert export.returncode == 0 and "published 4 audit event(s)" in export.stdout, export.stderr
+
+    _older_entries(registry_url, 5_000_000)
+    stuck = tenantgate("events", "export", *admin, "--sink", f"file:{tmp_path / 'events'}", "--once")
+    assert stuck.returncode == 2 and "Traceback" not in stuck.stderr
+    assert "audit entry 5 is larger than one Admin API message" in stuck.stderr
+    assert "export from the registry's store instead" in stuck.stderr
+    store_export = tenantgate("events", "export", "--registry", registry_url, "--sink",
+                              f"file:{tmp_path / 'events'}", "--once")
+    assert store_export.returncode == 0 and "published 1 audit event(s)" in store_export.stdout, store_export.stderr
+
+
+def test_usage_through_the_admin_api_reports_the_quotas_of_the_tenants_plan(
+        tmp_path: Path, registry_url: str, redis_url: str, redis_prefix: str,
+        start_server: Callable[..., RunningServer]) -> None:
+    assert tenantgate("apply", "-f", str(write(tmp_path)), "--registry", registry_url).returncode == 0
+    server = start_server()
+    server.wait_synced(1)
+    export = tenantgate("events", "export", "--registry", f"grpc://{server.admin_target}", "--actor", ADMIN,
+                        "--sink", f"file:{tmp_path / 'events'}", "--counters", redis_url, "--counters-prefix",
+                        redis_prefix, "--once")
+    assert export.returncode == 0, export.stderr
+    usage = {event["subject"]: event["data"]["quotas"] for event in (
+        json.loads(line) for line in (tmp_path / "events" / "usage.jsonl").read_text().splitlines())}
+    assert {tenant: sorted(quotas) for tenant, quotas in usage.items()} == {
+        "acme": ["api", "users"], "globex": ["api", "users"], "initech": ["api", "users"]}

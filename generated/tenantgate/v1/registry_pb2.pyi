@@ -45,32 +45,36 @@ class TenantChange(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., action: _Optional[str] = ..., before_state: _Optional[str] = ..., after_state: _Optional[str] = ..., differences: _Optional[_Iterable[str]] = ..., new_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlanChange(_message.Message):
-    __slots__ = ("plan_id", "action", "differences", "tenants")
+    __slots__ = ("plan_id", "action", "differences", "tenants", "tenant_count")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_COUNT_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     action: str
     differences: _containers.RepeatedScalarFieldContainer[str]
     tenants: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, plan_id: _Optional[str] = ..., action: _Optional[str] = ..., differences: _Optional[_Iterable[str]] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
+    tenant_count: int
+    def __init__(self, plan_id: _Optional[str] = ..., action: _Optional[str] = ..., differences: _Optional[_Iterable[str]] = ..., tenants: _Optional[_Iterable[str]] = ..., tenant_count: _Optional[int] = ...) -> None: ...
 
 class ApplyManifestsResponse(_message.Message):
-    __slots__ = ("revision", "changes", "dry_run", "plan_changes", "quota_changes", "warnings")
+    __slots__ = ("revision", "changes", "dry_run", "plan_changes", "quota_changes", "warnings", "quota_change_count")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     PLAN_CHANGES_FIELD_NUMBER: _ClassVar[int]
     QUOTA_CHANGES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_CHANGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     revision: int
     changes: _containers.RepeatedCompositeFieldContainer[TenantChange]
     dry_run: bool
     plan_changes: _containers.RepeatedCompositeFieldContainer[PlanChange]
     quota_changes: _containers.RepeatedScalarFieldContainer[str]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[TenantChange, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., plan_changes: _Optional[_Iterable[_Union[PlanChange, _Mapping]]] = ..., quota_changes: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    quota_change_count: int
+    def __init__(self, revision: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[TenantChange, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., plan_changes: _Optional[_Iterable[_Union[PlanChange, _Mapping]]] = ..., quota_changes: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., quota_change_count: _Optional[int] = ...) -> None: ...
 
 class KeyMetadata(_message.Message):
     __slots__ = ("key_id", "purpose", "version", "algorithm", "state", "created_at")
@@ -89,7 +93,7 @@ class KeyMetadata(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., purpose: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "state", "revision", "document_json", "keys", "labels", "created_at", "updated_at", "state_since", "digest")
+    __slots__ = ("tenant_id", "state", "revision", "document_json", "keys", "labels", "created_at", "updated_at", "state_since", "digest", "quotas")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +111,7 @@ class Tenant(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     state: _decision_pb2.TenantState
     revision: int
@@ -117,7 +122,8 @@ class Tenant(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     state_since: _timestamp_pb2.Timestamp
     digest: str
-    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.TenantState, str]] = ..., revision: _Optional[int] = ..., document_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyMetadata, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ...) -> None: ...
+    quotas: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_decision_pb2.TenantState, str]] = ..., revision: _Optional[int] = ..., document_json: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyMetadata, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., quotas: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTenantRequest(_message.Message):
     __slots__ = ("tenant_id",)
@@ -225,10 +231,12 @@ class ListAuditEntriesRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class ListAuditEntriesResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "more")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class VerifyAuditRequest(_message.Message):
     __slots__ = ()

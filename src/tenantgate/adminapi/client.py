@@ -96,8 +96,17 @@ class RemoteRegistry:
         return found[:limit]
 
     def audit_entries(self, *, tenant_id: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
-        request = pb.ListAuditEntriesRequest(tenant_id=tenant_id, after_seq=after_seq, page_size=min(limit, 1000))
-        return [wire.audit_from_wire(e) for e in self._call("ListAuditEntries", request).entries]
+        """Up to ``limit`` entries, as the store answers them, read in pages of at most 1000 that the server may cut
+        short to stay under a message's size (``more``)."""
+        found: list[AuditEntry] = []
+        while True:
+            request = pb.ListAuditEntriesRequest(tenant_id=tenant_id, after_seq=found[-1].seq if found else after_seq,
+                                                 page_size=min(limit - len(found), 1000))
+            response = self._call("ListAuditEntries", request)
+            found.extend(wire.audit_from_wire(e) for e in response.entries)
+            full = len(response.entries) == request.page_size
+            if not response.entries or len(found) >= limit or not (response.more or full):
+                return found
 
     def verify_audit(self) -> AuditVerification:
         return wire.verification_from_wire(self._call("VerifyAudit", pb.VerifyAuditRequest()))

@@ -59,14 +59,15 @@ def tenant_to_wire(info: TenantInfo) -> pb.Tenant:
     return pb.Tenant(tenant_id=record.id, state=state_to_wire(record.state), revision=record.revision,
                      document_json=record.document_json, digest=record.digest,
                      keys=[key_to_wire(k) for k in info.keys], labels=labels, created_at=timestamp(info.created_at),
-                     updated_at=timestamp(info.updated_at), state_since=timestamp(record.state_since))
+                     updated_at=timestamp(info.updated_at), state_since=timestamp(record.state_since),
+                     quotas=info.quotas)
 
 
 def tenant_from_wire(tenant: pb.Tenant) -> TenantInfo:
     record = TenantRecord(tenant.tenant_id, tenant.document_json, tenant.digest, tenant.revision,
                           state_from_wire(tenant.state), seconds_of(tenant.state_since))
     return TenantInfo(record, tuple(key_from_wire(tenant.tenant_id, k) for k in tenant.keys),
-                      seconds_of(tenant.created_at), seconds_of(tenant.updated_at))
+                      seconds_of(tenant.created_at), seconds_of(tenant.updated_at), tuple(tenant.quotas))
 
 
 def apply_to_wire(result: ApplyResult) -> pb.ApplyManifestsResponse:
@@ -74,16 +75,20 @@ def apply_to_wire(result: ApplyResult) -> pb.ApplyManifestsResponse:
         pb.TenantChange(tenant_id=c.tenant_id, action=c.action, before_state=c.before_state,
                         after_state=c.after_state, differences=c.differences, new_keys=c.new_keys)
         for c in result.changes], plan_changes=[
-        pb.PlanChange(plan_id=p.plan_id, action=p.action, differences=p.differences, tenants=p.tenants)
-        for p in result.plans], quota_changes=result.quota_changes, warnings=result.warnings)
+        pb.PlanChange(plan_id=p.plan_id, action=p.action, differences=p.differences, tenants=p.tenants,
+                      tenant_count=p.tenant_count)
+        for p in result.plans], quota_changes=result.quota_changes, warnings=result.warnings,
+        quota_change_count=result.quota_change_count)
 
 
 def apply_from_wire(response: pb.ApplyManifestsResponse) -> ApplyResult:
     return ApplyResult(response.revision, tuple(
         TenantChange(c.tenant_id, c.action, c.before_state, c.after_state, tuple(c.differences), tuple(c.new_keys))
         for c in response.changes), response.dry_run, tuple(
-        PlanChange(p.plan_id, p.action, tuple(p.differences), tuple(p.tenants)) for p in response.plan_changes),
-        tuple(response.quota_changes), tuple(response.warnings))
+        PlanChange(p.plan_id, p.action, tuple(p.differences), tuple(p.tenants), p.tenant_count or len(p.tenants))
+        for p in response.plan_changes),
+        tuple(response.quota_changes), tuple(response.warnings),
+        response.quota_change_count or len(response.quota_changes))  # a server that counts them, or all of them
 
 
 def transition_to_wire(result: TransitionResult) -> pb.TransitionTenantResponse:

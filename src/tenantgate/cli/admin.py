@@ -18,7 +18,7 @@ from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.model import KeyState, key_id
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.manifest import load_manifests
-from tenantgate.registry.records import KeyFactory, RegistryAdmin, RegistrySettings, TenantInfo
+from tenantgate.registry.records import KeyFactory, RegistryAdmin, RegistrySettings, TenantInfo, named
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,8 +84,9 @@ def _apply(args: argparse.Namespace) -> int:
         print(plan.describe())
     for change in result.changes:
         print(change.describe())
-    if result.quota_changes:
-        print(f"effective quotas change for {len(result.quota_changes)} tenant(s): {', '.join(result.quota_changes)}")
+    if result.quota_change_count:
+        print(f"effective quotas change for {result.quota_change_count} tenant(s): "
+              f"{named(result.quota_changes, result.quota_change_count)}")
     plans = f" and {len(result.plans)} plan(s)" if result.plans else ""
     if not result.changed:
         print(f"no changes; the registry is at revision {result.revision}")
@@ -94,6 +95,8 @@ def _apply(args: argparse.Namespace) -> int:
     else:
         print(f"applied {len(result.changes) + len(result.plans)} change(s); the registry is at revision "
               f"{result.revision}")
+        if any(len(plan.tenants) < plan.tenant_count for plan in result.plans):
+            print(f"the change feed (WatchChanges) at revision {result.revision} names every tenant it changed")
     return EXIT_OK
 
 

@@ -4,7 +4,10 @@ The audit export keeps no state of its own: it asks the sink for the last event 
 registry's entry of that sequence is the same entry (same hash), and publishes the entries after it in order,
 a batch at a time. On any transient error (the sink, the registry) it closes the sink, backs off and starts
 again from the sink's last event, so a crash of either side at any moment loses nothing and repeats nothing.
-Registry reads and event encoding run in threads: the event loop only waits.
+An Admin API answer too large for one message (RESOURCE_EXHAUSTED) is not retried as it was: the batch is halved,
+down to one entry; an entry that alone is too large (one a registry of an older version wrote) ends the export
+with an error that says to export from the store. Registry reads and event encoding run in threads: the event
+loop only waits.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ from tenantgate.registry.records import TenantInfo
 
 log = logging.getLogger("tenantgate.events")
 # Admin API answers that mean "not now" rather than "never".
-_TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED)
+_TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class TooLarge(Unavailable):
+    """An Admin API answer larger than one message may be (RESOURCE_EXHAUSTED): asking again for as much never
+    helps; asking for less may."""
 
 
 class AuditSource(Protocol):
@@ -74,6 +81,8 @@ async def _blocking(function: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await asyncio.to_thread(function, *args, **kwargs)
     except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise TooLarge(f"the registry's Admin API: {exc.code().name}: {exc.details()}") from exc
         if exc.code() in _TRANSIENT_CODES:
             raise Unavailable(f"the registry's Admin API: {exc.code().name}: {exc.details()}") from exc
         raise
@@ -86,6 +95,7 @@ class AuditExporter:
         self._settings = settings or ExportSettings()
         self.last_seq = 0  # the last sequence the sink is known to hold
         self.published = 0
+        self.batch = self._settings.batch  # halved while the Admin API's answers are too large
 
     async def run(self, stop: asyncio.Event) -> None:
         """Exports until ``stop`` is set, retrying transient errors with backoff; FailedPrecondition and
@@ -113,7 +123,7 @@ class AuditExporter:
             await self._check_same_ledger(position)
         self.last_seq, published = after, 0
         while True:
-            events = await _blocking(self._read, after)
+            events = await self._next(after)
             if not events:
                 if stop is None:
                     return published
@@ -126,9 +136,23 @@ class AuditExporter:
             self.last_seq, published = after, published + len(events)
             self.published += len(events)
 
-    def _read(self, after: int) -> list[OutboundEvent]:
+    async def _next(self, after: int) -> list[OutboundEvent]:
+        """The next entries after ``after``, encoded, in as large a batch as the registry can answer."""
+        while True:
+            try:
+                return await _blocking(self._read, after, self.batch)  # type: ignore[no-any-return]
+            except TooLarge as exc:
+                if self.batch == 1:
+                    raise FailedPrecondition(
+                        f"audit entry {after + 1} is larger than one Admin API message ({exc.message}); export "
+                        "from the registry's store instead (--registry sqlite://… or postgresql://…)") from None
+                self.batch = max(1, self.batch // 2)
+                log.warning("the registry's answer to %d audit entries was too large; reading %d at a time",
+                            self.batch * 2, self.batch)
+
+    def _read(self, after: int, batch: int) -> list[OutboundEvent]:
         """The next entries after ``after``, encoded (blocking: runs in a thread)."""
-        entries = self._registry.audit_entries(after_seq=after, limit=self._settings.batch)
+        entries = self._registry.audit_entries(after_seq=after, limit=batch)
         for offset, entry in enumerate(entries):
             if entry.seq != after + 1 + offset:
                 raise FailedPrecondition(f"the audit ledger has no entry {after + 1 + offset} (found {entry.seq}); "
@@ -136,7 +160,11 @@ class AuditExporter:
         return [encode_audit(entry, self._settings.source) for entry in entries]
 
     async def _check_same_ledger(self, position: Position) -> None:
-        entries = await _blocking(self._registry.audit_entries, after_seq=position.seq - 1, limit=1)
+        try:
+            entries = await _blocking(self._registry.audit_entries, after_seq=position.seq - 1, limit=1)
+        except TooLarge as exc:
+            raise FailedPrecondition(f"audit entry {position.seq} is larger than one Admin API message "
+                                     f"({exc.message}); export from the registry's store instead") from None
         if not entries or entries[0].seq != position.seq:
             raise FailedPrecondition(
                 f"{self._sink.description} holds audit event {position.seq}, but the registry's ledger has no entry "
@@ -150,7 +178,10 @@ class AuditExporter:
 
 
 def declared_quotas(info: TenantInfo) -> tuple[str, ...]:
-    """The quotas a stored tenant document declares, read without parsing the rest of it."""
+    """The quotas a tenant is served with, its plan's included (blocking: may parse its stored document). The
+    registry names them; one of an older version does not, and its tenant's own document's are used then."""
+    if info.quotas:
+        return info.quotas
     spec = info.record.document.get("spec")
     quotas = spec.get("quotas") if isinstance(spec, dict) else None
     return tuple(str(name) for name in quotas) if isinstance(quotas, dict) else ()
@@ -194,12 +225,18 @@ class UsageExporter:
         """Publishes one report of every tenant that is not Deleted; answers the events published."""
         after, published = "", 0
         while True:
-            infos: list[TenantInfo] = await _blocking(self._registry.list_tenants, after=after, limit=self._page)
-            if not infos:
+            try:
+                page: tuple[str, list[tuple[str, tuple[str, ...]]]] | None = await _blocking(self._tenants, after)
+            except TooLarge:
+                if self._page == 1:
+                    raise
+                self._page = max(1, self._page // 2)  # tenants whose documents are large: fewer at a time
+                log.warning("the registry's answer to a page of tenants was too large; reading %d at a time",
+                            self._page)
+                continue
+            if page is None:
                 return published
-            after = infos[-1].record.id
-            tenants = [(info.record.id, declared_quotas(info)) for info in infos
-                       if info.record.state != TenantState.DELETED.value]
+            after, tenants = page
             skipped = [tenant for tenant, _ in tenants if tenant_token(tenant) != tenant]
             if skipped:
                 log.warning("usage of tenants with ids no NATS subject can carry is not reported: %s", skipped[:5])
@@ -213,6 +250,15 @@ class UsageExporter:
             for report in reports:
                 self._previous[report.tenant_id] = (period_end, report.totals)
             published += len(events)
+
+    def _tenants(self, after: str) -> tuple[str, list[tuple[str, tuple[str, ...]]]] | None:
+        """The next page of tenants after ``after``: the last id read, and each tenant that is not Deleted with
+        the quotas it is served with; None past the last (blocking: runs in a thread)."""
+        infos = self._registry.list_tenants(after=after, limit=self._page)
+        if not infos:
+            return None
+        return infos[-1].record.id, [(info.record.id, declared_quotas(info)) for info in infos
+                                     if info.record.state != TenantState.DELETED.value]
 
     def _report(self, tenant: str, quotas: Sequence[str], usage: Mapping[str, tuple[int, int]],
                 period_end: int) -> UsageReport:

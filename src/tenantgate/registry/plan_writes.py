@@ -3,22 +3,25 @@ written inside the apply's transaction (``tenant_writes.TenantWrites.apply`` dri
 the pure diff of stored records and manifests).
 
 A plan change is one revision for every tenant on it: their rows take the apply's revision and each gets a
-change-feed row, so a syncer swaps them all at once, and the plan gets one audit entry that lists them. A plan
-that a tenant (not Deleted) still names is never deleted. Everything is decided before anything is written, so a
-refused apply changes nothing, and a dry run reports exactly what the apply would do.
+change-feed row, so a syncer swaps them all at once, and the plan gets one audit entry that counts them and names
+the first ``NAMED_TENANTS`` (the change feed at that revision names every one: a plan may be on 100,000 tenants,
+and an entry must fit one Admin API message). A plan that a tenant (not Deleted) still names is never deleted.
+Everything is decided before anything is written, so a refused apply changes nothing, and a dry run reports
+exactly what the apply would do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tenantgate.errors import FailedPrecondition
-from tenantgate.model import PlanSpec, TenantState
+from tenantgate.model import PlanSpec, QuotaSpec, TenantState
 from tenantgate.plans import unknown_roles
 from tenantgate.registry.canonical import canonical_json
-from tenantgate.registry.fields import ManifestError
+from tenantgate.registry.fields import ManifestError, Problems
 from tenantgate.registry.ledger import Tx, Write, digest
 from tenantgate.registry.manifest import (
     ManifestDocument,
@@ -29,8 +32,17 @@ from tenantgate.registry.manifest import (
     tenant_from_document,
 )
 from tenantgate.registry.plan import plan_document_changes
-from tenantgate.registry.records import PlanChange, PlanRecord, TenantChange, TenantRecord
+from tenantgate.registry.records import (
+    NAMED_TENANTS,
+    ApplyResult,
+    PlanChange,
+    PlanRecord,
+    TenantChange,
+    TenantRecord,
+    named,
+)
 from tenantgate.registry.rows import PLAN_COLUMNS, TENANT_COLUMNS, plan_from_row, plan_row, tenant_from_row
+from tenantgate.registry.schema import parse_quotas
 
 # How many tenants a refusal names before it says how many more there are.
 _NAMED_IN_ERRORS = 20
@@ -42,9 +54,15 @@ class PlanEffects:
     """What the apply does through plans: each plan change with the tenants on it, the tenants whose effective
     quotas change (for any reason), and warnings about tenants naming plans no Plan document defines."""
 
-    changes: list[PlanChange] = field(default_factory=list)
+    changes: list[PlanChange] = field(default_factory=list)  # each with every tenant on its plan
     quota_changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+    def result(self, revision: int, changes: tuple[TenantChange, ...], *, dry_run: bool) -> ApplyResult:
+        """The apply's result, which names at most NAMED_TENANTS tenants per list and counts them all."""
+        return ApplyResult(revision, changes, dry_run,
+                           tuple(replace(change, tenants=change.tenants[:NAMED_TENANTS]) for change in self.changes),
+                           self.quota_changes[:NAMED_TENANTS], self.warnings, len(self.quota_changes))
 
 
 @dataclass(frozen=True)
@@ -115,11 +133,13 @@ def plan_effects(tx: Tx, tenant_changes: list[TenantChange], current: Mapping[st
             raise FailedPrecondition(f"plan {change.plan_id!r} cannot be deleted: {_listed(on_plan[change.plan_id])} "
                                      "still name it in spec.plan; move them to another plan first", field="spec.plan")
     _check_roles(tenants, desired, plans, changed_plans, {c.tenant_id for c in tenant_changes})
+    quotas = _QuotaReader()
     return PlanEffects(
-        changes=[replace(change, tenants=tuple(on_plan[change.plan_id])) for change in changes],
+        changes=[replace(change, tenants=tuple(on_plan[change.plan_id]), tenant_count=len(on_plan[change.plan_id]))
+                 for change in changes],
         quota_changes=tuple(tenant_id for tenant_id, (before, after) in sorted(tenants.items())
                             if before is not None and before.live and after.live
-                            and _quotas(before, plans.before) != _quotas(after, plans.after)),
+                            and quotas.effective(before, plans.before) != quotas.effective(after, plans.after)),
         warnings=_warnings(desired, plans),
     )
 
@@ -194,10 +214,46 @@ def _definers(named: str, plan: PlanSpec | None) -> str:
     return f"neither the tenant nor its plan {named!r} defines it"
 
 
-def _quotas(side: _Side, plan_document: Any) -> dict[str, Any]:
-    """A tenant's effective quotas as written: its plan's, with its own laid over them by name."""
-    planned = plan_document(side.plan) if side.plan else None
-    return {**(stored_quotas(planned) if planned is not None else {}), **stored_quotas(side.document)}
+def effective_quota_names(document: Mapping[str, Any], plan_document: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The names of the quotas a stored tenant document is served with, its plan's first (``tenantgate.plans``
+    merges them so): ``plan_document`` is the stored Plan its ``spec.plan`` names, or None."""
+    planned = stored_quotas(plan_document) if plan_document is not None else {}
+    return (*planned, *(name for name in stored_quotas(document) if name not in planned))
+
+
+class _QuotaReader:
+    """Effective quotas compared by what they mean, not how they are written (``1000/minute`` with no burst is
+    ``1000/minute`` with burst 1000, ``lease_ttl: 1m`` is ``60s``): each plan document is parsed once however many
+    tenants are on it, and each distinct table of a tenant's own quotas once (most tenants have none)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}  # id(document) -> (it, quotas)
+        self._own: dict[str, Mapping[str, Any]] = {}
+
+    def effective(self, side: _Side, plan_document: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any]:
+        """A tenant's effective quotas, by name: its plan's, with its own laid over them by name."""
+        planned = plan_document(side.plan) if side.plan else None
+        own = stored_quotas(side.document)
+        return {**(self._planned(planned) if planned is not None else {}), **(self._owned(own) if own else {})}
+
+    def _planned(self, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        held = self._plans.get(id(document))
+        if held is None:  # the document is kept with its quotas, so that its id is not reused meanwhile
+            held = self._plans[id(document)] = (document, _parsed_quotas(stored_quotas(document)))
+        return held[1]
+
+    def _owned(self, written: Mapping[str, Any]) -> Mapping[str, Any]:
+        text = json.dumps(written, sort_keys=True)
+        found = self._own.get(text)
+        if found is None:
+            found = self._own[text] = _parsed_quotas(written)
+        return found
+
+
+def _parsed_quotas(written: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``spec.quotas`` as QuotaSpecs; a quota this version cannot read (stored by a newer one) stays as written."""
+    parsed: dict[str, QuotaSpec] = parse_quotas(dict(written), Problems("stored quotas"))
+    return {name: parsed.get(name, body) for name, body in written.items()}
 
 
 def _warnings(desired: Mapping[str, ManifestDocument], plans: _Plans) -> tuple[str, ...]:
@@ -236,8 +292,14 @@ def write_plans(write: Write, effects: PlanEffects, plans: Mapping[str, PlanDocu
             for tenant_id in change.tenants:
                 if tenant_id not in written:
                     write.changed(tenant_id, "update", digests[tenant_id])
-        write.audit(f"plan.{change.action}", "", before_digest, after_digest,
-                    f"plan {change.plan_id}; tenants on it ({len(change.tenants)}): {', '.join(change.tenants)}")
+        write.audit(f"plan.{change.action}", "", before_digest, after_digest, _plan_detail(change, write.next_revision))
+
+
+def _plan_detail(change: PlanChange, revision: int) -> str:
+    """The plan's audit detail: bounded however many tenants are on it (the change feed names them all)."""
+    count = len(change.tenants)
+    detail = f"plan {change.plan_id}; tenants on it ({count}): {named(change.tenants[:NAMED_TENANTS], count)}"
+    return detail + (f" (the change feed at revision {revision} names every one)" if count > NAMED_TENANTS else "")
 
 
 def _chunked_digests(tx: Tx, tenant_ids: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # the manifest parser is a layer above these records; only it
 
 # (tenant_id, purpose, version) -> (wrapped key, algorithm); the store never sees plaintext keys.
 KeyFactory = Callable[[str, str, int], tuple[bytes, str]]
+# How many tenants an apply's result and a plan's audit entry name, with the count of all of them: a plan may be
+# on 100,000 tenants, and one Admin API message is at most 4 MiB. Every one is in the change feed at the revision.
+NAMED_TENANTS = 100
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class TenantInfo:
     keys: tuple[KeyInfo, ...]
     created_at: float
     updated_at: float
+    # The names of the quotas it is served with: its plan's and its own (``tenantgate.plans``), in that order.
+    quotas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,14 +120,16 @@ class RegistryState:
 @dataclass(frozen=True)
 class ChangeSet:
     """What changed after a revision, read in one transaction: the current record of each changed
-    tenant (None when it is gone), its current keys, and the current record of each plan a changed tenant
-    names (None when no Plan document defines it). A plan change lists every tenant on it as changed."""
+    tenant (None when it is gone), its current keys, the current record of each plan a changed tenant
+    names (None when no Plan document defines it) or that changed itself, and the id of every stored plan (what
+    a copy of the registry needs to drop deleted plans). A plan change lists every tenant on it as changed."""
 
     revision: int
     tenants: Mapping[str, TenantRecord | None]
     keys: Mapping[str, tuple[KeyRecord, ...]]
     registry_id: str
     plans: Mapping[str, PlanRecord | None] = field(default_factory=dict)
+    plan_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -159,16 +166,26 @@ class PlanChange:
     plan_id: str
     action: str  # create | update | delete
     differences: tuple[str, ...] = ()
-    # Every tenant on the plan that is not Deleted: each changes at the apply's revision.
+    # The tenants on the plan that are not Deleted, in id order: each changes at the apply's revision. Only the
+    # first NAMED_TENANTS of them are named; ``tenant_count`` counts them all.
     tenants: tuple[str, ...] = ()
+    tenant_count: int = 0
 
     def describe(self) -> str:
         sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
         lines = [f"{sign} {self.action} plan {self.plan_id}"]
         lines.extend(f"    {difference}" for difference in self.differences)
-        if self.tenants:
-            lines.append(f"    tenants on it ({len(self.tenants)}): {', '.join(self.tenants)}")
+        count = self.tenant_count or len(self.tenants)
+        if count:
+            lines.append(f"    tenants on it ({count}): {named(self.tenants, count)}")
         return "\n".join(lines)
+
+
+def named(tenant_ids: Sequence[str], count: int) -> str:
+    """``tenant_ids`` (the first ``count`` tenants, or the first NAMED_TENANTS of them) as a list a reader can
+    tell is cut."""
+    shown = ", ".join(tenant_ids)
+    return f"{shown} and {count - len(tenant_ids)} more" if count > len(tenant_ids) else shown
 
 
 @dataclass(frozen=True)
@@ -177,9 +194,11 @@ class ApplyResult:
     changes: tuple[TenantChange, ...]
     dry_run: bool
     plans: tuple[PlanChange, ...] = ()
-    # Tenants whose effective quotas (their own laid over their plan's) the apply changes, in id order.
+    # Tenants whose effective quotas (their own laid over their plan's) the apply changes, in id order: the
+    # first NAMED_TENANTS of them; ``quota_change_count`` counts them all.
     quota_changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    quota_change_count: int = 0
 
     @property
     def changed(self) -> bool:

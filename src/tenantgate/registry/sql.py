@@ -8,14 +8,15 @@ from typing import Any
 
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import InvalidArgument, NotFound
+from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry, AuditVerification, verify_chain
 from tenantgate.registry.key_writes import KeyWrites
 from tenantgate.registry.ledger import SqlBackend, Tx, Write
-from tenantgate.registry.manifest import document_labels
+from tenantgate.registry.manifest import document_labels, document_plan
+from tenantgate.registry.plan_writes import effective_quota_names
 from tenantgate.registry.records import (
     ChangeEntry,
     ChangeSet,
-    KeyRecord,
     PlanRecord,
     RegistrySettings,
     RegistryState,
@@ -85,18 +86,22 @@ class SqlRegistry(TenantWrites, KeyWrites):
             current, registry_id = self._revision(tx), self._registry_id(tx)
             changed = [row[0] for row in tx.rows(
                 "SELECT DISTINCT tenant_id FROM changes WHERE revision > ? ORDER BY tenant_id", (revision,))]
+            # In chunks, not a query per tenant: a plan change lists every tenant on it, maybe 100,000.
             tenants: dict[str, TenantRecord | None] = dict.fromkeys(changed)
-            keys: dict[str, tuple[KeyRecord, ...]] = {}
-            for tenant_id in changed:
-                rows = tx.rows(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
-                tenants[tenant_id] = tenant_from_row(rows[0]) if rows else None
-                keys.update(keys_by_tenant(tx.rows(f"{KEY_SELECT} WHERE k.tenant_id = ? ORDER BY k.purpose, k.version",
-                                               (tenant_id,))))
-            named = {str(row[0]) for row in select_for(tx, "SELECT DISTINCT plan FROM tenants", "id", changed)} - {""}
-            plans: dict[str, PlanRecord | None] = dict.fromkeys(sorted(named))
+            named: set[str] = set()
+            for row in select_for(tx, f"SELECT {TENANT_COLUMNS}, plan FROM tenants", "id", changed):
+                tenants[row[0]] = tenant_from_row(row)
+                named.add(str(row[6]))
+            keys = keys_by_tenant(select_for(tx, KEY_SELECT, "k.tenant_id", changed,
+                                             order="k.tenant_id, k.purpose, k.version"))
+            plans: dict[str, PlanRecord | None] = dict.fromkeys(sorted(named - {""}))
             plans.update((row[0], plan_from_row(row)) for row in select_for(
-                tx, f"SELECT {PLAN_COLUMNS} FROM plans", "id", named))
-        return ChangeSet(current, tenants, keys, registry_id, plans)
+                tx, f"SELECT {PLAN_COLUMNS} FROM plans", "id", named - {""}))
+            # Plans that changed themselves, tenants on them or not; and which exist, to drop deleted ones.
+            plan_ids = frozenset(str(row[0]) for row in tx.rows("SELECT id FROM plans"))
+            plans.update((row[0], plan_from_row(row)) for row in tx.rows(
+                f"SELECT {PLAN_COLUMNS} FROM plans WHERE revision > ? ORDER BY id", (revision,)))
+        return ChangeSet(current, tenants, keys, registry_id, plans, plan_ids)
 
     def changes(self, after_revision: int, limit: int = 1000) -> list[ChangeEntry]:
         with self._backend.transaction(write=False) as tx:
@@ -136,11 +141,19 @@ class SqlRegistry(TenantWrites, KeyWrites):
         return found[:limit]
 
     def _infos(self, tx: Tx, rows: list[tuple[Any, ...]]) -> list[TenantInfo]:
+        records = [tenant_from_row(row) for row in rows]
+        # The plans they name, for the quotas each is served with (a Deleted tenant takes nothing from its plan).
+        on_plan = {record.id: document_plan(record.document) for record in records
+                   if record.state != TenantState.DELETED.value}
+        plans = {row[0]: plan_from_row(row) for row in select_for(
+            tx, f"SELECT {PLAN_COLUMNS} FROM plans", "id", set(on_plan.values()) - {""})}
         infos = []
-        for row in rows:
+        for row, record in zip(rows, records, strict=True):
             keys = tuple(key_info_from_row(r) for r in tx.rows(
                 f"SELECT {KEY_INFO_COLUMNS} FROM tenant_keys WHERE tenant_id = ? ORDER BY purpose, version", (row[0],)))
-            infos.append(TenantInfo(tenant_from_row(row), keys, float(row[6]), float(row[7])))
+            plan = plans.get(on_plan.get(record.id, ""))
+            quotas = effective_quota_names(record.document, plan.document if plan is not None else None)
+            infos.append(TenantInfo(record, keys, float(row[6]), float(row[7]), quotas))
         return infos
 
     def audit_entries(self, *, tenant_id: str = "", after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:

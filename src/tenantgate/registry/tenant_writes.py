@@ -16,6 +16,7 @@ from tenantgate.registry.manifest import Manifest, PlanDocument, document_plan, 
 from tenantgate.registry.plan import plan_changes
 from tenantgate.registry.plan_writes import plan_effects, write_plans
 from tenantgate.registry.records import (
+    NAMED_TENANTS,
     ApplyResult,
     KeyFactory,
     KeyInfo,
@@ -54,13 +55,15 @@ def registry_settings(tx: Tx) -> RegistrySettings:
     return RegistrySettings(max_tenants=int(rows[0][0]) if rows and rows[0][0] != "" else None)
 
 
-def select_for(tx: Tx, query: str, column: str, ids: Iterable[str]) -> list[tuple[Any, ...]]:
-    """``query`` for the rows whose ``column`` is one of ``ids``, in chunks a backend accepts."""
+def select_for(tx: Tx, query: str, column: str, ids: Iterable[str], order: str = "") -> list[tuple[Any, ...]]:
+    """``query`` for the rows whose ``column`` is one of ``ids``, in chunks a backend accepts; with ``order``
+    (``ORDER BY`` columns that start with ``column``), in that order."""
     wanted = sorted(ids)
     rows: list[tuple[Any, ...]] = []
+    ordered = f" ORDER BY {order}" if order else ""
     for start in range(0, len(wanted), 500):
         chunk = wanted[start:start + 500]
-        rows.extend(tx.rows(f"{query} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
+        rows.extend(tx.rows(f"{query} WHERE {column} IN ({', '.join('?' * len(chunk))}){ordered}", chunk))
     return rows
 
 
@@ -94,8 +97,7 @@ class TenantWrites:
             changes = plan_changes(current, desired, existing_keys, prune=prune)
             self._check_plan(tx, changes, current, write.now)
             effects = plan_effects(tx, changes, current, desired, desired_plans, prune=prune)
-            planned = ApplyResult(write.revision, tuple(changes), dry_run, tuple(effects.changes),
-                                  effects.quota_changes, effects.warnings)
+            planned = effects.result(write.revision, tuple(changes), dry_run=dry_run)
             if dry_run or not planned.changed:
                 return planned
             needing = sorted(c.tenant_id for c in changes if c.new_keys)
@@ -115,8 +117,8 @@ class TenantWrites:
                     assert key_factory is not None
                     add_key(write, change.tenant_id, purpose, 1, key_factory, "key.create")
             write_plans(write, effects, desired_plans, {c.tenant_id for c in changes})
-            if changes:  # a plan change has its own entry, which lists the tenants it changes
-                write.audit("apply", detail="; ".join(f"{c.action} {c.tenant_id}" for c in changes))
+            if changes:  # a plan change has its own entry, which names the tenants it changes
+                write.audit("apply", detail=_apply_detail(changes))
             revision = write.commit(self._backend)
         if write.destroyed_keys:
             self._backend.after_destroy()
@@ -215,6 +217,14 @@ class TenantWrites:
         if write.destroyed_keys:
             self._backend.after_destroy()
         return TransitionResult(revision, tenant_id, before.state, target.value)
+
+
+def _apply_detail(changes: Sequence[TenantChange]) -> str:
+    """The apply's audit detail: the first NAMED_TENANTS changes (each tenant's change has its own entry too),
+    so that one entry stays far below an Admin API message however many tenants one apply changes."""
+    shown = "; ".join(f"{c.action} {c.tenant_id}" for c in changes[:NAMED_TENANTS])
+    more = len(changes) - NAMED_TENANTS
+    return f"{shown}; and {more} more (each has its own entry)" if more > 0 else shown
 
 
 def _retention(before: TenantRecord, after: TenantState) -> int:

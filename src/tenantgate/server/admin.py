@@ -29,6 +29,9 @@ from tenantgate.v1 import registry_pb2_grpc
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 WATCH_BATCH = 500
+# A page of audit entries stops before passing this many bytes (a client takes at most 4 MiB by default): an
+# entry of a registry written by an older version may list thousands of tenants.
+AUDIT_PAGE_BYTES = 1 << 20
 
 
 def _page_size(requested: int) -> int:
@@ -147,8 +150,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         limit = _page_size(request.page_size)
 
         def page() -> pb.ListAuditEntriesResponse:
-            entries = self._store.audit_entries(tenant_id=tenant_id, after_seq=after_seq, limit=limit)
-            return pb.ListAuditEntriesResponse(entries=[wire.audit_to_wire(e) for e in entries])
+            response = pb.ListAuditEntriesResponse()
+            size = 0
+            for entry in self._store.audit_entries(tenant_id=tenant_id, after_seq=after_seq, limit=limit):
+                message = wire.audit_to_wire(entry)
+                size += message.ByteSize() + 8  # and the field's tag and length
+                if response.entries and size > AUDIT_PAGE_BYTES:
+                    response.more = True
+                    break
+                response.entries.append(message)
+            return response
 
         return await asyncio.to_thread(page)
 

@@ -1,9 +1,19 @@
 """Follows the registry's change feed and keeps the snapshot holder current.
 
 Waits for a change (NOTIFY where the store has it, else the poll interval), reads every changed tenant
-in one transaction, builds and compiles their views beside the current snapshot (in a worker thread, never
-on the event loop) and swaps one reference. When the registry cannot be read it keeps serving what it has
-and says so (``stale``); started cold while the registry is down, it serves the last-known-good file.
+in one transaction, builds their views beside the current snapshot, compiles those that must be (in a worker
+thread, never on the event loop) and swaps one reference. When the registry cannot be read it keeps serving
+what it has and says so (``stale``); started cold while the registry is down, it serves the last-known-good file.
+
+What is compiled when. A full build compiles nothing: each tenant compiles when a call first needs it (off the
+event loop, ``SnapshotHolder.compile``), so 100,000 tenants load fast and hold little. A change compiles at once
+the changed tenants that are new, whose own document or state changed, that were compiled already, or whose plan
+this server cannot read; so the first call after a change finds them ready, and one that does not compile is
+found before the swap and served at its last revision that compiles (``_last_that_compiles``). A tenant changed
+only through its plan or its keys that no call has needed yet stays uncompiled: a plan change on 100,000 tenants
+compiles none of them. It compiles on first use, against its new revision; should that fail, its calls are
+refused (FAILED_PRECONDITION, logged and counted in tenantgate_tenant_compile_failures_total), as they would be
+after a restart: there is no compiled earlier revision to fall back on.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tenantgate import metrics
 from tenantgate.clock import Clock, SystemClock
@@ -22,7 +33,13 @@ from tenantgate.keywrap import KeyProvider
 from tenantgate.membership import reach_of
 from tenantgate.model import KeyState, PlanSpec, TenantState
 from tenantgate.plans import effective_spec
-from tenantgate.registry.manifest import issuer_urls, plan_from_document, stored_grants, tenant_from_document
+from tenantgate.registry.manifest import (
+    document_plan,
+    issuer_urls,
+    plan_from_document,
+    stored_grants,
+    tenant_from_document,
+)
 from tenantgate.registry.records import (
     ChangeSet,
     KeyRecord,
@@ -115,9 +132,10 @@ class Syncer:
         plans = _parsed_plans(changes.plans)
         changed = {tenant_id: None if record is None else self._view(record, changes.keys.get(tenant_id, ()), plans)
                    for tenant_id, record in changes.tenants.items()}
-        # Compiled here, in the syncer's thread, so that the first call after a change finds them ready. (A
-        # full build leaves compiling to first use: a registry of 100,000 tenants would take twice the memory.)
-        compile_all(view for view in changed.values() if view is not None)
+        # Compiled here, in the syncer's thread (see the module's doc for which, and why not all of them).
+        unreadable_plans = {plan_id for plan_id, plan in plans.items() if plan is None}
+        compile_all(view for tenant_id, view in changed.items() if view is not None and _compile_now(
+            base.tenants.get(tenant_id), view, changes.tenants[tenant_id], unreadable_plans))
         for tenant_id, view in changed.items():
             kept = _last_that_compiles(base.tenants.get(tenant_id), view)
             if kept is not None:
@@ -141,8 +159,8 @@ class Syncer:
             keys.pop(tenant_id, None)
             if changes.keys.get(tenant_id):
                 keys[tenant_id] = changes.keys[tenant_id]
-        # The plans the changed tenants name: a plan that changed lists every tenant on it among the changes.
-        plans = dict(self._mirror.plans)
+        # Every stored plan: those that changed are among the changes, those deleted are no longer in plan_ids.
+        plans = {plan_id: plan for plan_id, plan in self._mirror.plans.items() if plan_id in changes.plan_ids}
         for plan_id, plan in changes.plans.items():
             if plan is None:
                 plans.pop(plan_id, None)
@@ -287,8 +305,8 @@ class Syncer:
                 metrics.TENANT_COMPILE_FAILURES.inc()
                 raise _not_loadable(tenant_id, revision) from None
 
-        return TenantView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load,
-                          reach_of(tenant_id, *stored_grants(text)))
+        return _StoredView(tenant_id, revision, TenantState(record.state), issuer_urls(text), load,
+                           reach_of(tenant_id, *stored_grants(text)), fingerprint=hash(text))
 
     def _unwrap(self, key: KeyRecord, tenant_id: str) -> KeyVersion:
         """The key with its material, unwrapped under the master key (blocking: run when the tenant compiles,
@@ -309,6 +327,30 @@ class Syncer:
         return KeyVersion(tenant_id, shared_text(key.purpose), key.version, shared_text(key.algorithm),
                           KeyState(key.state),
                           key.created_at, material, unavailable, key.min_decryption_version)
+
+
+class _StoredView(TenantView):
+    """A view of a stored tenant that knows a hash of its stored document's text (not its digest column, which a
+    hand edit may leave behind): the next change compiles it at once only when its own document changed, not when
+    only its plan did (``_compile_now``)."""
+
+    __slots__ = ("fingerprint",)
+
+    def __init__(self, *args: Any, fingerprint: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fingerprint = fingerprint
+
+
+def _compile_now(previous: TenantView | None, view: TenantView, record: TenantRecord | None,
+                 unreadable_plans: set[str]) -> bool:
+    """Whether a changed tenant is compiled before the snapshot is swapped, or left to its first use: compiled
+    when it is new here, was compiled (or found not to compile) already, changed its state or its own document,
+    or names a plan this server cannot read (its earlier revision is then kept, ``_last_that_compiles``)."""
+    if previous is None or not previous.pending or previous.state is not view.state:
+        return True
+    if not isinstance(previous, _StoredView) or record is None or previous.fingerprint != hash(record.document_json):
+        return True
+    return bool(unreadable_plans) and document_plan(record.document) in unreadable_plans
 
 
 def _parsed_plans(records: Mapping[str, PlanRecord | None]) -> dict[str, PlanSpec | None]:

@@ -5,11 +5,13 @@ totals and deltas (fake clock, real memory counters)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tenantgate.clock import FakeClock
@@ -21,6 +23,7 @@ from tenantgate.events.exporter import AuditExporter, ExportSettings, UsageExpor
 from tenantgate.events.file_sink import AUDIT_FILE, USAGE_FILE, FileSink, repair_tail
 from tenantgate.events.sinks import SinkUnavailable, open_sink
 from tenantgate.model import QuotaKind, QuotaSpec
+from tenantgate.registry.records import TenantRecord
 from tenantgate.registry.sqlite import SQLiteStore
 from tests.conftest import manifests, tenant_doc
 
@@ -162,8 +165,21 @@ def test_usage_reports_each_tenant_every_period_with_deltas(sqlite_store: SQLite
 
 
 
+# The threads that parsed a stored tenant document of a WatchedRegistry's answers.
+DOCUMENT_READS: set[int] = set()
+
+
+class WatchedRecord(TenantRecord):
+    """A tenant record that notes the thread parsing its document."""
+
+    @property  # type: ignore[override]
+    def document(self) -> Any:
+        DOCUMENT_READS.add(threading.get_ident())
+        return json.loads(self.document_json)
+
+
 class WatchedRegistry:
-    """A real store whose reads note the thread they run on."""
+    """A real store whose reads, and the parsing of the documents they answer, note the thread they run on."""
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store, self.threads = store, set[int]()
@@ -174,7 +190,8 @@ class WatchedRegistry:
 
     def list_tenants(self, **kwargs: Any) -> Any:
         self.threads.add(threading.get_ident())
-        return self.store.list_tenants(**kwargs)
+        return [dataclasses.replace(info, record=WatchedRecord(**dataclasses.asdict(info.record)))
+                for info in self.store.list_tenants(**kwargs)]
 
     def close(self) -> None:
         self.store.close()
@@ -193,8 +210,10 @@ def test_registry_reads_and_encoding_run_off_the_event_loop(sqlite_store: SQLite
         await sink.close()
         return threading.get_ident()
 
+    DOCUMENT_READS.clear()
     loop_thread = asyncio.run(run())
     assert registry.threads and loop_thread not in registry.threads
+    assert DOCUMENT_READS and loop_thread not in DOCUMENT_READS  # acme declares no quota: its document is read
 
 
 def test_a_directory_that_cannot_be_written_is_said_plainly(tmp_path: Path) -> None:
@@ -229,3 +248,86 @@ def test_usage_is_reported_at_the_end_of_each_period_until_stopped(sqlite_store:
     assert waited == [30.0, 60.0, 60.0]  # to the first multiple of the interval, then one interval each
     assert [decode(line)["id"] for line in (tmp_path / USAGE_FILE).read_bytes().splitlines()] == [
         "usage/acme/1800000060", "usage/acme/1800000120"]
+
+
+def test_usage_reports_the_quotas_a_tenant_takes_from_its_plan(sqlite_store: SQLiteStore, tmp_path: Path) -> None:
+    plan = {"apiVersion": "tenantgate/v1", "kind": "Plan", "metadata": {"id": "pro"},
+            "spec": {"quotas": {"users": {"allocation": 5}, "api": {"rate": "10/second"}}}}
+    sqlite_store.apply(manifests([plan, tenant_doc("acme", plan="pro", quotas={"ai": {"limit": 9, "period": "day"}}),
+                                  tenant_doc("globex", plan="pro"), tenant_doc("initech")]))
+    counters, clock = MemoryCounterStore(), FakeClock(1_800_000_030.0)
+
+    async def run() -> list[dict[str, Any]]:
+        await counters.consume("globex", [CounterOp(USERS, 2)], clock.now())
+        sink = FileSink(str(tmp_path))
+        await UsageExporter(sqlite_store, counters, sink, interval=60, clock=clock).report(1_800_000_060)
+        await sink.close()
+        return [decode(line) for line in (tmp_path / USAGE_FILE).read_bytes().splitlines()]
+
+    reported = {event["subject"]: event["data"]["quotas"] for event in asyncio.run(run())}
+    zero = {"consumed": 0, "denied": 0}
+    assert reported == {"acme": {"ai": zero, "api": zero, "users": zero},
+                        "globex": {"api": zero, "users": {"consumed": 2, "denied": 0}}, "initech": {}}
+
+
+class OlderServer:
+    """A real store behind an Admin API of an older server, which answered a page too large for one message with
+    RESOURCE_EXHAUSTED: more than ``most`` entries at once, or any page holding entry ``oversized``."""
+
+    def __init__(self, store: SQLiteStore, most: int, oversized: int = 0) -> None:
+        self.store, self.most, self.oversized, self.asked = store, most, oversized, list[int]()
+
+    def audit_entries(self, *, after_seq: int = 0, limit: int = 100, **kwargs: Any) -> Any:
+        self.asked.append(limit)
+        if limit > self.most or after_seq < self.oversized <= after_seq + limit:
+            raise TooLargeAnswer()
+        return self.store.audit_entries(after_seq=after_seq, limit=limit, **kwargs)
+
+    def list_tenants(self, **kwargs: Any) -> Any:
+        return self.store.list_tenants(**kwargs)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class TooLargeAnswer(grpc.RpcError):  # type: ignore[misc]
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return "Sent message larger than max (6101927 vs. 4194304)"
+
+
+def test_an_answer_too_large_for_one_message_halves_the_batch_not_retries_it(sqlite_store: SQLiteStore,
+                                                                              tmp_path: Path) -> None:
+    """RESOURCE_EXHAUSTED was retried as it was, forever: the same batch is always too large."""
+    changes(sqlite_store, 20)
+    registry = OlderServer(sqlite_store, most=5)
+
+    async def run() -> int:
+        sink = FileSink(str(tmp_path))
+        try:
+            return await AuditExporter(registry, sink, ExportSettings(batch=16)).export()
+        finally:
+            await sink.close()
+
+    assert asyncio.run(run()) == 20
+    assert audit_ids(tmp_path) == list(range(1, 21)) and registry.asked[:3] == [16, 8, 4]
+
+
+def test_an_entry_too_large_for_one_message_ends_the_export_saying_what_to_do(sqlite_store: SQLiteStore,
+                                                                               tmp_path: Path) -> None:
+    changes(sqlite_store, 9)
+    registry = OlderServer(sqlite_store, most=1000, oversized=5)
+
+    async def run() -> None:
+        sink = FileSink(str(tmp_path))
+        try:
+            await AuditExporter(registry, sink, ExportSettings(batch=8)).run(asyncio.Event())
+        finally:
+            await sink.close()
+
+    with pytest.raises(FailedPrecondition, match=r"audit entry 5 is larger than one Admin API message .*export from "
+                                                 r"the registry's store instead"):
+        asyncio.run(run())
+    assert audit_ids(tmp_path) == [1, 2, 3, 4]

@@ -66,17 +66,27 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
                    "new_keys": st.lists(names, max_size=2).map(tuple)},
     PlanChange: {"plan_id": names, "action": st.sampled_from(["create", "update", "delete"]),
                  "differences": st.lists(texts, max_size=3).map(tuple),
-                 "tenants": st.lists(names, max_size=3).map(tuple)},
+                 "tenants": st.lists(names, max_size=3).map(tuple), "tenant_count": counters},
 }
 FIELDS[ApplyResult] = {"revision": counters, "dry_run": st.booleans(),
                        "changes": st.lists(st.builds(TenantChange, **FIELDS[TenantChange]), max_size=3).map(tuple),
                        "plans": st.lists(st.builds(PlanChange, **FIELDS[PlanChange]), max_size=3).map(tuple),
                        "quota_changes": st.lists(names, max_size=3).map(tuple),
-                       "warnings": st.lists(texts, max_size=2).map(tuple)}
+                       "warnings": st.lists(texts, max_size=2).map(tuple), "quota_change_count": counters}
 
 
 def records(cls: type) -> st.SearchStrategy[Any]:
-    return st.builds(cls, **FIELDS[cls])
+    built = st.builds(cls, **FIELDS[cls])
+    # A list of tenants names the first of them and counts them all: at least as many as it names.
+    if cls is PlanChange:
+        return built.map(lambda change: dataclasses.replace(
+            change, tenant_count=max(change.tenant_count, len(change.tenants))))
+    if cls is ApplyResult:
+        return built.map(lambda result: dataclasses.replace(
+            result, plans=tuple(dataclasses.replace(plan, tenant_count=max(plan.tenant_count, len(plan.tenants)))
+                                for plan in result.plans),
+            quota_change_count=max(result.quota_change_count, len(result.quota_changes))))
+    return built
 
 
 def test_strategies_cover_every_field() -> None:
@@ -171,11 +181,11 @@ def test_the_last_known_good_json_reads_back_as_the_state(state: RegistryState, 
 # -- protobuf ------------------------------------------------------------------------------------------------
 
 @settings(max_examples=100)
-@given(records(TenantRecord), st.lists(records(KeyInfo), max_size=3), times, times)
+@given(records(TenantRecord), st.lists(records(KeyInfo), max_size=3), times, times, st.lists(names, max_size=3))
 def test_a_tenant_message_reads_back_as_the_record(record: TenantRecord, keys: list[KeyInfo], created_at: float,
-                                                   updated_at: float) -> None:
+                                                   updated_at: float, quotas: list[str]) -> None:
     info = TenantInfo(record, tuple(dataclasses.replace(key, tenant_id=record.id) for key in keys), created_at,
-                      updated_at)
+                      updated_at, tuple(quotas))
     message = pb.Tenant.FromString(wire.tenant_to_wire(info).SerializeToString())
     assert wire.tenant_from_wire(message) == info
 

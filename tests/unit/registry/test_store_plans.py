@@ -4,8 +4,11 @@ is never deleted, and concurrent writers never leave a tenant behind its plan.""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +16,10 @@ import pytest
 from tenantgate.errors import FailedPrecondition
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.manifest import Manifest, ManifestError, manifests_from_documents
-from tenantgate.registry.records import RegistryStore
+from tenantgate.registry.records import NAMED_TENANTS, RegistryStore
+from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.snapshot import SnapshotHolder
+from tenantgate.sync import lastgood
 from tenantgate.sync.syncer import Syncer
 from tests.conftest import tenant_doc
 
@@ -146,7 +151,7 @@ def test_a_spec_plan_of_any_length_is_stored_and_never_names_a_plan(store: Regis
     long = "x" * 20_000
     store.apply(docs(plan_doc("pro"), tenant_doc("acme", plan=long)))
     assert store.load().tenants["acme"].document["spec"]["plan"] == long
-    assert store.changes_since(0).plans == {}  # the tenants changed name no plan
+    assert set(store.changes_since(0).plans) == {"pro"}  # the plan that changed; the tenant's label names none
 
 
 def test_an_existing_registry_finds_its_tenants_plans_when_upgraded(registry_url: str, store: RegistryStore) -> None:
@@ -248,3 +253,119 @@ def test_concurrent_plan_changes_and_tenant_applies_never_leave_a_tenant_behind(
     last_plan = max(revision for revision, _ in plan_results)
     assert {t: r.revision for t, r in store.load().tenants.items()} == {
         t: max(at, last_plan) for t, at in created_at.items()}
+
+
+def test_a_plan_on_many_tenants_names_the_first_of_them_and_counts_them_all(store: RegistryStore) -> None:
+    """What one apply reports and audits is bounded however many tenants it changes: a plan on 100,000 tenants
+    once made an audit entry and an apply answer of megabytes, past what one Admin API message may hold."""
+    many = NAMED_TENANTS + 5
+    tenants = [tenant_doc(f"t{i:04d}", plan="pro") for i in range(many)]
+    created = store.apply(docs(plan_doc("pro"), *tenants))
+    (plan,) = created.plans
+    assert plan.tenant_count == many and plan.tenants == tuple(f"t{i:04d}" for i in range(NAMED_TENANTS))
+    assert plan.describe().endswith(f"tenants on it ({many}): t0000, t0001, " + ", ".join(
+        f"t{i:04d}" for i in range(2, NAMED_TENANTS)) + " and 5 more")
+    apply_entry = store.audit_entries(limit=1000)[-1]
+    assert apply_entry.action == "apply" and apply_entry.detail.endswith("; and 5 more (each has its own entry)")
+    assert apply_entry.detail.count("create t") == NAMED_TENANTS
+
+    changed = store.apply(docs(plan_doc("pro", rate="9/second"), *tenants))
+    assert (changed.plans[0].tenant_count, len(changed.plans[0].tenants)) == (many, NAMED_TENANTS)
+    assert (changed.quota_change_count, len(changed.quota_changes)) == (many, NAMED_TENANTS)
+    entry = store.audit_entries(limit=1000)[-1]
+    assert entry.action == "plan.update" and entry.detail == (
+        f"plan pro; tenants on it ({many}): {', '.join(plan.tenants)} and 5 more (the change feed at revision "
+        f"{changed.revision} names every one)")
+    # The change feed names every one.
+    assert {c.tenant_id for c in store.changes(created.revision, limit=1000)} == {f"t{i:04d}" for i in range(many)}
+    assert store.verify_audit().ok
+
+
+def test_quotas_written_differently_but_meaning_the_same_are_no_quota_change(store: RegistryStore) -> None:
+    """A dry run compares what quotas mean, not how they are written: an omitted burst is the rate, a lease_ttl
+    of 1m is 60s, an omitted shadow is false."""
+    store.apply(docs(plan_doc("pro", rate="100/minute"),
+                     tenant_doc("acme", plan="pro", quotas={"jobs": {"concurrency": 3, "lease_ttl": "1m"}})))
+    same = store.apply(docs({"apiVersion": "tenantgate/v1", "kind": "Plan", "metadata": {"id": "pro"},
+                             "spec": {"quotas": {"api": {"rate": "100/minute", "burst": 100, "shadow": False}},
+                                      "access": {"roles": VIEWER}}},
+                            tenant_doc("acme", plan="pro", quotas={"jobs": {"concurrency": 3, "lease_ttl": "60s"}})),
+                       dry_run=True)
+    assert same.changed and (same.quota_changes, same.quota_change_count) == ((), 0)
+    burst = store.apply(docs(plan_doc("pro", rate="100/minute", quotas={"api": {"rate": "100/minute", "burst": 5}})),
+                        dry_run=True)
+    assert burst.quota_changes == ("acme",)
+
+
+def test_changes_since_reads_many_changed_tenants_in_a_few_queries(sqlite_store: SQLiteStore) -> None:
+    """A plan change lists every tenant on it among the changes: they are read in chunks, not two queries each
+    (200,000 round trips for a plan on 100,000 tenants)."""
+    keys = {"purposes": ["data", "backups"], "readers": ["service:storage"]}
+    tenants = [tenant_doc(f"t{i:04d}", plan="pro", keys=keys) for i in range(1200)]
+    sqlite_store.apply(docs(plan_doc("pro"), *tenants), key_factory=lambda t, p, v: (f"{t}/{p}".encode(), "test"))
+    revision = sqlite_store.current_revision()
+    sqlite_store.apply(docs(plan_doc("pro", rate="9/second")))
+    statements: list[str] = []
+    sqlite_store._backend._connection().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    changes = sqlite_store.changes_since(revision)
+    assert len(statements) < 20, len(statements)
+    assert len(changes.tenants) == 1200 and all(record is not None for record in changes.tenants.values())
+    assert [(k.purpose, k.version) for k in changes.keys["t0777"]] == [("backups", 1), ("data", 1)]
+    assert set(changes.plans) == {"pro"} and changes.plan_ids == {"pro"}
+
+
+def test_a_plan_change_compiles_only_the_tenants_that_were_compiled_or_changed_themselves(store: RegistryStore) -> None:
+    """Compiling every tenant on a plan at once undid the lazy start (100,000 tenants: seconds, and memory as if
+    every tenant had been asked for): a tenant changed only through its plan compiles on first use."""
+    store.apply(docs(plan_doc("pro"), *(bound(f"t{i}", "pro") for i in range(4))))
+    syncer = Syncer(store, SnapshotHolder(), None)
+    first = syncer.build_full()
+    assert first.tenants["t0"].compile() is not None  # asked for since the start
+    store.apply(docs(plan_doc("pro", rate="7/minute"), bound("t1", "pro", features=["beta"]),
+                     bound("t9", "pro")))
+    second = syncer.build_next(first)
+    compiled_now = {tenant_id for tenant_id, view in second.tenants.items() if view.built is not None}
+    assert compiled_now == {"t0", "t1", "t9"}  # compiled before, its own document changed, new
+    assert second.tenants["t2"].revision == second.revision and second.tenants["t2"].pending
+    compiled = second.tenants["t2"].compile()  # first use: against the new plan
+    assert compiled is not None and compiled.spec.quotas["api"].limit == 7
+    assert {view.spec.quotas["api"].limit for view in second.tenants.values() if view.compile()} == {7}
+
+
+def test_tenants_on_a_plan_this_server_cannot_read_keep_their_last_revision_that_compiles(
+        sqlite_store: SQLiteStore, registry_path: Path) -> None:
+    """Laziness never loses the guarantee for a plan that cannot be read: its tenants are compiled before the swap
+    and served at their last revision that compiles, whether a call needed them before or not."""
+    sqlite_store.apply(docs(plan_doc("pro"), bound("acme", "pro"), bound("globex", "pro")))
+    syncer = Syncer(sqlite_store, SnapshotHolder(), None)
+    first = syncer.build_full()
+    with sqlite3.connect(registry_path) as db:  # a plan revision of a newer tenantgate
+        (text,) = db.execute("SELECT document FROM plans WHERE id = 'pro'").fetchone()
+        newer = json.loads(text)
+        newer["spec"]["quotas"]["api"]["rate"] = "5/fortnight"
+        db.execute("UPDATE plans SET document = ?, revision = 2 WHERE id = 'pro'", (json.dumps(newer),))
+        db.execute("UPDATE tenants SET revision = 2")
+        db.executemany("INSERT INTO changes (revision, tenant_id, action, digest, actor, committed_at)"
+                       " VALUES (2, ?, 'update', '', 'test', 0)", [("acme",), ("globex",)])
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'revision'")
+    db.close()
+    second = syncer.build_next(first)
+    assert second.revision == 2
+    for tenant_id in ("acme", "globex"):
+        assert second.tenants[tenant_id] is first.tenants[tenant_id] and second.tenants[tenant_id].revision == 1
+        assert second.tenants[tenant_id].built is not None
+
+
+async def test_the_last_known_good_copy_holds_exactly_the_stored_plans(store: RegistryStore, tmp_path: Path) -> None:
+    """A plan created on no tenant, changed with no tenant on it, or deleted reaches the last-known-good file too
+    (it used to refresh only the plans a changed tenant names)."""
+    store.apply(docs(plan_doc("pro"), plan_doc("old"), bound("acme", "pro")))
+    path = tmp_path / "last-good.json"
+    syncer = Syncer(store, SnapshotHolder(), None, snapshot_file=path, snapshot_file_interval=0)
+    await syncer.sync_once()
+    store.apply(docs(plan_doc("pro"), plan_doc("new", rate="3/second"), bound("acme", "pro")), prune=True)
+    store.apply(docs(plan_doc("pro"), plan_doc("new", rate="4/second"), bound("acme", "pro")))
+    await syncer.sync_once()
+    saved, _ = lastgood.load(path)
+    assert saved.revision == store.current_revision()
+    assert saved.plans == store.load().plans and set(saved.plans) == {"pro", "new"}
