@@ -20,9 +20,12 @@ from tenantgate.engines.quota import (
     CounterOp,
     CounterResult,
     Idempotency,
+    allocation_take,
     bounded_take,
     bucket_take,
     calendar_window,
+    lease_return,
+    lease_take,
     unknown_lease,
 )
 from tenantgate.errors import Aborted
@@ -149,18 +152,11 @@ class MemoryCounterStore:
             if op.release:
                 if op.lease_id not in leases.held:
                     raise unknown_lease(op, index)
-                held = leases.held[op.lease_id][0]
-                return CounterResult(True, spec.limit - max(0, in_use - held), lease_id=op.lease_id), (now, 0)
+                return lease_return(in_use, leases.held[op.lease_id][0], spec.limit, op.lease_id), (now, 0)
             earliest_ms = min((expires_ms for _, expires_ms in leases.held.values()), default=None)
-            retry_after = 0.0 if earliest_ms is None else earliest_ms / 1000 - now
-            result = bounded_take(in_use, spec.limit, op.amount, retry_after)
-            if result.allowed and op.amount:
-                result = CounterResult(True, result.remaining, lease_id=secrets.token_hex(12))
-            return result, (now, 0)
+            return lease_take(in_use, spec.limit, op.amount, earliest_ms, now, secrets.token_hex(12)), (now, 0)
         used = self._allocations.get(key, 0)
-        if op.release:
-            return CounterResult(True, spec.limit - max(0, used - op.amount)), (0.0, used)
-        return bounded_take(used, spec.limit, op.amount, 0.0), (0.0, used)
+        return allocation_take(used, spec.limit, op.amount, op.release), (0.0, used)
 
     def _commit(self, key: CounterKey, op: CounterOp, result: CounterResult, basis: Basis) -> None:
         spec = op.spec

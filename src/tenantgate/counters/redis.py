@@ -24,7 +24,17 @@ from tenantgate.counters.redis_cluster import SCHEMES as CLUSTER_SCHEMES
 from tenantgate.counters.redis_cluster import ClusterScripts
 from tenantgate.counters.redis_node import NodeScripts
 from tenantgate.counters.scripts import ScriptCall, ScriptTransport, bulk, evalsha_command
-from tenantgate.engines.quota import CounterOp, CounterResult, Idempotency, unknown_lease
+from tenantgate.engines.quota import (
+    CounterOp,
+    CounterResult,
+    Idempotency,
+    allocation_take,
+    bounded_take,
+    bucket_take,
+    lease_return,
+    lease_take,
+    unknown_lease,
+)
 from tenantgate.errors import Aborted, StorageError
 from tenantgate.model import QuotaKind, QuotaSpec
 
@@ -63,11 +73,12 @@ def persistence_problem(settings: Mapping[Any, Any] | None, info: Mapping[str, A
 
 # What the store keeps encoded, per tenant and per (tenant, quota): at most this many of each (then it starts over).
 MAX_ENCODED = 100_000
-# Fields per item in the script's arguments (lua/consume.lua).
-_FIELDS = 9
+# Arguments of the script (lua/consume.lua): four for the call, eight per item.
+_CALL_FIELDS, _FIELDS = 4, 8
 _SERVER_TIME = bulk(b"")  # the script reads the Redis server's clock
 _NO_IDEMPOTENCY = bulk(b"") + bulk(b"0")  # no payload digest, no TTL
 _RELEASE, _ACQUIRE = bulk(b"1"), bulk(b"0")
+_NO_LEASE = bulk(b"")
 
 
 @dataclass(slots=True)
@@ -102,6 +113,41 @@ def _transport(url: str, timeout: float) -> ScriptTransport:
     if url.partition("://")[0] in CLUSTER_SCHEMES:
         return ClusterScripts(url, timeout=timeout)
     return NodeScripts(url, timeout=timeout)
+
+
+def _recorded(record: bytes) -> list[CounterResult]:
+    """An idempotent call's answers, as the script keeps them for its retries (JSON, see lua/consume.lua)."""
+    return [CounterResult(bool(allowed), int(remaining), float(reset), float(retry), str(lease))
+            for allowed, remaining, reset, retry, lease in json.loads(record)]
+
+
+def _answers(ops: Sequence[CounterOp], leases: list[str], reply: list[Any], now: float | None) -> list[CounterResult]:
+    """Each item's answer, worked out by the functions the memory store uses from what the script read (see
+    lua/consume.lua): the clock (``now`` when the caller gave the time), then per item whether the script
+    allowed it, and two values it read."""
+    if now is None:
+        now = int(reply[1]) + int(reply[2]) / 1000000  # the script's arithmetic, to the last bit
+    results = []
+    for index, op in enumerate(ops):
+        spec = op.spec
+        verdict, first, second = reply[3 + 3 * index:6 + 3 * index]
+        if spec.kind is QuotaKind.RATE:
+            result = bucket_take(float(first) if first else None, float(second) if second else 0.0, spec, now,
+                                 op.amount)[0]
+        elif spec.kind is QuotaKind.WINDOW:
+            result = bounded_take(first, spec.limit, op.amount, second - now, second - now)
+        elif spec.kind is QuotaKind.CONCURRENCY:
+            if op.release:
+                result = lease_return(first, second, spec.limit, op.lease_id)
+            else:
+                result = lease_take(first, spec.limit, op.amount, float(second) if second else None, now,
+                                    leases[index])
+        else:
+            result = allocation_take(first, spec.limit, op.amount, op.release)
+        if result.allowed != (verdict == 1):  # a bug, never an outage: answered INTERNAL
+            raise RuntimeError(f"the Redis quota script and the store disagree on quota {spec.name!r}")
+        results.append(result)
+    return results
 
 
 class RedisCounterStore:
@@ -160,7 +206,7 @@ class RedisCounterStore:
                 parameters = (spec.limit, int(spec.lease_ttl * 1000), "")
             else:
                 parameters = (spec.limit, "", "")
-            fixed = (kind, "1" if spec.shadow else "0", spec.name, *parameters)
+            fixed = (kind, "1" if spec.shadow else "0", spec.name, *parameters)  # an item's last six arguments
             item = self._items[(tenant_id, spec.name)] = _Item(
                 spec, bulk(state.encode()) + bulk(f"{state}:leases".encode()),
                 b"".join(bulk(str(value).encode()) for value in fixed))
@@ -177,15 +223,20 @@ class RedisCounterStore:
         else:
             keys.append(bulk(f"{tenant.idempotency}{idempotency.key}".encode()))
             args += [bulk(idempotency.payload_digest.encode()), bulk(b"%d" % int(idempotency.ttl * 1000))]
+        release = ops[0].release  # the same for every item of a call
+        args.append(_RELEASE if release else _ACQUIRE)
+        leases = []
         for op in ops:
             spec = op.spec
             item = self._item(tenant_id, spec)
             keys.append(item.keys)
             # A lease to grant is named here, so that a lost reply's retry (idempotency) answers the same id.
-            lease = op.lease_id if op.release else (secrets.token_hex(12) if spec.kind is QuotaKind.CONCURRENCY
-                                                    else "")
-            args += [bulk(b"%d" % op.amount), _RELEASE if op.release else _ACQUIRE, bulk(lease.encode()), item.fixed]
-        command = evalsha_command(2 + 2 * len(ops), b"".join(keys), 3 + _FIELDS * len(ops), b"".join(args))
+            lease = op.lease_id if release else (secrets.token_hex(12) if spec.kind is QuotaKind.CONCURRENCY
+                                                 else "")
+            leases.append(lease)
+            args += [bulk(b"%d" % op.amount), bulk(lease.encode()) if lease else _NO_LEASE, item.fixed]
+        command = evalsha_command(2 + 2 * len(ops), b"".join(keys), _CALL_FIELDS + _FIELDS * len(ops),
+                                  b"".join(args))
         call = (tenant.usage, command)
         name = self._transport.lane_of(tenant.usage)
         lane = self._lanes.get(name)
@@ -199,21 +250,19 @@ class RedisCounterStore:
         else:
             reply = await self._send_alone(lane, call)
         status = reply[0]
-        if status == b"replay":  # the first answer, as JSON (see lua/consume.lua)
-            return [CounterResult(bool(allowed), int(remaining), float(reset), float(retry), str(lease))
-                    for allowed, remaining, reset, retry, lease in json.loads(reply[1])]
+        if status == b"ok":
+            if idempotency is not None:  # answered by what its retries will be answered
+                return _recorded(reply[-1])
+            return _answers(ops, leases, reply, now if self._time_from_caller else None)
+        if status == b"replay":
+            return _recorded(reply[1])
         if status == b"conflict":
             raise Aborted(f"idempotency key {idempotency.key if idempotency else ''!r} was used with a different "
                           "request", field="idempotency_key")
         if status == b"unknown_lease":
             index = int(reply[1]) - 1  # Lua counts from 1
             raise unknown_lease(ops[index], index)
-        results = []
-        for op, answer in zip(ops, reply[1].split(b";"), strict=True):
-            allowed, remaining, reset, retry, lease_id = answer.split(b" ")
-            results.append(CounterResult(allowed == b"1", int(remaining), float(reset), float(retry),
-                                         op.lease_id if op.release else lease_id.decode()))
-        return results
+        raise StorageError(f"the Redis quota script answered {status!r}")
 
     async def _send_alone(self, lane: _Lane, call: ScriptCall) -> Any:
         """A call made while its lane is idle, sent at once by its caller: no task, no waiting for the next turn

@@ -139,6 +139,28 @@ def bounded_take(used: int, limit: int, amount: int, retry_after: float, reset_a
     return CounterResult(False, max(0, limit - used), reset_after, retry_after)
 
 
+def lease_take(in_use: int, limit: int, amount: int, earliest_ms: float | None, now: float,
+               lease_id: str) -> CounterResult:
+    """A concurrency quota: ``in_use`` units held by unexpired leases, the first of which ends at ``earliest_ms``
+    (None: none held). An admitted acquire of some units is granted ``lease_id``."""
+    result = bounded_take(in_use, limit, amount, 0.0 if earliest_ms is None else earliest_ms / 1000 - now)
+    if result.allowed and amount:
+        return CounterResult(True, result.remaining, lease_id=lease_id)
+    return result
+
+
+def lease_return(in_use: int, held: int, limit: int, lease_id: str) -> CounterResult:
+    """Releasing a lease of ``held`` units while ``in_use`` are held in all."""
+    return CounterResult(True, limit - max(0, in_use - held), lease_id=lease_id)
+
+
+def allocation_take(used: int, limit: int, amount: int, release: bool) -> CounterResult:
+    """Allocation and volume quotas: a release always succeeds, and never counts below zero."""
+    if release:
+        return CounterResult(True, limit - max(0, used - amount))
+    return bounded_take(used, limit, amount, 0.0)
+
+
 def payload_digest(tenant_id: str, items: Sequence[QuotaRequestItem], release: bool) -> str:
     text = "\x1f".join([tenant_id, "release" if release else "consume",
                         *(f"{i.quota}\x1e{i.amount}\x1e{i.lease_id}" for i in items)])
@@ -166,6 +188,7 @@ class QuotaEngine:
                  idempotency_ttl: float = 24 * 3600, on_backend_error: str = "deny") -> None:
         self._counters = counters
         self._clock = clock or SystemClock()
+        self._now = self._clock.now
         self._idempotency_ttl = idempotency_ttl
         self._on_backend_error = on_backend_error
 
@@ -213,11 +236,17 @@ class QuotaEngine:
                                       self._idempotency_ttl)
         degraded = False
         try:
-            results = await self._counters.consume(tenant_id, ops, self._clock.now(), idempotency)
+            results = await self._counters.consume(tenant_id, ops, self._now(), idempotency)
         except StorageError:
             # Never a silent allow: each item gets its quota's stated policy (the server default: deny).
             degraded = True
             results = [self._by_policy(op.spec) for op in ops]
+        if len(ops) == 1:  # the usual call: its one item decides
+            op, result = ops[0], results[0]
+            spec = op.spec
+            return ConsumeOutcome(result.allowed or spec.shadow, (ItemOutcome(
+                spec.name, op.amount, result.allowed, spec.capacity, result.remaining, result.reset_after,
+                result.retry_after, result.lease_id, spec.shadow),), tenant.revision, degraded)
         outcomes = []
         allowed = True
         for op, result in zip(ops, results, strict=True):
