@@ -61,6 +61,7 @@ bench: venv
 	$(BIN)/python benchmarks/subject_tenants_bench.py
 	$(BIN)/python benchmarks/replicas_bench.py
 	$(BIN)/python benchmarks/sdk_bench.py
+	$(BIN)/python benchmarks/stream_bench.py
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/grpc_bench.py && \
 	$(BIN)/python benchmarks/workers_bench.py && \
 	$(BIN)/python benchmarks/gateway_bench.py && \

@@ -41,6 +41,15 @@ class RuleSet:
     def __bool__(self) -> bool:
         return bool(self._by_action or self._any_action)
 
+    @property
+    def actions(self) -> Iterable[str]:
+        """The actions that rules name (not ``*``)."""
+        return self._by_action.keys()
+
+    def candidates(self, action: str) -> tuple[Rule, ...]:
+        """The rules that may match ``action``, in the order ``first_match`` tries them."""
+        return self._by_action.get(action, ()) + self._any_action
+
     def first_match(self, action: str, resource: str) -> Rule | None:
         for rule in self._by_action.get(action, ()):
             if rule.matches(resource):

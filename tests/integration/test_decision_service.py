@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from tenantgate import metrics
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.manifest import load_manifests
 from tenantgate.registry.records import RegistryStore
@@ -254,3 +258,110 @@ def test_a_token_of_another_tenant_gets_only_what_its_grant_allows(
     claimed = running.stub.CheckAccess(pb.CheckAccessRequest(tenant_id="acme", subject_tenant_id="acme", token=token,
                                                              action="delete", resource="docs/1"))
     assert (claimed.allowed, claimed.reason) == (False, pb.DECISION_REASON_TOKEN_INVALID)
+
+
+def _batch_checks(issuer: Issuer) -> list[pb.CheckAccessRequest]:
+    """Checks that share principals (a batch resolves each once) and differ in everything a principal holds."""
+    def check(**fields: Any) -> pb.CheckAccessRequest:
+        return pb.CheckAccessRequest(**{"tenant_id": "acme", "action": "read", "resource": "docs/1", **fields})
+
+    return [
+        check(subject="user:alice"), check(subject="user:alice", action="delete", resource="audit/1"),
+        check(subject="user:alice", resource="docs/2"), check(subject="user:carol", resource="secrets/1"),
+        check(subject="user:carol", resource="wiki/1"), check(subject="user:bob", action="write"),
+        check(subject="user:bob", action="write", environment="dev"),
+        check(subject="user:bob", action="write", environment="qa"),
+        check(subject="user:bob", action="write", environment="dev", resource="docs/9"),
+        check(subject="service:auditor", subject_tenant_id="globex", resource="reports/q3"),
+        check(subject="service:auditor", subject_tenant_id="globex", resource="docs/1"),
+        check(subject="service:auditor", resource="reports/q3"),
+        check(tenant_id="initech", subject="user:peter", resource="billing/1"),
+        check(tenant_id="initech", subject="user:peter", resource="docs/1"),
+        check(tenant_id="nobody", subject="user:alice"),
+        check(token=issuer.token("acme", "alice")), check(token=issuer.token("acme", "alice"), action="delete",
+                                                          resource="audit/1"),
+        check(token=issuer.token("acme", "alice", expires_in=-60)), check(token="not-a-jwt"),
+        check(subject="user:alice", context={"ip": "10.0.0.1"}),
+        check(subject="user:alice", action=""), check(subject="user:alice", token="t"), check(),
+        check(tenant_id="Not An Id", subject="user:alice"), check(subject="user:alice", resource="r" * 1025),
+        check(subject="user:alice", subject_tenant_id="-bad"), check(subject="u" * 257),
+        check(subject="user:alice", environment="e" * 64), check(subject="user:alice"),
+    ]
+
+
+def test_a_batch_answers_each_check_as_check_access_answers_it(server: RunningServer, issuer: Issuer) -> None:
+    checks = _batch_checks(issuer)
+    batch = server.stub.CheckAccessBatch(pb.CheckAccessBatchRequest(
+        items=[pb.CheckAccessBatchItem(correlation_id=f"c{index}", check=check) for index, check in enumerate(checks)]))
+    assert len(batch.results) == len(checks)
+    decision_ids = []
+    for index, (check, result) in enumerate(zip(checks, batch.results, strict=True)):
+        assert result.correlation_id == f"c{index}"
+        try:
+            alone = server.stub.CheckAccess(check)
+        except grpc.RpcError as error:
+            assert result.WhichOneof("outcome") == "error", (index, result)
+            field, message = violation_field(error), error.details() or ""
+            # The same status and field, named where it sits in the batch (messages that start with the field too).
+            prefixed = f"items[{index}].check.{field}"
+            assert result.error.field == prefixed, index
+            assert (result.error.code, result.error.message) == (
+                error.code().value[0], prefixed + message[len(field):] if message.startswith(field) else message), index
+            continue
+        assert result.WhichOneof("outcome") == "decision", (index, result)
+        decided = result.decision
+        assert (decided.allowed, decided.reason, decided.rule, decided.revision) == (
+            alone.allowed, alone.reason, alone.rule, alone.revision), index
+        decision_ids.append(decided.decision_id)
+    assert len(set(decision_ids)) == len(decision_ids) > 20
+    # Every kind of answer is there: the batch is no subset of the cases.
+    assert {r.WhichOneof("outcome") for r in batch.results} == {"decision", "error"}
+    assert {r.decision.reason for r in batch.results if r.HasField("decision")} >= {
+        pb.DECISION_REASON_ALLOWED, pb.DECISION_REASON_EXPLICIT_DENY, pb.DECISION_REASON_NO_MATCHING_GRANT,
+        pb.DECISION_REASON_UNKNOWN_ENVIRONMENT, pb.DECISION_REASON_CROSS_TENANT_DENIED,
+        pb.DECISION_REASON_TENANT_NOT_ACTIVE, pb.DECISION_REASON_TENANT_NOT_FOUND, pb.DECISION_REASON_TOKEN_INVALID,
+        pb.DECISION_REASON_TOKEN_EXPIRED}
+
+
+def test_check_access_answers_the_same_message_the_contract_describes(server: RunningServer) -> None:
+    # CheckAccess answers pre-serialized bytes (answers.EncodedAnswers): a generic client reads them as the message.
+    call = server.channel.unary_unary("/tenantgate.v1.DecisionService/CheckAccess",
+                                      request_serializer=pb.CheckAccessRequest.SerializeToString,
+                                      response_deserializer=lambda data: data)
+    data = call(pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="delete", resource="audit/1"))
+    answer = pb.CheckAccessResponse.FromString(data)
+    assert (answer.allowed, answer.reason, answer.rule, answer.revision) == (
+        False, pb.DECISION_REASON_EXPLICIT_DENY, "acme/deny/0", 1)
+    assert answer.decision_id and data == answer.SerializeToString()
+
+
+def test_batch_decisions_are_logged_and_counted_as_check_access_decisions(
+        tmp_path: Path, store: RegistryStore, master_key: MasterKey, issuer: Issuer,
+        start_server: Callable[..., RunningServer]) -> None:
+    store.apply(manifests({doc.tenant.id: doc.document for doc in load_manifests([EXAMPLES])}),
+                key_factory=tenant_key_factory(master_key))
+    log_path = tmp_path / "decisions.log"
+    running = start_server(master_key, decision_log=str(log_path), decision_log_sample=0.0)
+    running.wait_synced(1)
+    denied = metrics.DECISIONS.labels(metrics.tenant_label("acme"), "EXPLICIT_DENY")
+    allowed = metrics.DECISIONS.labels(metrics.tenant_label("acme"), "ALLOWED")
+    before = (denied.value, allowed.value)
+    checks = [pb.CheckAccessRequest(tenant_id="acme", subject="user:carol", action="read", resource=f"secrets/{i}")
+              for i in range(3)] + [pb.CheckAccessRequest(tenant_id="acme", subject="user:carol", action="read",
+                                                          resource=f"wiki/{i}") for i in range(4)]
+    batch = running.stub.CheckAccessBatch(pb.CheckAccessBatchRequest(
+        items=[pb.CheckAccessBatchItem(check=check) for check in checks]))
+    assert (denied.value, allowed.value) == (before[0] + 3, before[1] + 4)
+    expected = {r.decision.decision_id: c for r, c in zip(batch.results, checks, strict=True) if not r.decision.allowed}
+    deadline = time.monotonic() + 5
+    while len(log_path.read_text().splitlines() if log_path.exists() else ()) < len(expected):
+        assert time.monotonic() < deadline, "the batch's denies did not reach the decision log"
+        time.sleep(0.02)
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert {entry["decision_id"] for entry in entries} == set(expected)
+    for entry in entries:
+        check = expected[entry["decision_id"]]
+        assert (entry["tenant_id"], entry["subject"], entry["subject_tenant_id"], entry["action"], entry["resource"],
+                entry["allowed"], entry["reason"], entry["rule"], entry["revision"]) == (
+            "acme", "user:carol", "acme", "read", check.resource, False, "EXPLICIT_DENY",
+            "acme/roles/viewer/deny/0", 1)

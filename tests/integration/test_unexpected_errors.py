@@ -13,11 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tenantgate.engines.access import AccessEngine, AccessRequest, Decision
+from tenantgate.engines.access import Decision, Ruling, Undecided
 from tenantgate.engines.quota import QuotaEngine
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.sqlite import SQLiteStore
-from tenantgate.snapshot import Snapshot
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import registry_pb2 as rpb
 from tests.conftest import RunningServer, manifests, tenant_doc
@@ -49,16 +48,17 @@ def server_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def faulty_check(resource: str) -> Callable[[AccessEngine, Snapshot, AccessRequest], Decision]:
-    """AccessEngine.check that raises on ``resource`` and decides every other request as before."""
-    original = AccessEngine.check
+def faulty_decide(resource: str) -> Callable[[Ruling, str, str], Decision | Undecided]:
+    """Ruling.decide (every access decision goes through it) that raises on ``resource`` and decides every other
+    check as before."""
+    original = Ruling.decide
 
-    def check(self: AccessEngine, snapshot: Snapshot, request: AccessRequest) -> Decision:
-        if request.resource == resource:
+    def decide(self: Ruling, action: str, checked: str) -> Decision | Undecided:
+        if checked == resource:
             raise EngineBug(BUG)
-        return original(self, snapshot, request)
+        return original(self, action, checked)
 
-    return check
+    return decide
 
 
 def internal_incident(call: Callable[[], Any], log: pytest.LogCaptureFixture) -> str:
@@ -81,7 +81,7 @@ def internal_incident(call: Callable[[], Any], log: pytest.LogCaptureFixture) ->
 
 def test_an_unexpected_exception_in_a_decision_is_internal_with_a_logged_incident(
         server: RunningServer, server_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(AccessEngine, "check", faulty_check("poison"))
+    monkeypatch.setattr(Ruling, "decide", faulty_decide("poison"))
     poisoned = pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read", resource="poison")
     healthy = pb.CheckAccessRequest(tenant_id="acme", subject="user:alice", action="read", resource="docs/1")
     first = internal_incident(lambda: server.stub.CheckAccess(poisoned, timeout=5), server_log)

@@ -167,7 +167,7 @@ class TenantgateServer:
         # Envoy's ext_authz and rate limit services share the decision port, its credentials and its drain.
         decision.add_generic_rpc_handlers((
             service_handler(self._decisions, decision_pb2.DESCRIPTOR.services_by_name["DecisionService"],
-                            self.admission),
+                            self.admission, serialized=DecisionServicer.SERIALIZED_ANSWERS),
             service_handler(self._authorization, AUTHORIZATION, self.admission),
             service_handler(self._rate_limits, RATE_LIMIT, self.admission)))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(decision))

@@ -10,17 +10,18 @@ import grpc
 
 from tenantgate.adminapi.wire import state_to_wire, timestamp
 from tenantgate.bounds import MAX_TOKEN_BYTES
-from tenantgate.engines.access import AccessRequest, Reason
+from tenantgate.engines.access import Decision, Principal, Ruling, Undecided
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
 from tenantgate.model import KeyState, TenantState
 from tenantgate.server import requests
+from tenantgate.server.answers import Answered, EncodedAnswers
 from tenantgate.server.decider import Decider
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
 from tenantgate.server.tenancy import TenancyCalls
-from tenantgate.snapshot import KeyVersion, Snapshot, TenantView
+from tenantgate.snapshot import KeyVersion, Snapshot
 from tenantgate.v1 import decision_pb2 as pb
 from tenantgate.v1 import decision_pb2_grpc
 from tenantgate.wiretime import set_seconds
@@ -30,9 +31,6 @@ KeyRequest = pb.GetTenantKeyRequest | pb.GetTenantKeyMetadataRequest | pb.GetDat
 key_log = logging.getLogger("tenantgate.keys")
 # How long a min_revision waits for the snapshot when the call has no deadline.
 DEFAULT_REVISION_WAIT = 5.0
-# Engine enums to protocol enums, by name; a missing name fails at import, not on a request.
-_REASONS = {reason: cast(pb.DecisionReason, pb.DecisionReason.Value(f"DECISION_REASON_{reason.name}"))
-            for reason in Reason}
 _KEY_STATES = {state: cast(pb.KeyState, pb.KeyState.Value(f"KEY_STATE_{state.name}")) for state in KeyState}
 
 
@@ -69,11 +67,15 @@ class KeyAnswers:
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
+    # The methods that answer their response serialized: served without a serializer (handlers.service_handler).
+    SERIALIZED_ANSWERS = frozenset({"CheckAccess"})
+
     def __init__(self, decider: Decider, keys: KeyEngine, identity: CallerIdentity) -> None:
         self._decider = decider
         self._identity = identity
         self._keys = keys
         self._key_answers = KeyAnswers()
+        self._encoded = EncodedAnswers()
         self._tenancy = TenancyCalls(decider)
 
     async def _snapshot_at(self, min_revision: int, context: grpc.aio.ServicerContext) -> Snapshot:
@@ -88,62 +90,79 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         snapshot = self._decider.snapshot()
         return await self._snapshot_at(min_revision, context) if min_revision > snapshot.revision else snapshot
 
-    def _decide(self, snapshot: Snapshot, access_request: AccessRequest, answer: pb.CheckAccessResponse) -> None:
-        """Decide ``access_request`` and write the answer into ``answer`` (a batch fills its results in place)."""
-        decision, decision_id = self._decider.decide(snapshot, access_request)
-        answer.allowed = decision.allowed
-        answer.reason = _REASONS[decision.reason]
-        answer.rule = decision.rule
-        answer.revision = snapshot.revision
-        answer.decision_id = decision_id
-
     @maps_errors
-    async def CheckAccess(self, request: pb.CheckAccessRequest,
-                          context: grpc.aio.ServicerContext) -> pb.CheckAccessResponse:
+    async def CheckAccess(self, request: pb.CheckAccessRequest, context: grpc.aio.ServicerContext) -> bytes:
+        """Answers the response serialized (``EncodedAnswers``): the method is served without a serializer."""
         snapshot = self._decider.snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
-        access_request = requests.access_request(request, snapshot.tenants)
-        needed = self._decider.to_compile(snapshot, access_request)
+        principal, action, resource = requests.read_check(request, snapshot.tenants)
+        decision = self._decider.ruling(snapshot, principal).decide(action, resource)
+        if isinstance(decision, Undecided):
+            decision = await self._decide_compiled(snapshot, principal, action, resource)
+        decision_id = self._decider.record(snapshot, principal[0], action, resource, principal[4], decision)
+        return self._encoded.encode(snapshot.revision, decision, decision_id)
+
+    async def _decide_compiled(self, snapshot: Snapshot, principal: Principal, action: str,
+                               resource: str) -> Decision:
+        """The decision once the tenants it needs are compiled (off the event loop); FailedPrecondition if it
+        still cannot be made."""
+        needed = self._decider.principal_to_compile(snapshot, principal)
         if needed:
             await self._decider.compile(needed)
-        answer = pb.CheckAccessResponse()
-        self._decide(snapshot, access_request, answer)
-        return answer
+        decision = self._decider.ruling(snapshot, principal).decide(action, resource)
+        if isinstance(decision, Undecided):
+            raise FailedPrecondition(decision.problem)
+        return decision
 
     @maps_errors
     async def CheckAccessBatch(self, request: pb.CheckAccessBatchRequest,
                                context: grpc.aio.ServicerContext) -> pb.CheckAccessBatchResponse:
-        if len(request.items) > requests.MAX_BATCH:
-            raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(request.items)}",
+        items = request.items
+        if len(items) > requests.MAX_BATCH:
+            raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(items)}",
                                   field="items")
         snapshot = self._decider.snapshot()
         if request.min_revision > snapshot.revision:
             snapshot = await self._snapshot_at(request.min_revision, context)
-        checks: list[AccessRequest | TenantgateError] = []
-        needed: list[TenantView] = []
-        for index, item in enumerate(request.items):
-            try:
-                access_request = requests.access_request(item.check, snapshot.tenants, index)
-            except TenantgateError as error:
-                checks.append(error)
-                continue
-            checks.append(access_request)
-            needed += self._decider.to_compile(snapshot, access_request)
-        if needed:
-            await self._decider.compile(needed)  # every tenant the batch needs, in one worker thread
+        checks, principals = requests.parse_checks(items, snapshot.tenants)
+        rulings = await self._rulings(snapshot, principals)
         response = pb.CheckAccessBatchResponse(revision=snapshot.revision)
-        for item, check in zip(request.items, checks, strict=True):
-            result = response.results.add()
-            result.correlation_id = item.correlation_id
-            if isinstance(check, TenantgateError):
-                _set_error(result.error, check)
+        add, decider, revision = response.results.add, self._decider, snapshot.revision
+        logs = decider.logs_decisions
+        answered: dict[int, Answered] = {}
+        for (correlation_id, who, action, resource), decision_id in zip(
+                checks, decider.decision_ids(len(checks)), strict=True):
+            result = add()
+            if correlation_id:
+                result.correlation_id = correlation_id
+            if not isinstance(who, int):
+                _set_error(result.error, who)
                 continue
-            try:
-                self._decide(snapshot, check, result.decision)
-            except TenantgateError as error:
-                _set_error(result.error, error)
+            decision = rulings[who].decide(action, resource)
+            if isinstance(decision, Undecided):
+                _set_error(result.error, FailedPrecondition(decision.problem))
+                continue
+            known = answered.get(id(decision))
+            if known is None:
+                known = answered[id(decision)] = Answered(decision, principals[who][0], revision)
+            known.times += 1
+            answer = result.decision
+            answer.CopyFrom(known.answer)
+            answer.decision_id = decision_id
+            if logs:
+                principal = principals[who]
+                decider.log(snapshot, decision_id, principal[0], action, resource, principal[4], decision)
+        for known in answered.values():
+            decider.count(snapshot, known.tenant_id, known.decision.reason, known.times)
         return response
+
+    async def _rulings(self, snapshot: Snapshot, principals: list[Principal]) -> list[Ruling]:
+        """A ruling for each principal, the tenants they need compiled first, together, in one worker thread."""
+        needed = [view for principal in principals for view in self._decider.principal_to_compile(snapshot, principal)]
+        if needed:
+            await self._decider.compile(needed)
+        return [self._decider.ruling(snapshot, principal) for principal in principals]
 
     @maps_errors
     async def ConsumeQuota(self, request: pb.ConsumeQuotaRequest,

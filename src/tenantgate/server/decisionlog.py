@@ -8,7 +8,7 @@ import random
 import sys
 from logging.handlers import RotatingFileHandler
 
-from tenantgate.engines.access import AccessRequest, Decision
+from tenantgate.engines.access import Decision
 from tenantgate.logs import JsonFormatter, in_background
 
 
@@ -25,14 +25,16 @@ class DecisionLog:
         self._sample = sample
         self._handler = handler
 
-    def record(self, decision_id: str, request: AccessRequest, decision: Decision, revision: int) -> None:
+    def record(self, decision_id: str, tenant_id: str, action: str, resource: str, environment: str,
+               decision: Decision, revision: int) -> None:
+        """One decision on ``action`` on ``resource`` of ``tenant_id``; who asked is the decision's subject."""
         if decision.allowed and (self._sample <= 0 or random.random() >= self._sample):
             return
         self._logger.info("decision", extra={
-            "decision_id": decision_id, "tenant_id": request.tenant_id, "subject": decision.subject,
-            "subject_tenant_id": decision.subject_tenant_id, "action": request.action,
-            "resource": request.resource, "environment": request.environment, "allowed": decision.allowed,
-            "reason": decision.reason.name, "rule": decision.rule, "revision": revision})
+            "decision_id": decision_id, "tenant_id": tenant_id, "subject": decision.subject,
+            "subject_tenant_id": decision.subject_tenant_id, "action": action, "resource": resource,
+            "environment": environment, "allowed": decision.allowed, "reason": decision.reason.name,
+            "rule": decision.rule, "revision": revision})
 
     def close(self) -> None:
         self._writer.close()

@@ -6,7 +6,7 @@ while the server shuts down."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +71,14 @@ def _admitted(behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any
     return handle
 
 
-def service_handler(servicer: object, service: ServiceDescriptor, admission: Admission) -> grpc.GenericRpcHandler:
+def service_handler(servicer: object, service: ServiceDescriptor, admission: Admission,
+                    serialized: Container[str] = ()) -> grpc.GenericRpcHandler:
+    """``serialized``: the methods whose behaviour answers its response already serialized (bytes)."""
     handlers = {}
     for method in service.methods:
         request = _tolerant(message_factory.GetMessageClass(method.input_type))
-        response = message_factory.GetMessageClass(method.output_type).SerializeToString
+        response = None if method.name in serialized else \
+            message_factory.GetMessageClass(method.output_type).SerializeToString
         behaviour = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(

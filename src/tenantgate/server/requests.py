@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from tenantgate.bounds import MAX_ACTION as MAX_ACTION
 from tenantgate.bounds import MAX_ID as MAX_ID
 from tenantgate.bounds import MAX_RESOURCE as MAX_RESOURCE
 from tenantgate.bounds import MAX_TOKEN_BYTES
-from tenantgate.engines.access import AccessRequest
+from tenantgate.engines.access import AccessRequest, Principal
 from tenantgate.engines.quota import QuotaRequestItem
 from tenantgate.errors import InvalidArgument
 from tenantgate.registry.manifest import TENANT_ID
@@ -45,20 +45,76 @@ def tenant_id(value: str, field: str = "tenant_id", *, required: bool = True,
     return value
 
 
-def access_request(request: pb.CheckAccessRequest, known_tenants: Container[str] = (),
-                   batch_index: int | None = None) -> AccessRequest:
-    """``known_tenants``: ids already validated (the snapshot's), which skip the pattern match;
-    ``batch_index``: where the check sits in a batch, for the field named in an error."""
-    tenant, subject, token = request.tenant_id, request.subject, request.token
+def read_check(request: pb.CheckAccessRequest, known_tenants: Container[str] = ()) -> tuple[Principal, str, str]:
+    """A CheckAccess as the engine reads it: who asks where, the action and the resource.
+    ``known_tenants``: ids already validated (the snapshot's), which skip the pattern match."""
+    tenant, subject, home, token = request.tenant_id, request.subject, request.subject_tenant_id, request.token
     action, resource, environment = request.action, request.resource, request.environment
-    home = request.subject_tenant_id
-    # The hot path: a well-formed request passes these comparisons and nothing else is built.
+    # The hot path: a well-formed request passes these comparisons and nothing else is built (``parse_checks``
+    # makes the same ones, in two steps).
     if (action and resource and (subject or token) and not (subject and token) and len(action) <= MAX_ACTION
             and len(resource) <= MAX_RESOURCE and len(subject) <= MAX_SUBJECT and len(token) <= MAX_TOKEN_BYTES
             and len(environment) <= MAX_ID and (tenant in known_tenants or _is_tenant_id(tenant))
             and (not home or home in known_tenants or _is_tenant_id(home)) and not request.context):
-        return AccessRequest(tenant, action, resource, subject, home, token, environment)
-    return _checked_access_request(request, "" if batch_index is None else f"items[{batch_index}].check.")
+        return (tenant, subject, home, token, environment), action, resource
+    checked = _checked_access_request(request, "")
+    return ((checked.tenant_id, checked.subject, checked.subject_tenant_id, checked.token, checked.environment),
+            checked.action, checked.resource)
+
+
+# One check of a batch as parsed: its correlation id; who asks where (an index into the principals parsed with
+# it), or why the check cannot be decided (naming its field); the action; the resource.
+ParsedCheck = tuple[str, int | InvalidArgument, str, str]
+
+
+def parse_checks(items: Iterable[pb.CheckAccessBatchItem], known_tenants: Container[str] = (), *,
+                 field: str = "items") -> tuple[list[ParsedCheck], list[Principal]]:
+    """The checks of a batch, each validated as ``read_check`` validates a CheckAccess, without an object
+    per check: the principal that checks share is validated once, and what a check names is read once.
+    Returns the checks in order, and the distinct valid principals they name.
+    ``field``: the name of the repeated field, for the field named in an error (``items[3].check.action``)."""
+    parsed: list[ParsedCheck] = []
+    append = parsed.append
+    principals: list[Principal] = []
+    seen: dict[Principal, int] = {}  # principal -> its index in principals; -1 when it is not valid
+    for item in items:
+        check = item.check
+        principal = (check.tenant_id, check.subject, check.subject_tenant_id, check.token, check.environment)
+        action, resource = check.action, check.resource
+        who = seen.get(principal)
+        if who is None:
+            who = seen[principal] = _index(principals, principal) if _is_valid_principal(principal, known_tenants) \
+                else -1
+        if (who >= 0 and action and resource and len(action) <= MAX_ACTION and len(resource) <= MAX_RESOURCE
+                and not check.context):
+            append((item.correlation_id, who, action, resource))
+            continue
+        # What the comparisons above do not accept, checked field by field: the error names the field; a check
+        # that passes (context attributes, which are validated and not decided on) is decided as any other.
+        try:
+            _checked_access_request(check, f"{field}[{len(parsed)}].check.")  # one entry per item so far
+        except InvalidArgument as error:
+            append((item.correlation_id, error, action, resource))
+        else:
+            if who < 0:  # not expected: the comparisons accept every principal the field checks accept
+                who = seen[principal] = _index(principals, principal)
+            append((item.correlation_id, who, action, resource))
+    return parsed, principals
+
+
+def _index(principals: list[Principal], principal: Principal) -> int:
+    principals.append(principal)
+    return len(principals) - 1
+
+
+def _is_valid_principal(principal: Principal, known_tenants: Container[str]) -> bool:
+    """``read_check``'s comparisons on who asks where."""
+    tenant, subject, home, token, environment = principal
+    if bool(subject) == bool(token):  # one of them, not both
+        return False
+    return (len(subject) <= MAX_SUBJECT and len(token) <= MAX_TOKEN_BYTES and len(environment) <= MAX_ID
+            and (tenant in known_tenants or _is_tenant_id(tenant))
+            and (not home or home in known_tenants or _is_tenant_id(home)))
 
 
 def _is_tenant_id(value: str) -> bool:

@@ -81,7 +81,9 @@ def _server_instrumented_globally() -> bool:
     return instrumentor is not None and bool(instrumentor.is_instrumented_by_opentelemetry)
 
 
-def _access_decision(response: pb.CheckAccessResponse) -> Attributes:
+def _access_decision(serialized: bytes) -> Attributes:
+    # CheckAccess answers its response serialized (DecisionServicer.SERIALIZED_ANSWERS).
+    response = pb.CheckAccessResponse.FromString(serialized)
     return {REASON: _REASONS.get(response.reason, "UNSPECIFIED"), ALLOWED: response.allowed,
             DECISION_ID: response.decision_id, REVISION: response.revision}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tenantgate.errors import InvalidArgument
-from tenantgate.server.requests import access_request, tenant_id
+from tenantgate.server.requests import read_check, tenant_id
 from tenantgate.v1 import decision_pb2 as pb
 
 
@@ -15,4 +15,4 @@ def test_a_tenant_id_with_a_newline_is_invalid(value: str) -> None:
         tenant_id(value)
     request = pb.CheckAccessRequest(tenant_id=value, subject="user:a", action="read", resource="r")
     with pytest.raises(InvalidArgument, match="is not a tenant id"):
-        access_request(request)
+        read_check(request)
