@@ -178,12 +178,12 @@ class EnforcementPolicy:
                         quotas=quotas)
 
 
-    def untrusted_subject(self, question: Question | Refused, auth: Mapping[str, Any] | None) -> Refused | None:
-        """A refusal for ``question`` when it names a subject (``subject_metadata``) and its caller, by the
-        connection's ``auth`` context (``context.auth_context()``), is not one of ``subject_callers``."""
+    def untrusted_subject(self, question: Question | Refused, context: Any) -> Refused | None:
+        """A refusal for ``question`` when it names a subject (``subject_metadata``) and its caller, by the call's
+        ``context`` (its connection's auth context, read only then), is not one of ``subject_callers``."""
         if not self.subject_callers or not isinstance(question, Question) or not question.subject:
             return None
-        certificates = (auth or {}).get("x509_pem_cert")
+        certificates = (context.auth_context() or {}).get("x509_pem_cert")
         caller = identity_from_certificate(bytes(certificates[0])) if certificates else ""
         if caller in self.subject_callers:
             return None
@@ -252,7 +252,7 @@ class EnforcementInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                        lambda behavior: self._streaming(behavior, question))
 
     def _admit(self, question: Question | Refused, context: grpc.ServicerContext) -> Admitted:
-        question = self._policy.untrusted_subject(question, context.auth_context()) or question
+        question = self._policy.untrusted_subject(question, context) or question
         verdict = (question if isinstance(question, Refused)
                    else run_blocking(self._client, admission(question, fail_open=self._policy.fail_open),
                                      context.time_remaining))

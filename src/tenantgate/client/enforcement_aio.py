@@ -46,7 +46,7 @@ class AsyncEnforcementInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
                        lambda behavior: self._streaming(behavior, question))
 
     async def _admit(self, question: Question | Refused, context: grpc.aio.ServicerContext) -> Admitted:
-        question = self._policy.untrusted_subject(question, context.auth_context()) or question
+        question = self._policy.untrusted_subject(question, context) or question
         verdict = (question if isinstance(question, Refused)
                    else await run_awaiting(self._client, admission(question, fail_open=self._policy.fail_open),
                                            context.time_remaining))
