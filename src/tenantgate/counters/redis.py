@@ -96,6 +96,10 @@ class _Item:
     spec: QuotaSpec
     keys: bytes
     fixed: bytes
+    # The whole command of the usual call, one item of this quota taking ``alone_amount`` units on the server's
+    # clock, without an idempotency key: the same bytes call after call (empty until made).
+    alone: bytes = b""
+    alone_amount: int = -1
 
 
 @dataclass(slots=True)
@@ -215,6 +219,25 @@ class RedisCounterStore:
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
                       idempotency: Idempotency | None = None) -> list[CounterResult]:
         tenant = self._tenant_keys(tenant_id)
+        if idempotency is None and len(ops) == 1 and not self._time_from_caller:
+            op = ops[0]
+            if not op.release and op.spec.kind is not QuotaKind.CONCURRENCY:  # no lease to name
+                item = self._item(tenant_id, op.spec)
+                if item.alone_amount != op.amount:
+                    item.alone = self._command(tenant, now, None, False, [item], [op.amount], [""])
+                    item.alone_amount = op.amount
+                return self._answered(ops, [""], await self._call(tenant, item.alone), idempotency, now)
+        release = ops[0].release  # the same for every item of a call
+        # A lease to grant is named here, so that a lost reply's retry (idempotency) answers the same id.
+        leases = [op.lease_id if release else (secrets.token_hex(12) if op.spec.kind is QuotaKind.CONCURRENCY
+                                               else "") for op in ops]
+        command = self._command(tenant, now, idempotency, release, [self._item(tenant_id, op.spec) for op in ops],
+                                [op.amount for op in ops], leases)
+        return self._answered(ops, leases, await self._call(tenant, command), idempotency, now)
+
+    def _command(self, tenant: _TenantKeys, now: float, idempotency: Idempotency | None, release: bool,
+                 items: list[_Item], amounts: list[int], leases: list[str]) -> bytes:
+        """The EVALSHA of one call (see lua/consume.lua for its keys and arguments)."""
         keys = [tenant.usage_bulk]
         args = [bulk(repr(now).encode()) if self._time_from_caller else _SERVER_TIME]
         if idempotency is None:
@@ -223,20 +246,16 @@ class RedisCounterStore:
         else:
             keys.append(bulk(f"{tenant.idempotency}{idempotency.key}".encode()))
             args += [bulk(idempotency.payload_digest.encode()), bulk(b"%d" % int(idempotency.ttl * 1000))]
-        release = ops[0].release  # the same for every item of a call
         args.append(_RELEASE if release else _ACQUIRE)
-        leases = []
-        for op in ops:
-            spec = op.spec
-            item = self._item(tenant_id, spec)
+        for item, amount, lease in zip(items, amounts, leases, strict=True):
             keys.append(item.keys)
-            # A lease to grant is named here, so that a lost reply's retry (idempotency) answers the same id.
-            lease = op.lease_id if release else (secrets.token_hex(12) if spec.kind is QuotaKind.CONCURRENCY
-                                                 else "")
-            leases.append(lease)
-            args += [bulk(b"%d" % op.amount), bulk(lease.encode()) if lease else _NO_LEASE, item.fixed]
-        command = evalsha_command(2 + 2 * len(ops), b"".join(keys), _CALL_FIELDS + _FIELDS * len(ops),
-                                  b"".join(args))
+            args += [bulk(b"%d" % amount), bulk(lease.encode()) if lease else _NO_LEASE, item.fixed]
+        return evalsha_command(2 + 2 * len(items), b"".join(keys), _CALL_FIELDS + _FIELDS * len(items),
+                               b"".join(args))
+
+    async def _call(self, tenant: _TenantKeys, command: bytes) -> Any:
+        """The script's reply to ``command``: sent at once when the tenant's lane is idle, else with the calls
+        queued behind the pipeline in flight."""
         call = (tenant.usage, command)
         name = self._transport.lane_of(tenant.usage)
         lane = self._lanes.get(name)
@@ -246,9 +265,11 @@ class RedisCounterStore:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             lane.queue.append((call, future))
             self._schedule_flush(lane)
-            reply = await future
-        else:
-            reply = await self._send_alone(lane, call)
+            return await future
+        return await self._send_alone(lane, call)
+
+    def _answered(self, ops: Sequence[CounterOp], leases: list[str], reply: Any, idempotency: Idempotency | None,
+                  now: float) -> list[CounterResult]:
         status = reply[0]
         if status == b"ok":
             if idempotency is not None:  # answered by what its retries will be answered

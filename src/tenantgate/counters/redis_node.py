@@ -1,5 +1,5 @@
 """Script calls on one Redis server: each batch is one pipeline on the store's own connection, under one
-deadline (``scripts.send_calls``). Only one batch is in flight at a time (``RedisCounterStore``), so it needs no
+deadline (``deadlines``). Only one batch is in flight at a time (``RedisCounterStore``), so it needs no
 pool."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+from tenantgate.counters.deadlines import Deadlines
 from tenantgate.counters.scripts import (
     CONSUME_SCRIPT,
     PersistenceReport,
@@ -28,6 +29,7 @@ class NodeScripts:
                                         retry_on_timeout=False)
         self._connection: AbstractConnection | None = None
         self._timeout = timeout
+        self._deadlines = Deadlines(timeout)
         # Whether the last batch reached the server: the store's health follows it.
         self.healthy = True
         self.round_trips = 0
@@ -44,8 +46,14 @@ class NodeScripts:
             self._connection = own_connection(pool.connection_class, pool.connection_kwargs)
         connection = self._connection
         for _ in range(2):
-            async with asyncio.timeout(self._timeout):
+            task = self._deadlines.watch()
+            try:
                 replies = await send_calls(connection, calls)
+            except asyncio.CancelledError:
+                self._deadlines.raise_if_expired(task)
+                raise
+            finally:
+                self._deadlines.forget(task)
             self.round_trips += 1
             self.healthy = True
             if not any(missing_script(reply) for reply in replies):
@@ -69,6 +77,7 @@ class NodeScripts:
             return [("", None, await awaitable(self._redis.info("persistence")))]
 
     async def close(self) -> None:
+        self._deadlines.close()
         if self._connection is not None:
             await self._connection.disconnect()
         await self._redis.aclose()

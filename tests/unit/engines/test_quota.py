@@ -345,3 +345,35 @@ async def test_an_unreachable_counter_backend_is_answered_by_each_quotas_policy(
             assert (lenient.allowed, lenient.degraded, lenient.items[0].allowed) == (True, True, True)
     finally:
         await counters.close()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}"])
+async def test_a_counter_backend_that_accepts_and_never_answers_is_given_up_on(clock: FakeClock, url: str) -> None:
+    """A hung Redis (a stopped process, a partition after the handshake) holds a call for about the store's
+    timeout, then the call is answered by its quota's policy; so is the next one, which finds it still hung."""
+    from tenantgate.counters.redis import RedisCounterStore
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    counters = RedisCounterStore(url.format(port=port), timeout=0.2)
+    snapshot = snapshot_of(tenant_doc("acme", quotas={"jobs": {"limit": 100, "period": "day"}}))
+    engine = QuotaEngine(counters, clock=clock)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(2):
+            started = loop.time()
+            async with asyncio.timeout(10):
+                outcome = await engine.consume(snapshot, "acme", [QuotaRequestItem("jobs", 1)])
+            assert (outcome.allowed, outcome.degraded) == (False, True)
+            assert 0.2 <= loop.time() - started < 5
+        assert held  # it did reach the server
+    finally:
+        await counters.close()
+        for writer in held:
+            writer.close()
+        server.close()
