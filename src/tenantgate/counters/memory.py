@@ -87,6 +87,12 @@ class MemoryCounterStore:
 
     async def consume(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
                       idempotency: Idempotency | None = None) -> list[CounterResult]:
+        return self.consume_now(tenant_id, ops, now, idempotency)
+
+    def consume_now(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
+                    idempotency: Idempotency | None = None) -> list[CounterResult]:
+        """``consume``, answered without awaiting: the engine calls it directly (a coroutine per call costs a
+        tenth of a consume in memory)."""
         with self._lock:
             if idempotency is not None:
                 remembered = self._answers.get((tenant_id, idempotency.key))

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tenantgate.clock import Clock, SystemClock
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
@@ -102,6 +102,14 @@ class CounterStore(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class ImmediateCounterStore(CounterStore, Protocol):
+    """A store that answers without waiting for anything (in process memory): the engine calls ``consume_now``."""
+
+    def consume_now(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
+                    idempotency: Idempotency | None = None) -> list[CounterResult]: ...
+
+
 def calendar_window(period: CalendarPeriod, now: float) -> tuple[float, float]:
     """The UTC calendar window (start, end) containing ``now``; weeks start on Monday."""
     moment = datetime.fromtimestamp(now, UTC)
@@ -187,6 +195,7 @@ class QuotaEngine:
     def __init__(self, counters: CounterStore, *, clock: Clock | None = None,
                  idempotency_ttl: float = 24 * 3600, on_backend_error: str = "deny") -> None:
         self._counters = counters
+        self._consume_now = counters.consume_now if isinstance(counters, ImmediateCounterStore) else None
         self._clock = clock or SystemClock()
         self._now = self._clock.now
         self._idempotency_ttl = idempotency_ttl
@@ -236,7 +245,10 @@ class QuotaEngine:
                                       self._idempotency_ttl)
         degraded = False
         try:
-            results = await self._counters.consume(tenant_id, ops, self._now(), idempotency)
+            if self._consume_now is not None:
+                results = self._consume_now(tenant_id, ops, self._now(), idempotency)
+            else:
+                results = await self._counters.consume(tenant_id, ops, self._now(), idempotency)
         except StorageError:
             # Never a silent allow: each item gets its quota's stated policy (the server default: deny).
             degraded = True
