@@ -104,9 +104,12 @@ class MemoryCounterStore:
             if len(ops) == 1:  # the usual call: its one item's answer decides
                 op = ops[0]
                 key = (tenant_id, op.spec.name)
-                result, basis = self._evaluate(key, op, now, 0)
-                self._settle(key, op, result, basis, result.allowed)
-                results = [result]
+                if op.spec.kind is QuotaKind.RATE:
+                    results = [self._take_tokens(key, op, now)]
+                else:
+                    result, basis = self._evaluate(key, op, now, 0)
+                    self._settle(key, op, result, basis, result.allowed)
+                    results = [result]
             else:
                 evaluated = []
                 admitted = True
@@ -124,6 +127,26 @@ class MemoryCounterStore:
                 self._answers[(tenant_id, idempotency.key)] = (idempotency.payload_digest,
                                                                now + idempotency.ttl, results)
             return results
+
+    def _take_tokens(self, key: CounterKey, op: CounterOp, now: float) -> CounterResult:
+        """A call of one rate item: ``_evaluate``, ``_settle`` and ``_commit`` in one step, each dictionary read
+        once (the most frequent call, and a third of its time in the store)."""
+        bucket = self._buckets.get(key)
+        amount = op.amount
+        result, level = (bucket_take(None, 0.0, op.spec, now, amount) if bucket is None
+                         else bucket_take(bucket.tokens, bucket.updated, op.spec, now, amount))
+        counts = self._usage.get(key)
+        if counts is None:
+            counts = self._usage[key] = [0, 0]
+        if not result.allowed:
+            counts[1] += amount
+        elif bucket is None:
+            self._buckets[key] = _Bucket(level - amount, now)
+            counts[0] += amount
+        else:
+            bucket.tokens, bucket.updated = level - amount, now
+            counts[0] += amount
+        return result
 
     def _settle(self, key: CounterKey, op: CounterOp, result: CounterResult, basis: Basis, admitted: bool) -> None:
         """Meter ``op`` and apply it when its call is admitted as a whole."""
