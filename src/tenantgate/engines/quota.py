@@ -133,11 +133,19 @@ def bucket_take(tokens: float | None, updated: float, spec: QuotaSpec, now: floa
     burst."""
     burst = spec.burst
     refill = spec.limit / spec.per_seconds
-    level = float(burst) if tokens is None else min(float(burst), tokens + max(0.0, now - updated) * refill)
+    # min(burst, tokens + max(0, now - updated) * refill), as lua/consume.lua computes it, without the builtins'
+    # calls (the arithmetic of every rate item, in both stores).
+    if tokens is None:
+        level = float(burst)
+    else:
+        elapsed = now - updated
+        level = tokens + elapsed * refill if elapsed > 0 else tokens + 0.0
+        if level > burst:
+            level = float(burst)
     if amount <= level:
         after = level - amount
         return CounterResult(True, math.floor(after), (burst - after) / refill, 0.0), level
-    wait = (min(amount, burst) - level) / refill
+    wait = ((amount if amount < burst else burst) - level) / refill
     return CounterResult(False, math.floor(level), (burst - level) / refill, wait), level
 
 
