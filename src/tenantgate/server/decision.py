@@ -176,8 +176,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         response = pb.ConsumeQuotaResponse(allowed=outcome.allowed, revision=outcome.revision)
         for item in outcome.items:
             result = response.results.add(quota=item.quota, allowed=item.allowed, limit=item.limit,
-                                          remaining=item.remaining, lease_id=item.lease_id, shadow=item.shadow)
-            # A zero duration is left unset: it reads as zero, and each one set costs a sub-message.
+                                          remaining=item.remaining)
+            # Fields left at zero are left unset: they read the same, and each one set costs (a duration, a
+            # sub-message).
+            if item.lease_id:
+                result.lease_id = item.lease_id
+            if item.shadow:
+                result.shadow = True
             if item.reset_after:
                 set_seconds(result.reset_after, item.reset_after)
             if item.retry_after:
