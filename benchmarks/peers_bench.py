@@ -175,6 +175,11 @@ def quota_rows(redis_url: str) -> list[dict[str, Any]]:
     for scenario, operation in one_at_a_time:
         rows.append({"scenario": scenario, "peer": f"{peer_name}, Redis", **_side_by_side(
             lambda operation=operation: async_rate(loop, operation), redis_hit, client)})
+    # The same consume one at a time against limits' asyncio flavour, what an asyncio service would call.
+    rows.append({"scenario": "quota consume, Redis, one at a time, beside limits.aio",
+                 "peer": f"{peer_name}, Redis (limits.aio, redis-py asyncio)", **_side_by_side(
+                     lambda: async_rate(loop, lambda: redis_engine.consume(snapshot, "acme", rate_items)),
+                     lambda: async_rate(loop, lambda: async_peer.hit(item, "acme", "api")), client)})
     rows.append({"scenario": f"quota consume, Redis, {CONCURRENT} at a time",
                  "peer": f"{peer_name}, Redis (limits.aio, redis-py asyncio)", **_side_by_side(
                      lambda: _concurrent_rate(loop, lambda: redis_engine.consume(snapshot, "acme", rate_items)),
