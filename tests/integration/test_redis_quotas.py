@@ -247,3 +247,26 @@ async def test_a_buckets_expiry_is_moved_only_when_it_would_come_before_the_buck
     finally:
         await store.close()
         client.close()
+
+
+async def test_the_usual_call_follows_its_quota_and_amount_and_keeps_tenants_apart(redis_store: Any) -> None:
+    """A consume of one item without an idempotency key, on the Redis clock, sends a command encoded once per
+    quota and amount: a changed amount, a changed quota and another tenant's quota of the same name each get
+    their own."""
+    jobs = {"jobs": {"limit": 10, "period": "day"}}
+    before = snapshot_of(tenant_doc("acme", quotas=jobs), tenant_doc("globex", quotas=jobs))
+    engine = QuotaEngine(redis_store)
+
+    async def consumed(snapshot: Any, tenant: str, amount: int) -> tuple[bool, int, int]:
+        item = (await engine.consume(snapshot, tenant, [QuotaRequestItem("jobs", amount)])).items[0]
+        return item.allowed, item.limit, item.remaining
+
+    assert await consumed(before, "acme", 3) == (True, 10, 7)
+    assert await consumed(before, "acme", 3) == (True, 10, 4)
+    assert await consumed(before, "acme", 2) == (True, 10, 2)
+    assert await consumed(before, "globex", 1) == (True, 10, 9)
+    assert await consumed(before, "acme", 3) == (False, 10, 2)
+    after = snapshot_of(tenant_doc("acme", quotas={"jobs": {"limit": 20, "period": "day"}}),
+                        tenant_doc("globex", quotas=jobs), revision=2)
+    assert await consumed(after, "acme", 3) == (True, 20, 9)
+    assert await consumed(after, "globex", 1) == (True, 10, 8)

@@ -81,3 +81,40 @@ async def test_a_round_trip_outside_a_task_is_refused() -> None:
     loop = asyncio.get_running_loop()
     with pytest.raises(RuntimeError):
         await loop.run_in_executor(None, deadlines.watch)
+
+
+async def test_an_expiry_turned_into_another_error_leaves_the_next_deadline_a_timeout() -> None:
+    """A round trip that catches the expiry's cancellation and raises something else must not leave the task
+    marked cancelled: its next round trip's expiry is still a TimeoutError."""
+    deadlines = Deadlines(TIMEOUT)
+
+    async def converts() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionError("closed while reading") from None
+
+    async def two_round_trips() -> None:  # in one task, as a store's caller makes them
+        with pytest.raises(ConnectionError):
+            await bounded(deadlines, converts())
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        with pytest.raises(TimeoutError):
+            await bounded(deadlines, asyncio.Event().wait())
+
+    await asyncio.wait_for(two_round_trips(), 10)
+
+
+def test_a_loop_closed_under_a_round_trip_does_not_stop_the_deadlines_of_the_next() -> None:
+    deadlines = Deadlines(TIMEOUT)
+    first = asyncio.new_event_loop()
+    left = first.create_task(bounded(deadlines, asyncio.Event().wait()))
+    first.run_until_complete(asyncio.sleep(0))  # the round trip has begun
+    first.close()  # without cancelling it: its task can never be cancelled now
+    left._log_destroy_pending = False  # type: ignore[attr-defined]  # left pending on purpose
+
+    async def stalled_round_trip() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(bounded(deadlines, asyncio.Event().wait()), 10)
+
+    asyncio.run(stalled_round_trip())
+    assert left not in deadlines._watched

@@ -51,14 +51,20 @@ class Deadlines:
 
     def raise_if_expired(self, task: asyncio.Task[object]) -> None:
         """Called on CancelledError: raises TimeoutError when the cancellation was this deadline's alone."""
-        if task in self._expired and task.uncancel() == 0:
-            raise TimeoutError(f"no answer within {self._timeout:g} s") from None
+        if task in self._expired:
+            self._expired.discard(task)
+            if task.uncancel() == 0:
+                raise TimeoutError(f"no answer within {self._timeout:g} s") from None
 
     def forget(self, task: asyncio.Task[object]) -> None:
         """Ends the round trip's deadline, however it ended."""
-        del self._watched[task]
-        if self._expired:
+        self._watched.pop(task, None)
+        if self._expired and task in self._expired:
+            # Expired, but the cancellation never reached the caller as such (something in the round trip
+            # turned it into another error): it is taken back, as asyncio.timeout takes back its own, so that
+            # the task's next deadline is told apart from a cancellation from elsewhere.
             self._expired.discard(task)
+            task.uncancel()
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ticking_on = loop
@@ -66,8 +72,11 @@ class Deadlines:
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ticks += 1
-        for task, began in self._watched.items():
-            if self._ticks - began > _TICKS_PER_TIMEOUT and task not in self._expired:
+        for task, began in list(self._watched.items()):
+            if task.get_loop().is_closed():  # a loop closed under a round trip: nothing left to cancel
+                del self._watched[task]
+                self._expired.discard(task)
+            elif self._ticks - began > _TICKS_PER_TIMEOUT and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
         # Idle: no timer until the next round trip.

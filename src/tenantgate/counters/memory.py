@@ -104,7 +104,7 @@ class MemoryCounterStore:
             if len(ops) == 1:  # the usual call: its one item's answer decides
                 op = ops[0]
                 key = (tenant_id, op.spec.name)
-                if op.spec.kind is QuotaKind.RATE:
+                if op.spec.kind is QuotaKind.RATE and not op.release:
                     results = [self._take_tokens(key, op, now)]
                 else:
                     result, basis = self._evaluate(key, op, now, 0)

@@ -105,7 +105,8 @@ class CounterStore(Protocol):
 
 @runtime_checkable
 class ImmediateCounterStore(CounterStore, Protocol):
-    """A store that answers without waiting for anything (in process memory): the engine calls ``consume_now``."""
+    """A store that answers without waiting for anything (in process memory): the engine calls ``consume_now``
+    instead of ``consume``, which must answer alike."""
 
     def consume_now(self, tenant_id: str, ops: Sequence[CounterOp], now: float,
                     idempotency: Idempotency | None = None) -> list[CounterResult]: ...
@@ -207,7 +208,7 @@ class QuotaEngine:
         self._consume_now = counters.consume_now if isinstance(counters, ImmediateCounterStore) else None
         self._clock = clock or SystemClock()
         # The system clock read directly: a method in between is a tenth of an in-memory consume's engine time.
-        self._now = time.time if isinstance(self._clock, SystemClock) else self._clock.now
+        self._now = time.time if type(self._clock) is SystemClock else self._clock.now
         self._idempotency_ttl = idempotency_ttl
         self._on_backend_error = on_backend_error
 
