@@ -12,7 +12,7 @@ what a change would make of every tenant it touches. Field by field:
   is the tenant's own: a plan has none of it.
 
 A tenant whose ``spec.plan`` names no Plan document keeps its own fields: the plan is a label, as it was
-before Plan documents existed. A Deleted tenant takes nothing from its plan and keeps no access rules:
+before Plan documents existed. A Deleted tenant naming a plan takes nothing from it and keeps no access rules:
 nothing is allowed on it, and its bindings may name roles that only its plan defined and that may be gone.
 """
 

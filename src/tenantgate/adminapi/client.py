@@ -118,10 +118,11 @@ class RemoteRegistry:
         return wire.settings_from_wire(self._call("UpdateSettings", wire.settings_to_wire(settings), actor))
 
 
-def open_admin(url: str, security: ChannelSecurity | None = None, actor: str = "") -> RegistryAdmin:
-    """A registry to change: a store (``sqlite://``, ``postgresql://``: opened by ``open_store``), or the Admin
-    API of a running server (``grpc://host:port``), which is called as ``actor`` (with a client certificate,
-    the certificate names the caller instead)."""
+def open_admin(url: str, security: ChannelSecurity | None = None, actor: str = "", *,
+               create: bool = True) -> RegistryAdmin:
+    """A registry to change: a store (``sqlite://``, ``postgresql://``: opened by ``open_store``, which makes one
+    where there is none unless ``create`` is False), or the Admin API of a running server (``grpc://host:port``),
+    which is called as ``actor`` (with a client certificate, the certificate names the caller instead)."""
     if url.startswith("grpc://"):
         return RemoteRegistry(url.removeprefix("grpc://"), security=security, actor=actor)
-    return open_store(url)
+    return open_store(url, create=create)

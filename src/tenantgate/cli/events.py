@@ -75,13 +75,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _open_registry(args: argparse.Namespace) -> AuditSource:
-    if args.registry.startswith("grpc://"):
-        from tenantgate.adminapi.client import RemoteRegistry
+    from tenantgate.adminapi.client import open_admin
 
-        return RemoteRegistry(args.registry.removeprefix("grpc://"), security=security(args), actor=args.actor)
-    from tenantgate.registry.backends import open_store
-
-    return open_store(args.registry, create=False)  # an exporter never creates a registry
+    # An exporter never creates a registry.
+    return open_admin(args.registry, security(args), args.actor, create=False)
 
 
 def _export(args: argparse.Namespace) -> int:

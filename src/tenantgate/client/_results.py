@@ -16,7 +16,7 @@ import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import grpc
 
@@ -27,15 +27,39 @@ if TYPE_CHECKING:
     from tenantgate.v1 import decision_pb2 as pb
 
 
-# Equality, hashing and repr of the named tuples below that end in ``wire``: every field but the last.
+def _represent(value: Any, hidden: str) -> str:
+    shown = ", ".join(f"{name}={field!r}" for name, field in zip(value._fields, value, strict=True) if name != hidden)
+    return f"{type(value).__name__}({shown})"
+
+
+# Equality, hashing and repr of the named tuples that end in ``wire``: every field but the last. Set by a class
+# decorator, since a NamedTuple class can have no base but NamedTuple (and mypy refuses them in its body).
 
 def _equal_without_wire(value: tuple[Any, ...], other: object) -> bool:
     return type(other) is type(value) and value[:-1] == other[:-1]
 
 
-def _represent(value: Any, hidden: str) -> str:
-    shown = ", ".join(f"{name}={field!r}" for name, field in zip(value._fields, value, strict=True) if name != hidden)
-    return f"{type(value).__name__}({shown})"
+def _unequal_without_wire(value: tuple[Any, ...], other: object) -> bool:
+    return not _equal_without_wire(value, other)
+
+
+def _hash_without_wire(value: tuple[Any, ...]) -> int:
+    return hash(value[:-1])
+
+
+def _repr_without_wire(value: Any) -> str:
+    return _represent(value, "wire")
+
+
+_TupleClass = TypeVar("_TupleClass", bound=type[tuple[Any, ...]])
+
+
+def _wire_hidden(cls: _TupleClass) -> _TupleClass:
+    assert cls._fields[-1] == "wire", cls  # type: ignore[attr-defined]
+    for name, method in (("__eq__", _equal_without_wire), ("__ne__", _unequal_without_wire),
+                         ("__hash__", _hash_without_wire), ("__repr__", _repr_without_wire)):
+        setattr(cls, name, method)
+    return cls
 
 
 class Reason(StrEnum):
@@ -70,6 +94,7 @@ class Check(NamedTuple):
         return _represent(self, "token")
 
 
+@_wire_hidden
 class Decision(NamedTuple):
     """The answer to an access check. A deny is a Decision (``allowed`` False, with its reason), never an
     error; ``bool(decision)`` is ``decision.allowed``.
@@ -92,18 +117,6 @@ class Decision(NamedTuple):
 
     def __bool__(self) -> bool:
         return self.allowed
-
-    def __eq__(self, other: object) -> bool:
-        return _equal_without_wire(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not _equal_without_wire(self, other)
-
-    def __hash__(self) -> int:
-        return hash(self[:-1])
-
-    def __repr__(self) -> str:
-        return _represent(self, "wire")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +148,7 @@ class QuotaItemResult(NamedTuple):
     shadow: bool = False  # counted and reported, never denied
 
 
+@_wire_hidden
 class QuotaResult(NamedTuple):
     """The answer to a ConsumeQuota: ``allowed`` when every item was admitted (a denied call spends nothing);
     ``bool(result)`` is ``result.allowed``. ``revision``: the registry revision of the quota specs applied."""
@@ -147,18 +161,6 @@ class QuotaResult(NamedTuple):
 
     def __bool__(self) -> bool:
         return self.allowed
-
-    def __eq__(self, other: object) -> bool:
-        return _equal_without_wire(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not _equal_without_wire(self, other)
-
-    def __hash__(self) -> int:
-        return hash(self[:-1])
-
-    def __repr__(self) -> str:
-        return _represent(self, "wire")
 
     @property
     def retry_after(self) -> float:

@@ -71,6 +71,7 @@ from tenantgate.client._admission import (
 )
 from tenantgate.client._calls import Call
 from tenantgate.client._config import ClientConfig
+from tenantgate.client._core import as_config
 from tenantgate.client._errors import CallError
 from tenantgate.client._results import QuotaResult, Reason
 from tenantgate.client.aio import AsyncClient
@@ -131,8 +132,7 @@ class TenantgateMiddleware:
         # Checked now, made at startup: a grpc.aio channel belongs to the event loop it was made on.
         self._client = client if isinstance(client, AsyncClient) else None
         self._making_client = asyncio.Lock()
-        self._config = None if isinstance(client, AsyncClient) else (
-            client if isinstance(client, ClientConfig) else ClientConfig(client))
+        self._config = None if isinstance(client, AsyncClient) else as_config(client)
         self._quotas = MappingProxyType(_amounts(quotas))
         self._fail_open = on_unavailable == "allow"
         self._strip_prefix = strip_prefix

@@ -177,7 +177,6 @@ class EnforcementPolicy:
         return Question(tenant_id, access.action, access.resource, subject=subject, environment=self.environment,
                         quotas=quotas)
 
-
     def untrusted_subject(self, question: Question | Refused, context: Any) -> Refused | None:
         """A refusal for ``question`` when it names a subject (``subject_metadata``) and its caller, by the call's
         ``context`` (its connection's auth context, read only then), is not one of ``subject_callers``."""

@@ -21,7 +21,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from tenantgate.engines.access import Reason, Undecided
-from tenantgate.membership import HeldRole
+from tenantgate.membership import Granting, HeldRole
 from tenantgate.model import TenantState
 from tenantgate.snapshot import Snapshot, TenantView
 
@@ -115,6 +115,18 @@ def _reason(snapshot: Snapshot, tenant: TenantView, home: str, environment: str,
     return Reason.ALLOWED if holds else Reason.NO_MATCHING_GRANT
 
 
+def _start(granting: Granting, after: str) -> int:
+    """Where the grantors after tenant ``after`` start in ``granting`` (sorted by tenant id)."""
+    return bisect_right(granting, after, key=lambda entry: entry[0]) if after else 0
+
+
+def examinable(snapshot: Snapshot, home: str, subject: str, after: str) -> int:
+    """The most candidates a page of ``list_tenants`` after tenant ``after`` may examine, whatever its ``limit``:
+    the grantors that follow ``after``, and the home tenant when it does."""
+    granting = snapshot.grants.granting(home, subject)
+    return min(len(granting) - _start(granting, after) + (home > after), MAX_EXAMINED)
+
+
 def list_tenants(snapshot: Snapshot, home: str, subject: str, environment: str = "", *, after: str = "",
                  limit: int = 100, include_inactive: bool = False) -> TenantPage | Undecided:
     """The tenants after ``after`` (by id) where (home, subject) holds a binding or a grant, at most ``limit``,
@@ -123,7 +135,7 @@ def list_tenants(snapshot: Snapshot, home: str, subject: str, environment: str =
     applies in it. Examines at most MAX_EXAMINED candidates, so a page may hold fewer than ``limit`` (even none)
     while ``resume_after`` says more follow."""
     granting = snapshot.grants.granting(home, subject)
-    position = bisect_right(granting, after, key=lambda entry: entry[0]) if after else 0
+    position = _start(granting, after)
     home_tenant = snapshot.tenants.get(home)
     home_next = home_tenant is not None and home > after and home_tenant.state is not TenantState.DELETED
     if home_next and home_tenant is not None:

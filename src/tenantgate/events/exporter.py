@@ -35,6 +35,7 @@ from tenantgate.events.cloudevents import (
 from tenantgate.events.sinks import Position, Sink
 from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry
+from tenantgate.registry.manifest import stored_quotas
 from tenantgate.registry.records import TenantInfo
 
 log = logging.getLogger("tenantgate.events")
@@ -118,22 +119,20 @@ class AuditExporter:
         """Publishes every entry after the sink's last one; without ``stop``, returns once the ledger's end is
         reached (``--once``), else keeps polling until ``stop`` is set. Answers the entries published."""
         position = await self._sink.last_audit()
-        after = 0 if position is None else position.seq
         if position is not None:
             await self._check_same_ledger(position)
-        self.last_seq, published = after, 0
+        start = self.last_seq = 0 if position is None else position.seq
         while True:
-            events = await self._next(after)
+            events = await self._next(self.last_seq)
             if not events:
                 if stop is None:
-                    return published
+                    return self.last_seq - start
                 await wait(stop, self._settings.poll_interval)
                 if stop.is_set():
-                    return published
+                    return self.last_seq - start
                 continue
             await self._sink.publish_audit(events)
-            after += len(events)
-            self.last_seq, published = after, published + len(events)
+            self.last_seq += len(events)
             self.published += len(events)
 
     async def _next(self, after: int) -> list[OutboundEvent]:
@@ -146,9 +145,9 @@ class AuditExporter:
                     raise FailedPrecondition(
                         f"audit entry {after + 1} is larger than one Admin API message ({exc.message}); export "
                         "from the registry's store instead (--registry sqlite://… or postgresql://…)") from None
-                self.batch = max(1, self.batch // 2)
+                too_many, self.batch = self.batch, max(1, self.batch // 2)
                 log.warning("the registry's answer to %d audit entries was too large; reading %d at a time",
-                            self.batch * 2, self.batch)
+                            too_many, self.batch)
 
     def _read(self, after: int, batch: int) -> list[OutboundEvent]:
         """The next entries after ``after``, encoded (blocking: runs in a thread)."""
@@ -180,11 +179,7 @@ class AuditExporter:
 def declared_quotas(info: TenantInfo) -> tuple[str, ...]:
     """The quotas a tenant is served with, its plan's included (blocking: may parse its stored document). The
     registry names them; one of an older version does not, and its tenant's own document's are used then."""
-    if info.quotas:
-        return info.quotas
-    spec = info.record.document.get("spec")
-    quotas = spec.get("quotas") if isinstance(spec, dict) else None
-    return tuple(str(name) for name in quotas) if isinstance(quotas, dict) else ()
+    return info.quotas or tuple(stored_quotas(info.record.document))
 
 
 class UsageExporter:

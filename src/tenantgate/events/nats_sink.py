@@ -12,9 +12,10 @@ the exporter reconnects and resumes from the stream's last message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tenantgate.errors import ConfigurationError, FailedPrecondition, InvalidArgument
@@ -85,14 +86,21 @@ class NatsSink:
                 log.info("created JetStream stream %s for %s.%s.>", stream, self._settings.subject_prefix, kind)
         return js
 
-    async def last_audit(self) -> Position | None:
+    @contextlib.asynccontextmanager
+    async def _operation(self) -> AsyncIterator[None]:
+        """One operation at a time (the audit and the usage export share the sink); after a NATS error the
+        connection is closed and the error is SinkUnavailable (retried)."""
         async with self._guard:
-            await self._close()
             try:
-                return await self._last_audit()
+                yield
             except _NATS_ERRORS as exc:
                 await self._close()
                 raise SinkUnavailable(f"NATS at {self._url}: {type(exc).__name__}: {exc}") from exc
+
+    async def last_audit(self) -> Position | None:
+        async with self._operation():
+            await self._close()
+            return await self._last_audit()
 
     async def _last_audit(self) -> Position | None:
         js = await self._connect()
@@ -113,12 +121,8 @@ class NatsSink:
                 from exc
 
     async def publish_audit(self, events: Sequence[OutboundEvent]) -> None:
-        async with self._guard:
-            try:
-                await self._publish_audit(events)
-            except _NATS_ERRORS as exc:
-                await self._close()
-                raise SinkUnavailable(f"NATS at {self._url}: {type(exc).__name__}: {exc}") from exc
+        async with self._operation():
+            await self._publish_audit(events)
 
     async def _publish_audit(self, events: Sequence[OutboundEvent]) -> None:
         js = self._js
@@ -150,16 +154,12 @@ class NatsSink:
                 future.cancel()  # no-op for the answered ones; the others are never awaited again
 
     async def publish_usage(self, events: Sequence[OutboundEvent]) -> None:
-        async with self._guard:
-            try:
-                js = await self._connect()
-                for start in range(0, len(events), WINDOW):
-                    await self._acks([await js.publish_async(self._subject("usage", event.token), event.body,
-                                                             headers={"Nats-Msg-Id": event.msg_id})
-                                      for event in events[start:start + WINDOW]])
-            except _NATS_ERRORS as exc:
-                await self._close()
-                raise SinkUnavailable(f"NATS at {self._url}: {type(exc).__name__}: {exc}") from exc
+        async with self._operation():
+            js = await self._connect()
+            for start in range(0, len(events), WINDOW):
+                await self._acks([await js.publish_async(self._subject("usage", event.token), event.body,
+                                                         headers={"Nats-Msg-Id": event.msg_id})
+                                  for event in events[start:start + WINDOW]])
 
     async def close(self) -> None:
         async with self._guard:

@@ -247,6 +247,13 @@ def stored_quotas(document: Mapping[str, Any]) -> dict[str, Any]:
     return dict(quotas) if isinstance(quotas, dict) else {}
 
 
+def effective_quota_names(document: Mapping[str, Any], plan_document: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The names of the quotas a stored tenant document is served with, its plan's first (``tenantgate.plans``
+    merges them so): ``plan_document`` is the stored Plan its ``spec.plan`` names, or None."""
+    planned = stored_quotas(plan_document) if plan_document is not None else {}
+    return (*planned, *(name for name in stored_quotas(document) if name not in planned))
+
+
 def issuer_urls(document_json: str) -> tuple[str, ...]:
     """The token issuers a stored document trusts, without parsing the rest of the tenant (a snapshot indexes
     them for every tenant, compiled or not); none for a document this version cannot read, whose compiling

@@ -57,6 +57,10 @@ class PlanEffects:
     changes: list[PlanChange] = field(default_factory=list)  # each with every tenant on its plan
     quota_changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # As read before anything is written: the plans, and the digest of each tenant on a changed plan (what its
+    # change-feed row names when the apply does not write the tenant itself, and so leaves its digest as it is).
+    stored: Mapping[str, PlanRecord] = field(default_factory=dict)
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     def result(self, revision: int, changes: tuple[TenantChange, ...], *, dry_run: bool) -> ApplyResult:
         """The apply's result, which names at most NAMED_TENANTS tenants per list and counts them all."""
@@ -67,10 +71,11 @@ class PlanEffects:
 
 @dataclass(frozen=True)
 class _Side:
-    """A tenant before or after the apply: its document (as stored) and state."""
+    """A tenant before or after the apply: its document (as stored), state and, when stored, digest."""
 
     document: Mapping[str, Any]
     state: str
+    digest: str = ""
 
     @property
     def live(self) -> bool:
@@ -141,6 +146,8 @@ def plan_effects(tx: Tx, tenant_changes: list[TenantChange], current: Mapping[st
                             if before is not None and before.live and after.live
                             and quotas.effective(before, plans.before) != quotas.effective(after, plans.after)),
         warnings=_warnings(desired, plans),
+        stored=stored,
+        digests={tenant_id: after.digest for tenant_id, (_, after) in tenants.items()},
     )
 
 
@@ -156,11 +163,11 @@ def _tenants(tx: Tx, changed_plans: set[str], tenant_changes: list[TenantChange]
             chunk = wanted[start:start + 500]
             for row in tx.rows(f"{query} ({', '.join('?' * len(chunk))})", [_DELETED, *chunk]):
                 record = tenant_from_row(row)
-                side = _Side(record.document, record.state)
+                side = _Side(record.document, record.state, record.digest)
                 found[record.id] = (side, side)
     for change in tenant_changes:
         stored = current.get(change.tenant_id)
-        before = _Side(stored.document, stored.state) if stored is not None else None
+        before = _Side(stored.document, stored.state, stored.digest) if stored is not None else None
         if change.action == "delete":
             assert before is not None
             found[change.tenant_id] = (before, replace(before, state=_DELETED))
@@ -214,13 +221,6 @@ def _definers(named: str, plan: PlanSpec | None) -> str:
     return f"neither the tenant nor its plan {named!r} defines it"
 
 
-def effective_quota_names(document: Mapping[str, Any], plan_document: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The names of the quotas a stored tenant document is served with, its plan's first (``tenantgate.plans``
-    merges them so): ``plan_document`` is the stored Plan its ``spec.plan`` names, or None."""
-    planned = stored_quotas(plan_document) if plan_document is not None else {}
-    return (*planned, *(name for name in stored_quotas(document) if name not in planned))
-
-
 class _QuotaReader:
     """Effective quotas compared by what they mean, not how they are written (``1000/minute`` with no burst is
     ``1000/minute`` with burst 1000, ``lease_ttl: 1m`` is ``60s``): each plan document is parsed once however many
@@ -272,8 +272,8 @@ def write_plans(write: Write, effects: PlanEffects, plans: Mapping[str, PlanDocu
     this apply wrote (their change-feed rows say so already)."""
     tx = write.tx
     for change in effects.changes:
-        before = tx.rows("SELECT digest FROM plans WHERE id = ?", (change.plan_id,))
-        before_digest = str(before[0][0]) if before else ""
+        before = effects.stored.get(change.plan_id)
+        before_digest = before.digest if before is not None else ""
         after_digest = ""
         if change.action == "delete":
             tx.run("DELETE FROM plans WHERE id = ?", (change.plan_id,))
@@ -288,10 +288,9 @@ def write_plans(write: Write, effects: PlanEffects, plans: Mapping[str, PlanDocu
         if change.tenants:
             tx.run("UPDATE tenants SET revision = ?, updated_at = ? WHERE plan = ? AND state <> ?",
                    (write.next_revision, write.now, change.plan_id, _DELETED))
-            digests = dict(_chunked_digests(tx, change.tenants))
             for tenant_id in change.tenants:
                 if tenant_id not in written:
-                    write.changed(tenant_id, "update", digests[tenant_id])
+                    write.changed(tenant_id, "update", effects.digests[tenant_id])
         write.audit(f"plan.{change.action}", "", before_digest, after_digest, _plan_detail(change, write.next_revision))
 
 
@@ -302,16 +301,5 @@ def _plan_detail(change: PlanChange, revision: int) -> str:
     return detail + (f" (the change feed at revision {revision} names every one)" if count > NAMED_TENANTS else "")
 
 
-def _chunked_digests(tx: Tx, tenant_ids: tuple[str, ...]) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    for start in range(0, len(tenant_ids), 500):
-        chunk = tenant_ids[start:start + 500]
-        found.extend((str(row[0]), str(row[1])) for row in tx.rows(
-            f"SELECT id, digest FROM tenants WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
-    return found
-
-
 def _listed(tenant_ids: list[str]) -> str:
-    shown = ", ".join(tenant_ids[:_NAMED_IN_ERRORS])
-    more = f" and {len(tenant_ids) - _NAMED_IN_ERRORS} more" if len(tenant_ids) > _NAMED_IN_ERRORS else ""
-    return f"tenant{'s' if len(tenant_ids) > 1 else ''} {shown}{more}"
+    return f"tenant{'s' if len(tenant_ids) > 1 else ''} {named(tenant_ids[:_NAMED_IN_ERRORS], len(tenant_ids))}"

@@ -12,8 +12,7 @@ from tenantgate.model import TenantState
 from tenantgate.registry.audit import AuditEntry, AuditVerification, verify_chain
 from tenantgate.registry.key_writes import KeyWrites
 from tenantgate.registry.ledger import SqlBackend, Tx, Write
-from tenantgate.registry.manifest import document_labels, document_plan
-from tenantgate.registry.plan_writes import effective_quota_names
+from tenantgate.registry.manifest import document_labels, document_plan, effective_quota_names
 from tenantgate.registry.records import (
     ChangeEntry,
     ChangeSet,

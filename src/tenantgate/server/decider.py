@@ -125,10 +125,8 @@ class Decider:
 
     def to_compile(self, snapshot: Snapshot, request: AccessRequest) -> list[TenantView]:
         """The tenants ``decide`` needs compiled that are not yet (usually none: answered without a call)."""
-        tenant = snapshot.tenants.get(request.tenant_id)
-        if (tenant is not None and tenant.built is None) or request.token:
-            return self._access.tenants_to_compile(snapshot, request)
-        return []
+        return self.principal_to_compile(snapshot, (request.tenant_id, request.subject, request.subject_tenant_id,
+                                                    request.token, request.environment))
 
     async def compile(self, views: Iterable[TenantView]) -> None:
         """Compile ``views`` in a worker thread, never on the event loop."""
@@ -154,7 +152,8 @@ class Decider:
         return self._access.ruling(snapshot, principal)
 
     def principal_to_compile(self, snapshot: Snapshot, principal: Principal) -> list[TenantView]:
-        """``to_compile`` for the checks of ``principal``."""
+        """The tenants the checks of ``principal`` need compiled that are not yet (usually none: answered without
+        a call)."""
         tenant_id, _, subject_tenant_id, token, _ = principal
         tenant = snapshot.tenants.get(tenant_id)
         if (tenant is not None and tenant.built is None) or token:

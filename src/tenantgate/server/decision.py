@@ -107,10 +107,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
                                resource: str) -> Decision:
         """The decision once the tenants it needs are compiled (off the event loop); FailedPrecondition if it
         still cannot be made."""
-        needed = self._decider.principal_to_compile(snapshot, principal)
-        if needed:
-            await self._decider.compile(needed)
-        decision = self._decider.ruling(snapshot, principal).decide(action, resource)
+        decision = (await self._rulings(snapshot, [principal]))[0].decide(action, resource)
         if isinstance(decision, Undecided):
             raise FailedPrecondition(decision.problem)
         return decision
@@ -122,9 +119,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         if len(items) > requests.MAX_BATCH:
             raise InvalidArgument(f"a batch holds at most {requests.MAX_BATCH} checks, got {len(items)}",
                                   field="items")
-        snapshot = self._decider.snapshot()
-        if request.min_revision > snapshot.revision:
-            snapshot = await self._snapshot_at(request.min_revision, context)
+        snapshot = await self._snapshot_of(request.min_revision, context)
         checks, principals = requests.parse_checks(items, snapshot.tenants)
         rulings = await self._rulings(snapshot, principals)
         response = pb.CheckAccessBatchResponse(revision=snapshot.revision)

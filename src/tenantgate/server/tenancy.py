@@ -12,25 +12,20 @@ tenants it reads compiled are compiled before."""
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
-from typing import cast
 
 from tenantgate.adminapi.wire import state_to_wire
 from tenantgate.engines.access import Reason, Undecided
-from tenantgate.engines.tenancy import MAX_EXAMINED, TenantAccess, check_tenant, list_tenants, to_compile
+from tenantgate.engines.tenancy import TenantAccess, check_tenant, examinable, list_tenants, to_compile
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, NotFound
 from tenantgate.membership import HeldRole
 from tenantgate.server import pages, requests
+from tenantgate.server.answers import REASONS
 from tenantgate.server.decider import Decider
 from tenantgate.snapshot import Snapshot
 from tenantgate.v1 import decision_pb2 as pb
 
 INLINE_TENANTS = 100
-
-
-def _reason(reason: Reason) -> pb.DecisionReason:
-    return cast(pb.DecisionReason, int(reason))  # Reason's values are DecisionReason's
 
 
 def _roles(roles: tuple[HeldRole, ...]) -> list[pb.HeldRole]:
@@ -40,19 +35,11 @@ def _roles(roles: tuple[HeldRole, ...]) -> list[pb.HeldRole]:
 
 def _fill(answer: pb.SubjectTenant | pb.CheckTenantAccessResponse, access: TenantAccess) -> None:
     answer.allowed = access.allowed
-    answer.reason = _reason(access.reason)
+    answer.reason = REASONS[access.reason]
     if access.state is not None:
         answer.state = state_to_wire(access.state)
     answer.roles.extend(_roles(access.roles))
     answer.grants.extend(access.grants)
-
-
-def _examinable(snapshot: Snapshot, home: str, subject: str, after: str) -> int:
-    """The most candidates a page of (home, subject)'s listing that starts after tenant ``after`` may examine,
-    whatever its page_size: the grantors that follow ``after``, and the home tenant when it does."""
-    granting = snapshot.grants.granting(home, subject)
-    following = len(granting) - (bisect_right(granting, after, key=lambda entry: entry[0]) if after else 0)
-    return min(following + (home > after), MAX_EXAMINED)
 
 
 class TenancyCalls:
@@ -77,7 +64,7 @@ class TenancyCalls:
         limit = requests.page_size(request.page_size)
         verified = await self._verified(snapshot, who)
         if isinstance(verified[0], Reason):
-            return pb.ListSubjectTenantsResponse(reason=_reason(verified[0]), detail=verified[1],
+            return pb.ListSubjectTenantsResponse(reason=REASONS[verified[0]], detail=verified[1],
                                                  revision=snapshot.revision)
         home, subject = verified
         if home not in snapshot.tenants:
@@ -100,7 +87,7 @@ class TenancyCalls:
                 _fill(response.tenants.add(tenant_id=access.tenant_id), access)
             return response
 
-        if _examinable(snapshot, home, subject, after) > INLINE_TENANTS:
+        if examinable(snapshot, home, subject, after) > INLINE_TENANTS:
             return await asyncio.to_thread(answer)
         return answer()
 
@@ -113,7 +100,7 @@ class TenancyCalls:
                                                 subject_tenant_id=who.home, revision=snapshot.revision)
         verified = await self._verified(snapshot, who)
         if isinstance(verified[0], Reason):
-            return pb.CheckTenantAccessResponse(reason=_reason(verified[0]), revision=snapshot.revision)
+            return pb.CheckTenantAccessResponse(reason=REASONS[verified[0]], revision=snapshot.revision)
         home, subject = verified
         needed = to_compile(snapshot, tenant_id)
         if needed:

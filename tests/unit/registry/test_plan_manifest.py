@@ -91,7 +91,7 @@ def test_an_unknown_kind_names_both_kinds() -> None:
 def test_a_plan_document_is_bounded_like_a_tenant_document() -> None:
     bomb = "apiVersion: tenantgate/v1\nkind: Plan\nmetadata: {id: pro}\nspec:\n  features: &a [" + \
         ", ".join(["xxxxxxxxxxxxxxxx"] * 64) + "]\n"
-    for level in range(8):  # each level doubles the alias expansion: 64 * 10**... entries, never materialised
+    for level in range(8):  # each level multiplies the alias expansion by ten: 64 * 10**8 entries, never materialised
         bomb += f"x{level}: &b{level} [" + ", ".join([f"*{'a' if level == 0 else f'b{level - 1}'}"] * 10) + "]\n"
     problems = problems_of(bomb)
     assert any("larger than" in p for p in problems), problems
