@@ -57,6 +57,7 @@ bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/engine_bench.py
 	$(BIN)/python benchmarks/peers_bench.py
+	$(BIN)/python benchmarks/handler_bench.py
 	$(BIN)/python benchmarks/registry_scale.py
 	$(BIN)/python benchmarks/subject_tenants_bench.py
 	$(BIN)/python benchmarks/replicas_bench.py
