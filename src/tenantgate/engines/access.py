@@ -36,6 +36,11 @@ class Reason(IntEnum):
     UNKNOWN_ENVIRONMENT = 9
 
 
+def token_reason(problem: TokenProblem | None) -> Reason:
+    """Why a token that does not verify is refused, as a decision says it."""
+    return Reason.TOKEN_EXPIRED if problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID
+
+
 # Plain slotted dataclasses, treated as immutable: one of each is built per decision, and a frozen
 # dataclass's __init__ sets each field through object.__setattr__, three times slower (measured in
 # instructions per construction: 2.9k plain, 4.0k as a named tuple, 9.2k frozen).
@@ -215,8 +220,7 @@ class AccessEngine:
             if verified.token is None:
                 if verified.problem is TokenProblem.TENANT_UNAVAILABLE:
                     return Ruling(tenant_id, "", "", Undecided(verified.detail))
-                reason = Reason.TOKEN_EXPIRED if verified.problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID
-                return _deny(tenant_id, reason)
+                return _deny(tenant_id, token_reason(verified.problem))
             subject, home = verified.token.subject, verified.token.tenant_id
 
         if tenant.state not in _LIVE_STATES:

@@ -10,13 +10,13 @@ import grpc
 
 from tenantgate.adminapi.wire import state_to_wire, timestamp
 from tenantgate.bounds import MAX_TOKEN_BYTES
-from tenantgate.engines.access import Decision, Principal, Ruling, Undecided
+from tenantgate.engines.access import Decision, Principal, Ruling, Undecided, token_reason
 from tenantgate.engines.keys import KeyEngine
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, NotFound, TenantgateError
 from tenantgate.model import KeyState, TenantState
 from tenantgate.server import requests
-from tenantgate.server.answers import Answered, EncodedAnswers
+from tenantgate.server.answers import REASONS, Answered, EncodedAnswers
 from tenantgate.server.decider import Decider
 from tenantgate.server.identity import CallerIdentity
 from tenantgate.server.status import maps_errors, status_code
@@ -250,9 +250,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         if result.problem is TokenProblem.TENANT_UNAVAILABLE:
             raise FailedPrecondition(result.detail)
         if result.token is None:
-            reason = pb.DECISION_REASON_TOKEN_EXPIRED if result.problem is TokenProblem.EXPIRED \
-                else pb.DECISION_REASON_TOKEN_INVALID
-            return pb.ValidateTokenResponse(valid=False, reason=reason, detail=result.detail)
+            return pb.ValidateTokenResponse(valid=False, reason=REASONS[token_reason(result.problem)],
+                                            detail=result.detail)
         verified = result.token
         tenant = snapshot.tenants[verified.tenant_id]
         if tenant.state is not TenantState.ACTIVE:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from tenantgate.adminapi.wire import state_to_wire
-from tenantgate.engines.access import Reason, Undecided
+from tenantgate.engines.access import Reason, Undecided, token_reason
 from tenantgate.engines.tenancy import TenantAccess, check_tenant, examinable, list_tenants, to_compile
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, NotFound
@@ -54,8 +54,7 @@ class TenancyCalls:
         if result.problem is TokenProblem.TENANT_UNAVAILABLE:
             raise FailedPrecondition(result.detail)
         if result.token is None:
-            return (Reason.TOKEN_EXPIRED if result.problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID,
-                    result.detail)
+            return token_reason(result.problem), result.detail
         return result.token.tenant_id, result.token.subject
 
     async def list_subject_tenants(self, request: pb.ListSubjectTenantsRequest,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import grpc
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
-from tenantgate.engines.access import Reason
+from tenantgate.engines.access import Reason, token_reason
 from tenantgate.engines.tokens import TokenProblem
 from tenantgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tenantgate.server.decider import Decider
@@ -60,7 +60,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             if verified.token is None:
                 if verified.problem is TokenProblem.TENANT_UNAVAILABLE:
                     raise FailedPrecondition(verified.detail)
-                reason = Reason.TOKEN_EXPIRED if verified.problem is TokenProblem.EXPIRED else Reason.TOKEN_INVALID
+                reason = token_reason(verified.problem)
                 decision_id = self._decider.refuse(snapshot, request, reason)
                 return GateAnswer(401, reason.name, decision_id=decision_id, revision=snapshot.revision,
                                   detail=verified.detail, token_given=True)
