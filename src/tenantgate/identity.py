@@ -9,6 +9,7 @@ and so does the SDK's enforcement where it trusts callers to name a subject.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -33,6 +34,13 @@ def identity_from_certificate(pem: bytes) -> str:
             return f"service:{dns[0]}"
     common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return f"service:{common[0].value!s}" if common else ""
+
+
+def caller_from_auth_context(context: Any) -> str:
+    """The identity of a gRPC call's caller by its connection's client certificate (``context.auth_context()``),
+    or "" without one."""
+    certificates = (context.auth_context() or {}).get("x509_pem_cert")
+    return identity_from_certificate(bytes(certificates[0])) if certificates else ""
 
 
 def service_in_uri(uri: str) -> str:

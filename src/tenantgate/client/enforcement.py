@@ -52,7 +52,7 @@ from tenantgate.client.context import AUTHORIZATION_METADATA, TENANT_METADATA, T
 from tenantgate.client.sync import Client
 from tenantgate.errors import ConfigurationError
 from tenantgate.httpmapping import bearer_token
-from tenantgate.identity import identity_from_certificate
+from tenantgate.identity import caller_from_auth_context
 
 T = TypeVar("T")
 # Trailing metadata of a refused call: the decision to look up in tenantgate's decision log, and (a quota
@@ -182,8 +182,7 @@ class EnforcementPolicy:
         ``context`` (its connection's auth context, read only then), is not one of ``subject_callers``."""
         if not self.subject_callers or not isinstance(question, Question) or not question.subject:
             return None
-        certificates = (context.auth_context() or {}).get("x509_pem_cert")
-        caller = identity_from_certificate(bytes(certificates[0])) if certificates else ""
+        caller = caller_from_auth_context(context)
         if caller in self.subject_callers:
             return None
         return Refused(UNAUTHENTICATED, f"{caller or 'a caller without a client certificate'} may not name its "

@@ -80,7 +80,7 @@ Principal = tuple[str, str, str, str, str]
 # The rules one action reads, in the order they are read, each with the decision it makes when it matches.
 Chain = tuple[tuple[ResourceMatcher, "Decision"], ...]
 
-_LIVE_STATES = (TenantState.ACTIVE, TenantState.SUSPENDED)
+LIVE_STATES = (TenantState.ACTIVE, TenantState.SUSPENDED)
 # Rulings of subjects kept per snapshot, at most this many (a caller naming ever new subjects or tenants must
 # not grow memory without end); a token's ruling is not kept, since whether its token holds changes with time.
 MAX_RULINGS = 10_000
@@ -181,7 +181,7 @@ class AccessEngine:
             return []
         needed = self._tokens.tenants_to_compile(snapshot, request.token, request.subject_tenant_id) \
             if request.token else []
-        if tenant.pending and tenant.state in _LIVE_STATES:
+        if tenant.pending and tenant.state in LIVE_STATES:
             needed.append(tenant)
         return needed
 
@@ -223,7 +223,7 @@ class AccessEngine:
                 return _deny(tenant_id, token_reason(verified.problem))
             subject, home = verified.token.subject, verified.token.tenant_id
 
-        if tenant.state not in _LIVE_STATES:
+        if tenant.state not in LIVE_STATES:
             return _deny(tenant_id, Reason.TENANT_NOT_ACTIVE, subject, home)
         # Compiled before the check (tenants_to_compile), off the event loop: never here.
         compiled = tenant.built

@@ -20,7 +20,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from tenantgate.engines.access import Reason, Undecided
+from tenantgate.engines.access import LIVE_STATES, Reason, Undecided
 from tenantgate.membership import Granting, HeldRole
 from tenantgate.model import TenantState
 from tenantgate.snapshot import Snapshot, TenantView
@@ -28,7 +28,6 @@ from tenantgate.snapshot import Snapshot, TenantView
 # Candidates a page examines at most, listed or filtered out: a page's work is bounded whatever the registry.
 MAX_EXAMINED = 5000
 
-_LIVE_STATES = (TenantState.ACTIVE, TenantState.SUSPENDED)
 _INACTIVE_STATES = (TenantState.DRAFT, TenantState.ARCHIVED)
 
 
@@ -90,7 +89,7 @@ def _decide(snapshot: Snapshot, tenant: TenantView, home: str, subject: str, env
             environments = tenant.reach.environments
         elif tenant.built is not None:
             environments = tenant.built.policy.environments
-        elif environment and tenant.state in _LIVE_STATES:
+        elif environment and tenant.state in LIVE_STATES:
             return Undecided(tenant.unavailable)
         else:
             environments = frozenset()
@@ -101,7 +100,7 @@ def _decide(snapshot: Snapshot, tenant: TenantView, home: str, subject: str, env
 def _reason(snapshot: Snapshot, tenant: TenantView, home: str, environment: str, environments: frozenset[str],
             holds: bool) -> Reason:
     """CheckAccess's order (engines/access.py), with no action."""
-    if tenant.state not in _LIVE_STATES:
+    if tenant.state not in LIVE_STATES:
         return Reason.TENANT_NOT_ACTIVE
     if environment and environment not in environments:
         return Reason.UNKNOWN_ENVIRONMENT

@@ -7,7 +7,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tenantgate.identity import CALLER_METADATA, identity_from_certificate, service_in_uri
+from tenantgate.identity import CALLER_METADATA, caller_from_auth_context, service_in_uri
 
 # Longer principals are not parsed as certificate subjects (a subject's attributes are at most 64 characters).
 MAX_PRINCIPAL = 1024
@@ -36,9 +36,9 @@ class CallerIdentity:
 
     def of(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's identity, or "" for an anonymous caller."""
-        certificates = (context.auth_context() or {}).get("x509_pem_cert") if self._client_certificates else None
-        if certificates:
-            return identity_from_certificate(bytes(certificates[0]))
+        caller = caller_from_auth_context(context) if self._client_certificates else ""
+        if caller:
+            return caller
         if self._trust_metadata:
             for key, value in context.invocation_metadata() or ():
                 if key == CALLER_METADATA and value:
