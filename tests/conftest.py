@@ -61,6 +61,20 @@ def tenant_doc(tenant_id: str, *, state: str = "Active", **spec: Any) -> dict[st
             "spec": {"state": state, **spec}}
 
 
+def race_with_follower(workers: list[threading.Thread], follower: threading.Thread, workers_done: threading.Event,
+                       deadline: float) -> None:
+    """Starts ``follower``, then ``workers``; waits for the workers until ``deadline`` (time.monotonic), sets
+    ``workers_done`` for the follower, and waits for it until the deadline too. The caller asserts what is
+    left alive."""
+    follower.start()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    workers_done.set()
+    follower.join(max(0.0, deadline - time.monotonic()))
+
+
 def snapshot_of(*documents: dict[str, Any], revision: int = 1) -> Snapshot:
     """A snapshot built straight from documents, for engine tests."""
     views = [build_tenant(parse_document(doc).tenant, revision) for doc in documents]

@@ -16,7 +16,7 @@ from tenantgate.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tenantgate.keywrap import MasterKey, tenant_key_factory
 from tenantgate.registry.backends import open_store
 from tenantgate.registry.records import RegistrySettings, RegistryStore
-from tests.conftest import manifests, tenant_doc
+from tests.conftest import manifests, race_with_follower, tenant_doc
 
 KEYS = {"purposes": ["data"], "readers": ["service:storage"]}
 
@@ -245,13 +245,7 @@ def test_concurrent_writers_are_gap_free_and_a_syncer_ends_with_every_change(
 
     threads = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(writers)]
     follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    writing_over.set()
-    follower.join(max(0.0, deadline - time.monotonic()))
+    race_with_follower(threads, follower, writing_over, deadline)
     assert not errors, errors
     assert not any(t.is_alive() for t in [*threads, follower]), "writers or follower still running at the deadline"
     assert [c.revision for c in store.changes(0)] == list(range(1, writers * per_writer + 1))

@@ -21,7 +21,7 @@ from tenantgate.registry.sqlite import SQLiteStore
 from tenantgate.snapshot import SnapshotHolder
 from tenantgate.sync import lastgood
 from tenantgate.sync.syncer import Syncer
-from tests.conftest import tenant_doc
+from tests.conftest import race_with_follower, tenant_doc
 
 VIEWER = {"viewer": {"allow": ["read:*"]}}
 
@@ -237,13 +237,7 @@ def test_concurrent_plan_changes_and_tenant_applies_never_leave_a_tenant_behind(
     threads = [threading.Thread(target=change_plan, daemon=True),
                *(threading.Thread(target=create, args=(w,), daemon=True) for w in range(creators))]
     follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    done.set()
-    follower.join(max(0.0, deadline - time.monotonic()))
+    race_with_follower(threads, follower, done, deadline)
     assert not errors, errors
     assert not any(t.is_alive() for t in [*threads, follower])
     assert sum(1 for _, tenants in plan_results if tenants) >= rounds - 1  # the race was run, not avoided
